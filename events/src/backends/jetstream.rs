@@ -1,0 +1,363 @@
+//! The JetStream event log (async-nats). Streams are configured by the code: file
+//! storage, the configured replicas and duplicate window, `discard: new` (a full log
+//! refuses appends rather than dropping old events), deletes and purges denied.
+//!
+//! Appends return only after the server's `PubAck`; with `sync_interval: always`
+//! (the shipped nats.conf) that means fsynced. Projections follow through a durable
+//! pull consumer that is (re)created at the position the read model's checkpoint
+//! names, so the read-model database stays the authority.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, AckPolicy, DeliverPolicy},
+    context::PublishErrorKind,
+    message::PublishMessage,
+    stream::{self, DiscardPolicy, StorageType},
+};
+use futures_util::StreamExt;
+
+use super::headers;
+use crate::{
+    AppendError, Appended, EventLog, EventStream, LogError, Namespace, NewEvent, ReadFrom,
+    StoredEvent, StreamKind,
+};
+
+/// How to reach JetStream and how to shape the streams.
+#[derive(Clone, Debug)]
+pub struct JetStreamConfig {
+    /// Server URL(s), comma-separated.
+    pub url: String,
+    /// `NATS_CREDS`: a credentials file.
+    pub creds_file: Option<PathBuf>,
+    /// `NATS_TLS_CA`: root certificates to trust.
+    pub tls_ca: Option<PathBuf>,
+    /// `NATS_TLS_CERT` / `NATS_TLS_KEY`: a client certificate.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    /// `NATS_TLS_REQUIRED`: refuse plain connections.
+    pub tls_required: bool,
+    /// Stream replicas (1 in development, 3 in a cluster).
+    pub replicas: usize,
+    /// The duplicate window.
+    pub duplicate_window: Duration,
+    /// Largest payload we append (the server's `max_payload` also applies).
+    pub max_payload: usize,
+    /// The subject and stream namespace.
+    pub namespace: Namespace,
+    /// How long the first connection may take before start-up fails.
+    pub connect_timeout: Duration,
+}
+
+impl JetStreamConfig {
+    /// Defaults for a URL: R1, 10-minute window, 8 MiB payloads.
+    pub fn new(url: &str) -> Self {
+        JetStreamConfig {
+            url: url.to_string(),
+            creds_file: None,
+            tls_ca: None,
+            tls_client: None,
+            tls_required: false,
+            replicas: 1,
+            duplicate_window: Duration::from_secs(600),
+            max_payload: 8 * 1024 * 1024,
+            namespace: Namespace::default(),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The JetStream log (cheap to clone).
+#[derive(Clone)]
+pub struct JetStreamLog {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    cfg: std::sync::Arc<JetStreamConfig>,
+    max_payload: usize,
+}
+
+impl JetStreamLog {
+    /// Connects (failing fast when the server is unreachable) and creates or updates
+    /// both streams.
+    pub async fn connect(cfg: JetStreamConfig) -> anyhow::Result<Self> {
+        let mut opts = async_nats::ConnectOptions::new()
+            .connection_timeout(cfg.connect_timeout)
+            .name("wabridge");
+        if let Some(creds) = &cfg.creds_file {
+            opts = opts
+                .credentials_file(creds)
+                .await
+                .with_context(|| format!("reading NATS_CREDS {}", creds.display()))?;
+        }
+        if let Some(ca) = &cfg.tls_ca {
+            opts = opts.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &cfg.tls_client {
+            opts = opts.add_client_certificate(cert.clone(), key.clone());
+        }
+        opts = opts.require_tls(cfg.tls_required);
+        let client = tokio::time::timeout(cfg.connect_timeout, opts.connect(cfg.url.as_str()))
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out connecting to NATS_URL"))?
+            .context("connecting to NATS_URL")?;
+        let js = jetstream::new(client.clone());
+        let max_payload = cfg.max_payload.min(client.server_info().max_payload);
+        let log = JetStreamLog {
+            client,
+            js,
+            cfg: std::sync::Arc::new(cfg),
+            max_payload,
+        };
+        for kind in [StreamKind::Domain, StreamKind::Raw] {
+            log.ensure_stream(kind).await?;
+        }
+        Ok(log)
+    }
+
+    async fn ensure_stream(&self, kind: StreamKind) -> anyhow::Result<()> {
+        let ns = &self.cfg.namespace;
+        let config = stream::Config {
+            name: ns.stream_name(kind),
+            subjects: vec![ns.stream_filter(kind)],
+            storage: StorageType::File,
+            num_replicas: self.cfg.replicas,
+            duplicate_window: self.cfg.duplicate_window,
+            discard: DiscardPolicy::New,
+            deny_delete: true,
+            deny_purge: true,
+            allow_direct: true,
+            max_message_size: self.max_payload.min(i32::MAX as usize) as i32,
+            ..Default::default()
+        };
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            self.js.create_or_update_stream(config),
+        )
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("timed out creating the JetStream stream (is JetStream enabled?)")
+        })?
+        .with_context(|| format!("creating JetStream stream {}", ns.stream_name(kind)))?;
+        Ok(())
+    }
+
+    async fn stream(&self, kind: StreamKind) -> Result<stream::Stream, LogError> {
+        self.js
+            .get_stream(self.cfg.namespace.stream_name(kind))
+            .await
+            .map_err(LogError::new)
+    }
+
+    /// The underlying client (for benchmarks comparing raw publishes).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Waits until everything published has been flushed (used at shutdown).
+    pub async fn flush(&self) -> Result<(), LogError> {
+        self.client.flush().await.map_err(LogError::new)
+    }
+}
+
+fn to_stored(
+    kind: StreamKind,
+    msg: &async_nats::Message,
+    seq: u64,
+) -> Result<StoredEvent, LogError> {
+    let h = msg.headers.as_ref();
+    let envelope =
+        headers::decode(|name| h.and_then(|h| h.get(name)).map(|v| v.as_str().to_string()))
+            .with_context(|| format!("{} event {seq}", kind.as_str()))
+            .map_err(LogError)?;
+    Ok(StoredEvent {
+        stream: kind,
+        seq,
+        subject: msg.subject.to_string(),
+        envelope,
+        payload: msg.payload.clone(),
+    })
+}
+
+fn deliver_policy(from: ReadFrom) -> DeliverPolicy {
+    match from {
+        ReadFrom::Seq(s) => DeliverPolicy::ByStartSequence {
+            start_sequence: s.max(1),
+        },
+        ReadFrom::Time(t) => DeliverPolicy::ByStartTime {
+            start_time: t.as_datetime(),
+        },
+    }
+}
+
+#[async_trait::async_trait]
+impl EventLog for JetStreamLog {
+    async fn append(&self, event: NewEvent) -> Result<Appended, AppendError> {
+        if self.cfg.namespace.stream_of(&event.subject).is_none() {
+            return Err(AppendError::BadSubject(event.subject));
+        }
+        if event.payload.len() > self.max_payload {
+            return Err(AppendError::PayloadTooLarge {
+                size: event.payload.len(),
+                limit: self.max_payload,
+            });
+        }
+        let mut envelope = event.envelope;
+        envelope.recorded_at = crate::Timestamp::now();
+        let mut hdrs = async_nats::HeaderMap::new();
+        for (name, value) in headers::encode(&envelope) {
+            hdrs.insert(name, value.as_str());
+        }
+        let mut publish = PublishMessage::build().payload(event.payload).headers(hdrs);
+        if let Some(id) = &event.msg_id {
+            publish = publish.message_id(id);
+        }
+        if let Some(expected) = event.expected_last_subject_seq {
+            publish = publish.expected_last_subject_sequence(expected);
+        }
+        let map = |e: jetstream::context::PublishError| match e.kind() {
+            PublishErrorKind::MaxPayloadExceeded => AppendError::PayloadTooLarge {
+                size: 0,
+                limit: self.max_payload,
+            },
+            _ => AppendError::Log(LogError::new(e)),
+        };
+        let ack = self
+            .js
+            .send_publish(event.subject.clone(), publish)
+            .await
+            .map_err(map)?
+            .await;
+        match ack {
+            Ok(ack) => Ok(Appended {
+                seq: ack.sequence,
+                duplicate: ack.duplicate,
+            }),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                let actual = self.last_subject_seq(&event.subject).await.unwrap_or(0);
+                Err(AppendError::WrongLastSequence {
+                    subject: event.subject,
+                    expected: event.expected_last_subject_seq.unwrap_or(0),
+                    actual,
+                })
+            }
+            Err(e) => Err(map(e)),
+        }
+    }
+
+    async fn read(
+        &self,
+        kind: StreamKind,
+        from: ReadFrom,
+        filter: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, LogError> {
+        let stream = self.stream(kind).await?;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: filter.unwrap_or_default().to_string(),
+                deliver_policy: deliver_policy(from),
+                ..Default::default()
+            })
+            .await
+            .map_err(LogError::new)?;
+        let pending = consumer.cached_info().num_pending as usize;
+        let want = pending.min(limit);
+        let mut out = Vec::with_capacity(want);
+        if want == 0 {
+            return Ok(out);
+        }
+        let mut messages = consumer.messages().await.map_err(LogError::new)?;
+        while out.len() < want {
+            let msg = match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
+                Ok(Some(m)) => m.map_err(LogError::new)?,
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(LogError(anyhow::anyhow!(
+                        "timed out reading the {} stream",
+                        kind.as_str()
+                    )))
+                }
+            };
+            let seq = msg
+                .info()
+                .map_err(|e| LogError(anyhow::anyhow!("{e}")))?
+                .stream_sequence;
+            out.push(to_stored(kind, &msg, seq)?);
+        }
+        Ok(out)
+    }
+
+    async fn follow(
+        &self,
+        kind: StreamKind,
+        consumer: &str,
+        from_seq: u64,
+    ) -> Result<EventStream, LogError> {
+        let stream = self.stream(kind).await?;
+        // The read model's checkpoint is the authority: reposition the durable there.
+        let _ = stream.delete_consumer(consumer).await;
+        let durable: jetstream::consumer::Consumer<pull::Config> = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(consumer.to_string()),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from_seq.max(1),
+                },
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(60),
+                max_ack_pending: 10_000,
+                ..Default::default()
+            })
+            .await
+            .map_err(LogError::new)?;
+        let messages = durable.messages().await.map_err(LogError::new)?;
+        Ok(Box::pin(messages.then(move |item| async move {
+            let msg = item.map_err(LogError::new)?;
+            let seq = msg
+                .info()
+                .map_err(|e| LogError(anyhow::anyhow!("{e}")))?
+                .stream_sequence;
+            let stored = to_stored(kind, &msg, seq);
+            // Progress lives in the read model's checkpoint; the ack only tells the
+            // server (and its lag metrics) that the message was taken.
+            msg.ack()
+                .await
+                .map_err(|e| LogError(anyhow::anyhow!("ack: {e}")))?;
+            stored
+        })))
+    }
+
+    async fn last_seq(&self, kind: StreamKind) -> Result<u64, LogError> {
+        Ok(self.stream(kind).await?.cached_info().state.last_sequence)
+    }
+
+    async fn last_subject_seq(&self, subject: &str) -> Result<u64, LogError> {
+        let kind = self
+            .cfg
+            .namespace
+            .stream_of(subject)
+            .ok_or_else(|| LogError(anyhow::anyhow!("subject {subject:?} not in namespace")))?;
+        match self
+            .stream(kind)
+            .await?
+            .get_last_raw_message_by_subject(subject)
+            .await
+        {
+            Ok(m) => Ok(m.sequence),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(LogError::new(e)),
+        }
+    }
+
+    async fn ping(&self) -> Result<(), LogError> {
+        self.stream(StreamKind::Domain).await.map(|_| ())
+    }
+
+    fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    fn namespace(&self) -> &Namespace {
+        &self.cfg.namespace
+    }
+}

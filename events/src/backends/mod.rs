@@ -1,0 +1,5 @@
+//! The two [`crate::EventLog`] backends and their shared header encoding.
+
+pub mod embedded;
+pub mod headers;
+pub mod jetstream;

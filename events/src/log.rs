@@ -1,0 +1,178 @@
+//! The event-log contract both backends implement (and one conformance suite checks).
+//!
+//! Semantics follow JetStream's, so the two backends are interchangeable:
+//! - two streams ([`StreamKind`]), each with its own gap-free sequence starting at 1;
+//! - an append is acknowledged only once durable, and returns its sequence;
+//! - `msg_id` deduplicates inside the duplicate window: a repeat gets the original
+//!   sequence with `duplicate: true`. The dedup check comes before the concurrency check;
+//! - `expected_last_subject_seq`: the stream sequence of the last event on the
+//!   subject must equal it (0 = the subject has no event yet), else
+//!   [`AppendError::WrongLastSequence`].
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::{Envelope, Timestamp};
+
+/// Which stream an event lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StreamKind {
+    /// Domain events: kept forever.
+    Domain,
+    /// Raw Meta webhooks, byte-exact (may get a shorter retention).
+    Raw,
+}
+
+impl StreamKind {
+    /// Short name used in checkpoints and CLI output.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StreamKind::Domain => "domain",
+            StreamKind::Raw => "raw",
+        }
+    }
+
+    /// Parses the short name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "domain" => Some(StreamKind::Domain),
+            "raw" => Some(StreamKind::Raw),
+            _ => None,
+        }
+    }
+}
+
+/// An event to append.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    /// Full subject (see [`crate::Namespace`]); it selects the stream.
+    pub subject: String,
+    /// The metadata.
+    pub envelope: Envelope,
+    /// The data: JSON for domain events, the exact bytes for a raw webhook.
+    pub payload: Bytes,
+    /// Deduplication id (`Nats-Msg-Id`).
+    pub msg_id: Option<String>,
+    /// Optimistic concurrency: expected stream sequence of the subject's last event.
+    pub expected_last_subject_seq: Option<u64>,
+}
+
+/// The result of an append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The stream sequence of the (original, when duplicate) event.
+    pub seq: u64,
+    /// True when the msg id was seen inside the window and nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// An event as read back from the log.
+#[derive(Clone, Debug)]
+pub struct StoredEvent {
+    /// Its stream.
+    pub stream: StreamKind,
+    /// Its sequence in that stream.
+    pub seq: u64,
+    /// Its subject.
+    pub subject: String,
+    /// The metadata (with `recorded_at` as stored).
+    pub envelope: Envelope,
+    /// The data bytes.
+    pub payload: Bytes,
+}
+
+/// Where a read starts.
+#[derive(Clone, Copy, Debug)]
+pub enum ReadFrom {
+    /// The first event with this sequence or a later one.
+    Seq(u64),
+    /// The first event recorded at or after this time.
+    Time(Timestamp),
+}
+
+/// Why an append failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The optimistic-concurrency check failed.
+    #[error("wrong last sequence for subject {subject}: expected {expected}, found {actual}")]
+    WrongLastSequence {
+        /// The subject.
+        subject: String,
+        /// What the caller expected.
+        expected: u64,
+        /// What the log has (0 = nothing), when known.
+        actual: u64,
+    },
+    /// The payload is larger than the log accepts.
+    #[error("payload of {size} bytes exceeds the log's limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// Payload size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The subject does not belong to this log's namespace.
+    #[error("subject {0:?} is not in this log's namespace")]
+    BadSubject(String),
+    /// The log could not be reached or failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+/// A failure of the log itself (unreachable, I/O, corrupt record).
+#[derive(Debug, thiserror::Error)]
+#[error("event log: {0:#}")]
+pub struct LogError(pub anyhow::Error);
+
+impl LogError {
+    /// Wraps any error.
+    pub fn new(e: impl Into<anyhow::Error>) -> Self {
+        LogError(e.into())
+    }
+}
+
+/// A stream of events read from the log, in sequence order.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StoredEvent, LogError>> + Send>>;
+
+/// The event log: append, read, follow.
+#[async_trait::async_trait]
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends one event; returns once it is durable.
+    async fn append(&self, event: NewEvent) -> Result<Appended, AppendError>;
+
+    /// Reads up to `limit` events of a stream from a position, optionally only the
+    /// subjects matching `filter` (NATS wildcards).
+    async fn read(
+        &self,
+        stream: StreamKind,
+        from: ReadFrom,
+        filter: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, LogError>;
+
+    /// Follows a stream from `from_seq` (inclusive) for ever, in order, waiting for
+    /// new events. `consumer` names the reader (a durable consumer on JetStream).
+    async fn follow(
+        &self,
+        stream: StreamKind,
+        consumer: &str,
+        from_seq: u64,
+    ) -> Result<EventStream, LogError>;
+
+    /// The sequence of the last event in a stream (0 when empty).
+    async fn last_seq(&self, stream: StreamKind) -> Result<u64, LogError>;
+
+    /// The sequence of the last event on a subject (0 when none).
+    async fn last_subject_seq(&self, subject: &str) -> Result<u64, LogError>;
+
+    /// Cheap reachability check for `/readyz`.
+    async fn ping(&self) -> Result<(), LogError>;
+
+    /// The largest payload the log accepts.
+    fn max_payload(&self) -> usize;
+
+    /// The subject namespace.
+    fn namespace(&self) -> &crate::Namespace;
+}

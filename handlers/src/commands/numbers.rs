@@ -1,0 +1,188 @@
+//! Claiming and releasing phone numbers, and attaching unrouted webhook items.
+//!
+//! A number's events live on one global subject (`<ns>._.number.<id>`) whatever the
+//! workspace, so the optimistic-concurrency check serialises competing claims.
+
+use wabridge_events::{
+    types::{PhoneNumberClaimed, PhoneNumberReleased, UnroutedAssigned},
+    Envelope, NewEvent, Slug, Timestamp,
+};
+use wabridge_projections::views::{phone_numbers, unrouted};
+
+use super::{Caller, CommandError, Ctx};
+
+/// Meta ids are digits; keep them to a sane length.
+pub fn validate_id(what: &str, id: &str) -> Result<(), CommandError> {
+    if id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(CommandError::Validation(format!(
+            "{what} must be 1 to 32 digits"
+        )));
+    }
+    Ok(())
+}
+
+fn number_subject(ctx: &Ctx, phone_number_id: &str) -> String {
+    ctx.log
+        .namespace()
+        .domain_subject(None, "number", phone_number_id)
+}
+
+fn event_for<T: wabridge_events::types::EventData>(
+    ctx: &Ctx,
+    ws: &Slug,
+    caller: &Caller,
+    data: &T,
+    expected: u64,
+) -> NewEvent {
+    let mut ev = ctx.event(Some(ws), caller, data);
+    ev.subject = number_subject(ctx, &data.aggregate());
+    ev.expected_last_subject_seq = Some(expected);
+    ev
+}
+
+/// Routes a number's webhooks to the workspace; `Conflict` when another holds it.
+/// Claiming a number one already holds updates its details.
+pub async fn claim(
+    ctx: &Ctx,
+    caller: &Caller,
+    ws: &Slug,
+    phone_number_id: &str,
+    waba_id: &str,
+    display_phone_number: &str,
+) -> Result<phone_numbers::PhoneNumber, CommandError> {
+    validate_id("phone_number_id", phone_number_id)?;
+    validate_id("waba_id", waba_id)?;
+    if display_phone_number.trim().is_empty() || display_phone_number.len() > 32 {
+        return Err(CommandError::Validation(
+            "display_phone_number must be 1 to 32 characters".into(),
+        ));
+    }
+    super::workspaces::require(ctx, ws).await?;
+    let seq = ctx
+        .fresh("phone_numbers", &number_subject(ctx, phone_number_id))
+        .await?;
+    if let Some(holder) = phone_numbers::get(&ctx.store, phone_number_id).await? {
+        if holder.workspace != ws.as_str() {
+            return Err(CommandError::Conflict(format!(
+                "phone number {phone_number_id} is held by another workspace"
+            )));
+        }
+    }
+    let data = PhoneNumberClaimed {
+        phone_number_id: phone_number_id.to_string(),
+        waba_id: waba_id.to_string(),
+        display_phone_number: display_phone_number.trim().to_string(),
+    };
+    ctx.append_and_wait(
+        event_for(ctx, ws, caller, &data, seq),
+        &["phone_numbers", "audit"],
+    )
+    .await?;
+    phone_numbers::get(&ctx.store, phone_number_id)
+        .await?
+        .ok_or_else(|| CommandError::Internal(anyhow::anyhow!("claim not visible")))
+}
+
+/// Releases a number the workspace holds.
+pub async fn release(
+    ctx: &Ctx,
+    caller: &Caller,
+    ws: &Slug,
+    phone_number_id: &str,
+) -> Result<(), CommandError> {
+    let seq = ctx
+        .fresh("phone_numbers", &number_subject(ctx, phone_number_id))
+        .await?;
+    match phone_numbers::get(&ctx.store, phone_number_id).await? {
+        Some(h) if h.workspace == ws.as_str() => {}
+        _ => {
+            return Err(CommandError::NotFound(format!(
+                "workspace {ws} does not hold phone number {phone_number_id}"
+            )))
+        }
+    }
+    let data = PhoneNumberReleased {
+        phone_number_id: phone_number_id.to_string(),
+    };
+    ctx.append_and_wait(
+        event_for(ctx, ws, caller, &data, seq),
+        &["phone_numbers", "audit"],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Operator action: attaches every waiting unrouted item of a number to a workspace
+/// (each becomes the domain event it would have been). Idempotent per item.
+pub async fn assign_unrouted(
+    ctx: &Ctx,
+    caller: &Caller,
+    phone_number_id: &str,
+    ws: &Slug,
+) -> Result<u64, CommandError> {
+    super::workspaces::require(ctx, ws).await?;
+    let head = ctx
+        .log
+        .last_seq(wabridge_events::StreamKind::Domain)
+        .await?;
+    ctx.wait("unrouted", head).await?;
+    let items = unrouted::pending(&ctx.store, phone_number_id).await?;
+    if items.is_empty() {
+        return Err(CommandError::NotFound(format!(
+            "no unrouted items for phone number {phone_number_id}"
+        )));
+    }
+    let mut count = 0;
+    for item in &items {
+        let data: serde_json::Value =
+            serde_json::from_str(&item.data).map_err(|e| CommandError::Internal(e.into()))?;
+        let category = match item.event_type.as_str() {
+            "message.received" | "message.status_updated" => "message",
+            "contact.marketing_preference" => "contact",
+            "template.status_updated" => "template",
+            _ => "account",
+        };
+        let aggregate = data
+            .get("wamid")
+            .or_else(|| data.get("wa_id"))
+            .and_then(|v| v.as_str())
+            .unwrap_or(&item.dedup_key)
+            .to_string();
+        let occurred =
+            Timestamp::parse(&item.occurred_at).map_err(|e| CommandError::Internal(e.into()))?;
+        let envelope = Envelope::new(
+            &item.event_type,
+            item.v as u16,
+            Some(ws.clone()),
+            caller.actor.clone(),
+        )
+        .occurred(occurred);
+        ctx.log
+            .append(NewEvent {
+                subject: ctx
+                    .log
+                    .namespace()
+                    .domain_subject(Some(ws), category, &aggregate),
+                envelope,
+                payload: bytes::Bytes::from(item.data.clone().into_bytes()),
+                // The key the webhook processor would use, so a later redelivery is not processed again.
+                msg_id: Some(format!("{ws}|{}", item.dedup_key)),
+                expected_last_subject_seq: None,
+            })
+            .await?;
+        sqlx::query("INSERT INTO webhook_items (dedup_key, raw_seq) VALUES ($1, 0) ON CONFLICT (dedup_key) DO NOTHING")
+            .bind(format!("{ws}|{}", item.dedup_key))
+            .execute(&ctx.store.pool)
+            .await
+            .map_err(|e| CommandError::Internal(e.into()))?;
+        count += 1;
+    }
+    let data = UnroutedAssigned {
+        phone_number_id: phone_number_id.to_string(),
+        workspace: ws.clone(),
+        items: count,
+    };
+    let ev = ctx.event(Some(ws), caller, &data);
+    ctx.append_and_wait(ev, &["unrouted", "audit"]).await?;
+    Ok(count)
+}

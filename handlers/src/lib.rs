@@ -1,0 +1,7 @@
+//! Command handlers (decide, then append) and reactors (consumers that turn events
+//! into further events): webhook verification and splitting, the token vault.
+
+pub mod access;
+pub mod commands;
+pub mod vault;
+pub mod webhooks;

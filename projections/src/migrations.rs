@@ -1,0 +1,58 @@
+//! Schema migrations, portable between SQLite and PostgreSQL. Applied in order; each
+//! version runs once (recorded in `schema_migrations`).
+
+use anyhow::Context;
+
+use crate::Store;
+
+/// `(version, statements)`. Append only; never edit a landed version.
+pub const MIGRATIONS: &[(i64, &[&str])] = &[(
+    1,
+    &[
+        "CREATE TABLE projection_checkpoints (name TEXT PRIMARY KEY, seq BIGINT NOT NULL)",
+        "CREATE TABLE workspaces (slug TEXT PRIMARY KEY, name TEXT NOT NULL, created_at TEXT NOT NULL)",
+        "CREATE TABLE api_keys (key_id TEXT PRIMARY KEY, workspace TEXT, name TEXT NOT NULL, role TEXT NOT NULL, secret_hash TEXT NOT NULL, created_at TEXT NOT NULL, expires_at TEXT, revoked_at TEXT, last_used_at TEXT, log_seq BIGINT NOT NULL)",
+        "CREATE INDEX api_keys_workspace ON api_keys (workspace, key_id)",
+        "CREATE TABLE phone_numbers (phone_number_id TEXT PRIMARY KEY, workspace TEXT NOT NULL, waba_id TEXT NOT NULL, display_phone_number TEXT NOT NULL, claimed_at TEXT NOT NULL)",
+        "CREATE INDEX phone_numbers_waba ON phone_numbers (waba_id)",
+        "CREATE TABLE audit_entries (workspace TEXT NOT NULL, seq BIGINT NOT NULL, at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, outcome TEXT NOT NULL, ip TEXT, prev_hash TEXT NOT NULL, hash TEXT NOT NULL, log_seq BIGINT NOT NULL, PRIMARY KEY (workspace, seq))",
+        "CREATE TABLE audit_heads (workspace TEXT PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL, cut_through BIGINT NOT NULL, cut_hash TEXT NOT NULL, cut_signature TEXT)",
+        "CREATE TABLE dead_letters (id TEXT PRIMARY KEY, consumer TEXT NOT NULL, stream TEXT NOT NULL, seq BIGINT NOT NULL, event_type TEXT NOT NULL, reason TEXT NOT NULL, attempts BIGINT NOT NULL, status TEXT NOT NULL, recorded_at TEXT NOT NULL, updated_at TEXT NOT NULL)",
+        "CREATE TABLE unrouted (dedup_key TEXT PRIMARY KEY, phone_number_id TEXT NOT NULL, waba_id TEXT NOT NULL, event_type TEXT NOT NULL, v BIGINT NOT NULL, data TEXT NOT NULL, occurred_at TEXT NOT NULL, recorded_at TEXT NOT NULL, assigned_to TEXT, log_seq BIGINT NOT NULL)",
+        "CREATE INDEX unrouted_number ON unrouted (phone_number_id, log_seq)",
+        "CREATE TABLE tokens (workspace TEXT NOT NULL, phone_number_id TEXT NOT NULL, key_version TEXT NOT NULL, nonce TEXT NOT NULL, ciphertext TEXT NOT NULL, fingerprint TEXT NOT NULL, status TEXT NOT NULL, stored_at TEXT NOT NULL, expires_at TEXT, log_seq BIGINT NOT NULL, PRIMARY KEY (workspace, phone_number_id))",
+        "CREATE TABLE messages (workspace TEXT NOT NULL, wamid TEXT NOT NULL, direction TEXT NOT NULL, contact TEXT NOT NULL, message_type TEXT NOT NULL, status TEXT NOT NULL, occurred_at TEXT NOT NULL, updated_at TEXT NOT NULL, log_seq BIGINT NOT NULL, PRIMARY KEY (workspace, wamid))",
+        "CREATE TABLE message_history (workspace TEXT NOT NULL, wamid TEXT NOT NULL, log_seq BIGINT NOT NULL, status TEXT NOT NULL, at TEXT NOT NULL, error_code BIGINT, PRIMARY KEY (workspace, wamid, log_seq))",
+        "CREATE TABLE webhook_items (dedup_key TEXT PRIMARY KEY, raw_seq BIGINT NOT NULL)",
+    ],
+)];
+
+/// Applies pending migrations, each version in its own transaction.
+pub async fn run(store: &Store) -> anyhow::Result<()> {
+    sqlx::query("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)")
+        .execute(&store.pool)
+        .await?;
+    for (version, statements) in MIGRATIONS {
+        let mut tx = store.pool.begin().await?;
+        let done: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+                .bind(*version)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if done.is_some() {
+            continue;
+        }
+        for stmt in *statements {
+            sqlx::query(stmt)
+                .execute(&mut *tx)
+                .await
+                .with_context(|| format!("migration {version}: {stmt}"))?;
+        }
+        sqlx::query("INSERT INTO schema_migrations (version) VALUES ($1)")
+            .bind(*version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! The read-model database: a pool over SQLite or PostgreSQL, migrated at connect.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::{any::AnyPoolOptions, AnyPool, Executor};
+
+/// Which database the store runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite (one file under the data dir).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// The read-model store (cheap to clone).
+#[derive(Clone, Debug)]
+pub struct Store {
+    /// The pool; every query uses `$n` placeholders.
+    pub pool: AnyPool,
+    /// The backend.
+    pub backend: Backend,
+}
+
+impl Store {
+    /// Connects to `sqlite://…` or `postgres://…`, failing within seconds when the
+    /// database is unreachable, and applies pending migrations.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            anyhow::bail!("DATABASE_URL must start with sqlite:// or postgres://");
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+            }
+            _ => url.to_string(),
+        };
+        if backend == Backend::Sqlite {
+            if let Some(path) = url
+                .strip_prefix("sqlite://")
+                .and_then(|p| p.split('?').next())
+            {
+                if let Some(dir) = std::path::Path::new(path).parent() {
+                    std::fs::create_dir_all(dir).ok();
+                }
+            }
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(match backend {
+                Backend::Sqlite => 4,
+                Backend::Postgres => 16,
+            })
+            .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .context("connecting to DATABASE_URL")?;
+        if backend == Backend::Sqlite {
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await
+                .context("enabling WAL")?;
+        }
+        let store = Store { pool, backend };
+        crate::migrations::run(&store)
+            .await
+            .context("migrating the read-model database")?;
+        Ok(store)
+    }
+
+    /// Cheap reachability check.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

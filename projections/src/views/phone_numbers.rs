@@ -1,0 +1,107 @@
+//! Which workspace holds which phone number (webhook routing).
+
+use serde::Serialize;
+use sqlx::{AnyConnection, Row};
+use wabridge_events::{DomainEvent, StoredEvent};
+
+use crate::{Projection, Store};
+
+/// The `phone_numbers` projection.
+pub struct PhoneNumbers;
+
+/// A claimed number.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct PhoneNumber {
+    /// Meta's phone number id.
+    pub phone_number_id: String,
+    /// The holding workspace.
+    pub workspace: String,
+    /// The WABA id.
+    pub waba_id: String,
+    /// The number as displayed.
+    pub display_phone_number: String,
+    /// When it was claimed.
+    pub claimed_at: String,
+}
+
+#[async_trait::async_trait]
+impl Projection for PhoneNumbers {
+    fn name(&self) -> &'static str {
+        "phone_numbers"
+    }
+    fn dump_sql(&self) -> &'static str {
+        "SELECT phone_number_id || '|' || workspace || '|' || waba_id || '|' || display_phone_number || '|' || claimed_at FROM phone_numbers ORDER BY phone_number_id"
+    }
+    async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
+        let ws = super::ws_of(event);
+        match super::decode(event)? {
+            DomainEvent::PhoneNumberClaimed(p) => {
+                sqlx::query("INSERT INTO phone_numbers (phone_number_id, workspace, waba_id, display_phone_number, claimed_at) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (phone_number_id) DO UPDATE SET waba_id = excluded.waba_id, display_phone_number = excluded.display_phone_number WHERE phone_numbers.workspace = excluded.workspace")
+                    .bind(&p.phone_number_id)
+                    .bind(&ws)
+                    .bind(&p.waba_id)
+                    .bind(&p.display_phone_number)
+                    .bind(event.envelope.recorded_at.to_string())
+                    .execute(conn)
+                    .await?;
+            }
+            DomainEvent::PhoneNumberReleased(p) => {
+                sqlx::query(
+                    "DELETE FROM phone_numbers WHERE phone_number_id = $1 AND workspace = $2",
+                )
+                .bind(&p.phone_number_id)
+                .bind(&ws)
+                .execute(conn)
+                .await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn row(r: sqlx::any::AnyRow) -> PhoneNumber {
+    PhoneNumber {
+        phone_number_id: r.get(0),
+        workspace: r.get(1),
+        waba_id: r.get(2),
+        display_phone_number: r.get(3),
+        claimed_at: r.get(4),
+    }
+}
+
+/// Who holds a number.
+pub async fn get(store: &Store, phone_number_id: &str) -> anyhow::Result<Option<PhoneNumber>> {
+    Ok(sqlx::query("SELECT phone_number_id, workspace, waba_id, display_phone_number, claimed_at FROM phone_numbers WHERE phone_number_id = $1")
+        .bind(phone_number_id)
+        .fetch_optional(&store.pool)
+        .await?
+        .map(row))
+}
+
+/// A workspace's numbers after a cursor.
+pub async fn list(
+    store: &Store,
+    workspace: &str,
+    after: Option<&str>,
+    limit: i64,
+) -> anyhow::Result<Vec<PhoneNumber>> {
+    let rows = sqlx::query("SELECT phone_number_id, workspace, waba_id, display_phone_number, claimed_at FROM phone_numbers WHERE workspace = $1 AND phone_number_id > $2 ORDER BY phone_number_id LIMIT $3")
+        .bind(workspace)
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&store.pool)
+        .await?;
+    Ok(rows.into_iter().map(row).collect())
+}
+
+/// The workspaces holding at least one number of a WABA.
+pub async fn workspaces_of_waba(store: &Store, waba_id: &str) -> anyhow::Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT workspace FROM phone_numbers WHERE waba_id = $1 ORDER BY workspace",
+    )
+    .bind(waba_id)
+    .fetch_all(&store.pool)
+    .await?)
+}

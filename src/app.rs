@@ -1,0 +1,73 @@
+//! The running application: the log, the store, the configuration and the shared
+//! state the HTTP handlers and workers use.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use wabridge_events::{
+    backends::{
+        embedded::{EmbeddedConfig, EmbeddedLog},
+        jetstream::JetStreamLog,
+    },
+    EventLog,
+};
+use wabridge_handlers::commands::Ctx;
+use wabridge_projections::{Progress, Store};
+
+use crate::{config::Config, metrics::Metrics};
+
+/// Shared application state (cheap to clone).
+#[derive(Clone)]
+pub struct App {
+    /// Configuration.
+    pub cfg: Arc<Config>,
+    /// Log, store and projection progress for commands.
+    pub ctx: Ctx,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Per key id, the last minute a use was recorded (`last_used_at` throttle).
+    pub key_use: Arc<std::sync::Mutex<HashMap<String, i64>>>,
+}
+
+/// Opens the configured log: JetStream when `NATS_URL` is set, else the embedded one.
+pub async fn open_log(cfg: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
+    Ok(match &cfg.nats {
+        Some(js) => Arc::new(JetStreamLog::connect(js.clone()).await?),
+        None => {
+            let mut e = EmbeddedConfig::new(cfg.data_dir.join("events.db"));
+            e.duplicate_window = cfg.dedup_window;
+            e.namespace = cfg.namespace.clone();
+            Arc::new(
+                EmbeddedLog::open(e)
+                    .await
+                    .context("opening the embedded event log")?,
+            )
+        }
+    })
+}
+
+impl App {
+    /// Connects to the log and the store (each failing within seconds).
+    pub async fn build(cfg: Config) -> anyhow::Result<App> {
+        let log = tokio::time::timeout(Duration::from_secs(15), open_log(&cfg))
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out opening the event log"))??;
+        let store = tokio::time::timeout(
+            Duration::from_secs(15),
+            Store::connect(cfg.database_url.expose_secret()),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out connecting to DATABASE_URL"))??;
+        Ok(App {
+            cfg: Arc::new(cfg),
+            ctx: Ctx {
+                log,
+                store,
+                progress: Progress::default(),
+            },
+            metrics: Arc::new(Metrics::default()),
+            key_use: Arc::default(),
+        })
+    }
+}

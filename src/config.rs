@@ -1,0 +1,452 @@
+//! Configuration: environment variables, each also a `serve` flag; every secret also
+//! as `NAME_FILE`. A malformed value refuses start-up with a message naming the
+//! variable; no secret value is ever printed.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use secrecy::{ExposeSecret, SecretString};
+use wabridge_handlers::vault::KeyRing;
+
+/// Settings given as flags or environment variables.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ConfigArgs {
+    /// Where the embedded log, the SQLite read models and the development key live.
+    #[arg(long, env = "WABRIDGE_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Listen address.
+    #[arg(long, env = "WABRIDGE_LISTEN", global = true)]
+    pub listen: Option<String>,
+    /// `sqlite://…` or `postgres://…` (default: SQLite under the data dir).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
+    /// JetStream servers; unset means the embedded log.
+    #[arg(long, env = "NATS_URL", global = true)]
+    pub nats_url: Option<String>,
+    /// NATS credentials file.
+    #[arg(long, env = "NATS_CREDS", global = true)]
+    pub nats_creds: Option<PathBuf>,
+    /// CA certificates for NATS TLS.
+    #[arg(long, env = "NATS_TLS_CA", global = true)]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate for NATS TLS.
+    #[arg(long, env = "NATS_TLS_CERT", global = true)]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// Client key for NATS TLS.
+    #[arg(long, env = "NATS_TLS_KEY", global = true)]
+    pub nats_tls_key: Option<PathBuf>,
+    /// Require TLS to NATS (`true`/`false`).
+    #[arg(long, env = "NATS_TLS_REQUIRED", global = true)]
+    pub nats_tls_required: Option<String>,
+    /// Stream replicas on JetStream (default 1).
+    #[arg(long, env = "WABRIDGE_NATS_REPLICAS", global = true)]
+    pub nats_replicas: Option<String>,
+    /// Subject and stream namespace (default `wb`).
+    #[arg(long, env = "WABRIDGE_NAMESPACE", global = true)]
+    pub namespace: Option<String>,
+    /// `api`, `workers` or `api,workers` (default both).
+    #[arg(long, env = "WABRIDGE_ROLES", global = true)]
+    pub roles: Option<String>,
+    /// Request body limit: bytes, or with a KiB/MiB suffix (default 4MiB).
+    #[arg(long, env = "WABRIDGE_MAX_BODY", global = true)]
+    pub max_body: Option<String>,
+    /// The log's duplicate window (e.g. `10m`, `600s`, `2h`; default 10m).
+    #[arg(long, env = "WABRIDGE_DEDUP_WINDOW", global = true)]
+    pub dedup_window: Option<String>,
+    /// Audit retention in days (default 90).
+    #[arg(long, env = "WABRIDGE_AUDIT_RETENTION_DAYS", global = true)]
+    pub audit_retention_days: Option<String>,
+    /// Proxies whose X-Forwarded-For is believed (comma-separated IPs).
+    #[arg(long, env = "WABRIDGE_TRUSTED_PROXIES", global = true)]
+    pub trusted_proxies: Option<String>,
+    /// Base URL of the Graph API.
+    #[arg(long, env = "META_GRAPH_URL", global = true)]
+    pub meta_graph_url: Option<String>,
+    /// Meta app id (Embedded Signup).
+    #[arg(long, env = "META_APP_ID", global = true)]
+    pub meta_app_id: Option<String>,
+}
+
+/// Which parts this instance runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Roles {
+    /// The HTTP API (including Meta's webhooks).
+    pub api: bool,
+    /// Projections and reactors.
+    pub workers: bool,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Read-model database URL.
+    pub database_url: SecretString,
+    /// JetStream settings, when `NATS_URL` is set.
+    pub nats: Option<wabridge_events::backends::jetstream::JetStreamConfig>,
+    /// The subject namespace.
+    pub namespace: wabridge_events::Namespace,
+    /// Roles.
+    pub roles: Roles,
+    /// Body limit in bytes.
+    pub max_body: usize,
+    /// Duplicate window.
+    pub dedup_window: Duration,
+    /// Audit retention.
+    pub audit_retention: Duration,
+    /// Trusted proxies.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Graph API base URL.
+    pub meta_graph_url: String,
+    /// Meta app id.
+    pub meta_app_id: Option<String>,
+    /// `META_APP_SECRET` (a list, for rotation).
+    pub meta_app_secrets: Vec<SecretString>,
+    /// `META_VERIFY_TOKEN`.
+    pub meta_verify_token: Option<SecretString>,
+    /// `TOKEN_MASTER_KEYS` / `TOKEN_MASTER_KEY` (or the development key).
+    pub token_keys: Option<KeyRing>,
+    /// True when the token keys are the generated development key.
+    pub dev_master_key: bool,
+    /// `AUDIT_SIGNING_KEY`.
+    pub audit_signing_key: Option<SecretString>,
+}
+
+/// Reads a secret from `NAME` or the file named by `NAME_FILE` (not both).
+pub fn secret(name: &'static str) -> anyhow::Result<Option<SecretString>> {
+    let direct = std::env::var(name).ok().filter(|v| !v.is_empty());
+    let file_var = format!("{name}_FILE");
+    let file = std::env::var(&file_var).ok().filter(|v| !v.is_empty());
+    match (direct, file) {
+        (Some(_), Some(_)) => bail!("{name} and {file_var} are both set; set one"),
+        (Some(v), None) => Ok(Some(SecretString::from(v))),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("{file_var}: cannot read {path}"))?;
+            let text = text.trim_end_matches(['\n', '\r']).to_string();
+            if text.is_empty() {
+                bail!("{file_var}: {path} is empty");
+            }
+            Ok(Some(SecretString::from(text)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Parses `4MiB`, `512KiB` or a plain byte count.
+pub fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("MiB") {
+        (n, 1024 * 1024)
+    } else if let Some(n) = s.strip_suffix("KiB") {
+        (n, 1024)
+    } else {
+        (s, 1)
+    };
+    num.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .and_then(|n| n.checked_mul(mult))
+}
+
+/// Parses `90s`, `10m`, `2h`, `7d` or plain seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86400)?,
+        _ => return None,
+    };
+    (secs > 0).then(|| Duration::from_secs(secs))
+}
+
+fn invalid(var: &str, why: &str) -> anyhow::Error {
+    anyhow::anyhow!("{var}: {why}")
+}
+
+impl Config {
+    /// Validates the arguments (flags over environment) and loads the secrets.
+    pub fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
+        let data_dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./data"));
+        let listen = args.listen.as_deref().unwrap_or("127.0.0.1:8080");
+        let listen: SocketAddr = listen
+            .parse()
+            .map_err(|_| invalid("WABRIDGE_LISTEN", "must be an address like 127.0.0.1:8080"))?;
+        let database_url = match &args.database_url {
+            Some(u)
+                if u.starts_with("sqlite:")
+                    || u.starts_with("postgres:")
+                    || u.starts_with("postgresql:") =>
+            {
+                u.clone()
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "DATABASE_URL",
+                    "must start with sqlite:// or postgres://",
+                ))
+            }
+            None => format!("sqlite://{}", data_dir.join("readmodels.db").display()),
+        };
+        let roles = match args
+            .roles
+            .as_deref()
+            .unwrap_or("api,workers")
+            .replace(' ', "")
+            .as_str()
+        {
+            "api" => Roles {
+                api: true,
+                workers: false,
+            },
+            "workers" => Roles {
+                api: false,
+                workers: true,
+            },
+            "api,workers" | "workers,api" => Roles {
+                api: true,
+                workers: true,
+            },
+            _ => {
+                return Err(invalid(
+                    "WABRIDGE_ROLES",
+                    "must be api, workers or api,workers",
+                ))
+            }
+        };
+        let max_body = match &args.max_body {
+            Some(s) => parse_size(s).ok_or_else(|| {
+                invalid(
+                    "WABRIDGE_MAX_BODY",
+                    "must be bytes or a number with KiB/MiB",
+                )
+            })?,
+            None => 4 * 1024 * 1024,
+        };
+        let dedup_window = match &args.dedup_window {
+            Some(s) => parse_duration(s)
+                .ok_or_else(|| invalid("WABRIDGE_DEDUP_WINDOW", "must be a duration like 10m"))?,
+            None => Duration::from_secs(600),
+        };
+        let days: u64 = match &args.audit_retention_days {
+            Some(s) => s.trim().parse().ok().filter(|d| *d > 0).ok_or_else(|| {
+                invalid(
+                    "WABRIDGE_AUDIT_RETENTION_DAYS",
+                    "must be a positive number of days",
+                )
+            })?,
+            None => 90,
+        };
+        let trusted_proxies = match &args.trusted_proxies {
+            Some(s) => s
+                .split(',')
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| {
+                    p.trim().parse().map_err(|_| {
+                        invalid(
+                            "WABRIDGE_TRUSTED_PROXIES",
+                            "must be comma-separated IP addresses",
+                        )
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?,
+            None => vec![],
+        };
+        let namespace = match &args.namespace {
+            Some(ns) => wabridge_events::Namespace::new(ns)
+                .map_err(|e| invalid("WABRIDGE_NAMESPACE", &e.to_string()))?,
+            None => wabridge_events::Namespace::default(),
+        };
+        let nats = match &args.nats_url {
+            None => None,
+            Some(url) => {
+                let mut js = wabridge_events::backends::jetstream::JetStreamConfig::new(url);
+                js.creds_file = args.nats_creds.clone();
+                js.tls_ca = args.nats_tls_ca.clone();
+                js.tls_client = match (&args.nats_tls_cert, &args.nats_tls_key) {
+                    (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                    (None, None) => None,
+                    _ => {
+                        return Err(invalid(
+                            "NATS_TLS_CERT",
+                            "NATS_TLS_CERT and NATS_TLS_KEY go together",
+                        ))
+                    }
+                };
+                js.tls_required = match args.nats_tls_required.as_deref() {
+                    None | Some("false") | Some("0") => false,
+                    Some("true") | Some("1") => true,
+                    _ => return Err(invalid("NATS_TLS_REQUIRED", "must be true or false")),
+                };
+                js.replicas = match &args.nats_replicas {
+                    Some(r) => r
+                        .parse()
+                        .ok()
+                        .filter(|r| (1..=5).contains(r))
+                        .ok_or_else(|| invalid("WABRIDGE_NATS_REPLICAS", "must be 1 to 5"))?,
+                    None => 1,
+                };
+                js.duplicate_window = dedup_window;
+                js.namespace = namespace.clone();
+                Some(js)
+            }
+        };
+        let meta_app_secrets = match secret("META_APP_SECRET")? {
+            Some(s) => {
+                let list: Vec<SecretString> = s
+                    .expose_secret()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| SecretString::from(p.to_string()))
+                    .collect();
+                if list.is_empty() {
+                    return Err(invalid("META_APP_SECRET", "is empty"));
+                }
+                list
+            }
+            None => vec![],
+        };
+        let keys = secret("TOKEN_MASTER_KEYS")?;
+        let key = secret("TOKEN_MASTER_KEY")?;
+        let token_keys = KeyRing::from_vars(
+            keys.as_ref().map(|k| k.expose_secret()),
+            key.as_ref().map(|k| k.expose_secret()),
+        )?;
+        let cfg = Config {
+            data_dir,
+            listen,
+            database_url: SecretString::from(database_url),
+            nats,
+            namespace,
+            roles,
+            max_body,
+            dedup_window,
+            audit_retention: Duration::from_secs(days * 86400),
+            trusted_proxies,
+            meta_graph_url: args
+                .meta_graph_url
+                .clone()
+                .unwrap_or_else(|| "https://graph.facebook.com/v23.0".into()),
+            meta_app_id: args.meta_app_id.clone(),
+            meta_app_secrets,
+            meta_verify_token: secret("META_VERIFY_TOKEN")?,
+            token_keys,
+            dev_master_key: false,
+            audit_signing_key: secret("AUDIT_SIGNING_KEY")?,
+        };
+        if cfg.nats.is_some() {
+            cfg.require_production_secrets()?;
+        }
+        Ok(cfg)
+    }
+
+    /// With `NATS_URL` set (production), every secret must be given.
+    fn require_production_secrets(&self) -> anyhow::Result<()> {
+        let missing = [
+            ("META_APP_SECRET", self.meta_app_secrets.is_empty()),
+            ("META_VERIFY_TOKEN", self.meta_verify_token.is_none()),
+            ("TOKEN_MASTER_KEYS", self.token_keys.is_none()),
+            ("AUDIT_SIGNING_KEY", self.audit_signing_key.is_none()),
+        ];
+        for (name, absent) in missing {
+            if absent {
+                bail!("{name} must be set when NATS_URL is set (production); see README \"Configuration\"");
+            }
+        }
+        Ok(())
+    }
+
+    /// As [`Config::ensure_dev_master_key`], for host commands: only uses a key that
+    /// `serve` generated, never creates one, and says nothing.
+    pub fn ensure_dev_master_key_quiet(&mut self) -> anyhow::Result<()> {
+        let path = self.data_dir.join("dev-master-key");
+        if self.token_keys.is_none() && self.nats.is_none() && path.exists() {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            self.token_keys = Some(
+                KeyRing::parse_keys(text.trim())
+                    .with_context(|| format!("{} is not a valid key", path.display()))?,
+            );
+            self.dev_master_key = true;
+        }
+        Ok(())
+    }
+
+    /// On the embedded default with no master key, generates (once) a development key
+    /// into the data dir and says so loudly.
+    pub fn ensure_dev_master_key(&mut self) -> anyhow::Result<()> {
+        if self.token_keys.is_some() || self.nats.is_some() {
+            return Ok(());
+        }
+        let path = self.data_dir.join("dev-master-key");
+        if !path.exists() {
+            std::fs::create_dir_all(&self.data_dir)
+                .with_context(|| format!("creating {}", self.data_dir.display()))?;
+            let line = format!("v1:{}\n", wabridge_handlers::vault::generate_key_hex());
+            write_private(&path, line.as_bytes())?;
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        self.token_keys = Some(
+            KeyRing::parse_keys(text.trim())
+                .with_context(|| format!("{} is not a valid key", path.display()))?,
+        );
+        self.dev_master_key = true;
+        eprintln!(
+            "\n!!! DEVELOPMENT MASTER KEY in use: {} (generated; NOT for production).\n!!! Set TOKEN_MASTER_KEYS (make one with `wabridge keys generate`) before storing real tokens.\n",
+            path.display()
+        );
+        Ok(())
+    }
+}
+
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("4MiB"), Some(4 * 1024 * 1024));
+        assert_eq!(parse_size("512KiB"), Some(512 * 1024));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("4MB"), None);
+        assert_eq!(parse_size("0"), None);
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
+        assert_eq!(parse_duration("5x"), None);
+    }
+}

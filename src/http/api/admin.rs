@@ -1,0 +1,147 @@
+//! Operator routes: unrouted webhooks and dead letters.
+
+use axum::{extract::State, http::StatusCode, Json as AxumJson};
+use serde::{Deserialize, Serialize};
+use wabridge_events::Slug;
+use wabridge_handlers::commands::{dead_letters as dl_cmd, numbers};
+use wabridge_projections::views::{
+    dead_letters::{self, DeadLetter},
+    unrouted::{self, UnroutedNumber},
+};
+
+use crate::{
+    app::App,
+    http::{
+        auth::Authed,
+        error::AppError,
+        extract::{Json, Page, PageParams, Path, Query},
+    },
+};
+
+/// Numbers with unrouted items.
+pub async fn unrouted(
+    State(app): State<App>,
+    _auth: Authed,
+    Query(page): Query<PageParams>,
+) -> Result<AxumJson<Page<UnroutedNumber>>, AppError> {
+    let limit = page.limit()?;
+    let items = unrouted::numbers(&app.ctx.store, page.cursor.as_deref(), limit).await?;
+    Ok(AxumJson(Page::new(items, limit, |n| {
+        n.phone_number_id.clone()
+    })))
+}
+
+/// `POST /v1/admin/unrouted/{phone_number_id}/assign` body.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Assign {
+    /// The workspace receiving the items.
+    pub workspace: String,
+}
+
+/// The assignment result.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Assigned {
+    /// Items attached.
+    pub items: u64,
+}
+
+/// Path with a phone number id.
+#[derive(Deserialize)]
+pub struct NumberOnly {
+    /// Meta's phone number id.
+    pub phone_number_id: String,
+}
+
+/// Attaches a number's unrouted items to a workspace.
+pub async fn assign(
+    State(app): State<App>,
+    auth: Authed,
+    Path(p): Path<NumberOnly>,
+    Json(body): Json<Assign>,
+) -> Result<AxumJson<Assigned>, AppError> {
+    let ws = Slug::parse(&body.workspace).map_err(|e| AppError::validation(e.to_string()))?;
+    let items = numbers::assign_unrouted(&app.ctx, &auth.caller, &p.phone_number_id, &ws).await?;
+    Ok(AxumJson(Assigned { items }))
+}
+
+/// Dead-letter list parameters.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterParams {
+    /// `open`, `redriving`, `resolved` or `discarded`.
+    pub status: Option<String>,
+    /// Cursor.
+    pub cursor: Option<String>,
+    /// Page size.
+    pub limit: Option<i64>,
+}
+
+/// Lists dead letters.
+pub async fn dead_letters(
+    State(app): State<App>,
+    _auth: Authed,
+    Query(p): Query<DeadLetterParams>,
+) -> Result<AxumJson<Page<DeadLetter>>, AppError> {
+    let limit = PageParams {
+        cursor: None,
+        limit: p.limit,
+    }
+    .limit()?;
+    let items = dead_letters::list(
+        &app.ctx.store,
+        p.status.as_deref(),
+        p.cursor.as_deref(),
+        limit,
+    )
+    .await?;
+    Ok(AxumJson(Page::new(items, limit, |d| d.id.clone())))
+}
+
+/// Path with a dead-letter id.
+#[derive(Deserialize)]
+pub struct DeadLetterPath {
+    /// The id.
+    pub id: String,
+}
+
+/// One dead letter.
+pub async fn dead_letter(
+    State(app): State<App>,
+    _auth: Authed,
+    Path(p): Path<DeadLetterPath>,
+) -> Result<AxumJson<DeadLetter>, AppError> {
+    let d = dead_letters::get(&app.ctx.store, &p.id)
+        .await?
+        .ok_or_else(|| AppError::not_found("no such dead letter"))?;
+    Ok(AxumJson(d))
+}
+
+/// Redrives a dead letter.
+pub async fn redrive(
+    State(app): State<App>,
+    auth: Authed,
+    Path(p): Path<DeadLetterPath>,
+) -> Result<StatusCode, AppError> {
+    dl_cmd::redrive(&app.ctx, &auth.caller, &p.id).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Discard body.
+#[derive(Deserialize, schemars::JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Discard {
+    /// Why.
+    pub reason: Option<String>,
+}
+
+/// Discards a dead letter.
+pub async fn discard(
+    State(app): State<App>,
+    auth: Authed,
+    Path(p): Path<DeadLetterPath>,
+    Json(body): Json<Discard>,
+) -> Result<StatusCode, AppError> {
+    dl_cmd::discard(&app.ctx, &auth.caller, &p.id, body.reason).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

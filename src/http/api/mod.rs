@@ -1,0 +1,10 @@
+//! Route handlers, one file per area.
+
+pub mod admin;
+pub mod audit;
+pub mod keys;
+pub mod meta;
+pub mod numbers;
+pub mod ops;
+pub mod tokens;
+pub mod workspaces;

@@ -1,0 +1,132 @@
+//! Health, readiness, metrics, the OpenAPI document and the permission matrix.
+
+use std::time::Duration;
+
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde::Serialize;
+use wabridge_events::StreamKind;
+use wabridge_handlers::access::permissions::{matrix, MatrixRow};
+use wabridge_projections::views::{self, dead_letters};
+
+use crate::{app::App, http::error::AppError};
+
+/// How far behind the log a projection may be for `/readyz` to pass.
+pub const READY_LAG: u64 = 1000;
+
+/// `GET /healthz`.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// The readiness report.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Readiness {
+    /// All checks passed.
+    pub ready: bool,
+    /// Log reachable.
+    pub log: bool,
+    /// Store reachable.
+    pub store: bool,
+    /// Projections more than the bound behind the log.
+    pub lagging: Vec<String>,
+}
+
+/// Lag per projection: (name, log head - checkpoint).
+pub async fn lags(app: &App) -> anyhow::Result<Vec<(String, u64)>> {
+    let mut heads = std::collections::HashMap::new();
+    let mut out = vec![];
+    for p in views::all() {
+        let head = match heads.get(&p.stream()) {
+            Some(h) => *h,
+            None => {
+                let h = app.ctx.log.last_seq(p.stream()).await?;
+                heads.insert(p.stream(), h);
+                h
+            }
+        };
+        out.push((
+            p.name().to_string(),
+            head.saturating_sub(app.ctx.store.checkpoint(p.name()).await?),
+        ));
+    }
+    let raw_head = app.ctx.log.last_seq(StreamKind::Raw).await?;
+    let processor = wabridge_handlers::webhooks::processor::NAME;
+    out.push((
+        processor.to_string(),
+        raw_head.saturating_sub(app.ctx.store.checkpoint(processor).await?),
+    ));
+    Ok(out)
+}
+
+/// `GET /readyz`: log and store reachable, projections within [`READY_LAG`] events.
+pub async fn readyz(State(app): State<App>) -> Response {
+    let log = tokio::time::timeout(Duration::from_secs(2), app.ctx.log.ping())
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let store = tokio::time::timeout(Duration::from_secs(2), app.ctx.store.ping())
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let lagging = if log && store {
+        lags(&app)
+            .await
+            .map(|l| {
+                l.into_iter()
+                    .filter(|(_, lag)| *lag > READY_LAG)
+                    .map(|(n, _)| n)
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        vec![]
+    };
+    let ready = log && store && lagging.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(Readiness {
+            ready,
+            log,
+            store,
+            lagging,
+        }),
+    )
+        .into_response()
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(State(app): State<App>) -> Result<Response, AppError> {
+    let mut gauges = vec![];
+    if let Ok(lags) = lags(&app).await {
+        for (name, lag) in lags {
+            gauges.push((
+                "wabridge_projection_lag_events",
+                format!("{{projection=\"{name}\"}}"),
+                lag as f64,
+            ));
+        }
+    }
+    if let Ok(n) = dead_letters::count_open(&app.ctx.store).await {
+        gauges.push(("wabridge_dead_letters_open", String::new(), n as f64));
+    }
+    let body = app.metrics.render(&gauges);
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+}
+
+/// `GET /openapi.json`.
+pub async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::http::openapi::document())
+}
+
+/// `GET /v1/permissions`: the role × permission matrix.
+pub async fn permissions() -> Json<Vec<MatrixRow>> {
+    Json(matrix())
+}

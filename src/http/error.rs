@@ -1,0 +1,129 @@
+//! The one error type of the HTTP API, rendered as `application/problem+json`
+//! (RFC 9457) with a stable `code`.
+
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use wabridge_handlers::commands::CommandError;
+
+/// An HTTP error.
+#[derive(Debug)]
+pub struct AppError {
+    /// Status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// Human detail (never a secret).
+    pub detail: String,
+}
+
+/// The problem document.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Problem {
+    /// A URI naming the problem type.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Short title.
+    pub title: String,
+    /// HTTP status.
+    pub status: u16,
+    /// What went wrong.
+    pub detail: String,
+    /// Stable code (`validation_failed`, `unauthorized`, ...).
+    pub code: String,
+}
+
+impl AppError {
+    /// Builds an error.
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        AppError {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+    /// 400 `validation_failed`.
+    pub fn validation(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "validation_failed", detail)
+    }
+    /// 401 `unauthorized`.
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+    }
+    /// 403 `forbidden`.
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+    /// 404 `not_found`.
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+    /// 503 `not_configured`, naming the variable.
+    pub fn not_configured(var: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_configured",
+            format!("{var} is not set; this route needs it"),
+        )
+    }
+    /// 500, logging the cause but answering without it.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; see the server log",
+        )
+    }
+}
+
+fn title(status: StatusCode) -> String {
+    status.canonical_reason().unwrap_or("Error").to_string()
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let body = Problem {
+            type_: format!(
+                "https://wabridge.dev/problems/{}",
+                self.code.replace('_', "-")
+            ),
+            title: title(self.status),
+            status: self.status.as_u16(),
+            detail: self.detail,
+            code: self.code.to_string(),
+        };
+        let mut res = (self.status, axum::Json(body)).into_response();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        res
+    }
+}
+
+impl From<CommandError> for AppError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::NotFound(d) => AppError::not_found(d),
+            CommandError::Conflict(d) => AppError::new(StatusCode::CONFLICT, "conflict", d),
+            CommandError::Validation(d) => AppError::validation(d),
+            CommandError::Forbidden(d) => AppError::forbidden(d),
+            CommandError::NotConfigured(v) => AppError::not_configured(v),
+            CommandError::Internal(e) => AppError::internal(format!("{e:#}")),
+        }
+    }
+}
+
+impl From<anyhow::Error> for AppError {
+    fn from(e: anyhow::Error) -> Self {
+        AppError::internal(format!("{e:#}"))
+    }
+}
+
+/// Answers unmatched paths with a problem document.
+pub async fn fallback() -> AppError {
+    AppError::not_found("no such route")
+}

@@ -1,0 +1,101 @@
+//! Extractors whose rejections are problem documents (400 `validation_failed`)
+//! instead of axum's plain-text 415/422.
+
+use axum::{
+    extract::{rejection::JsonRejection, FromRequest, FromRequestParts, Request},
+    http::request::Parts,
+};
+use serde::de::DeserializeOwned;
+
+use super::error::AppError;
+
+/// A JSON body; any malformed body (wrong content type, bad JSON, wrong shape,
+/// unknown field) is 400 `validation_failed`.
+pub struct Json<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = AppError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Json(v)),
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(AppError::new(
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is over the limit",
+                ))
+            }
+            Err(e) => Err(AppError::validation(e.body_text())),
+        }
+    }
+}
+
+/// Query parameters; malformed ones are 400 `validation_failed`.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|e| AppError::validation(e.body_text()))
+    }
+}
+
+/// Path parameters; malformed ones are 400 `validation_failed`.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Path(p.0))
+            .map_err(|e| AppError::validation(e.body_text()))
+    }
+}
+
+/// The standard list page parameters.
+#[derive(serde::Deserialize, Default, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PageParams {
+    /// Opaque cursor from a previous page.
+    pub cursor: Option<String>,
+    /// Page size, default 50, at most 500.
+    pub limit: Option<i64>,
+}
+
+impl PageParams {
+    /// The validated limit.
+    pub fn limit(&self) -> Result<i64, AppError> {
+        match self.limit {
+            None => Ok(50),
+            Some(n) if (1..=500).contains(&n) => Ok(n),
+            Some(_) => Err(AppError::validation("limit must be between 1 and 500")),
+        }
+    }
+}
+
+/// A list answer: `{items, next_cursor}`.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; null at the end.
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// A page whose next cursor is taken from the last item when the page is full.
+    pub fn new(items: Vec<T>, limit: i64, cursor_of: impl Fn(&T) -> String) -> Self {
+        let next_cursor = if items.len() as i64 == limit {
+            items.last().map(cursor_of)
+        } else {
+            None
+        };
+        Page { items, next_cursor }
+    }
+}

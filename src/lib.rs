@@ -1,0 +1,12 @@
+//! wabridge: an event-sourced service between businesses and the WhatsApp Business
+//! Cloud API. This library holds the binary's parts (configuration, HTTP server,
+//! workers, CLI commands) so integration tests can start the real server.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod schemas;
+pub mod security;
+pub mod server;

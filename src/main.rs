@@ -1,0 +1,53 @@
+//! The `wabridge` binary.
+
+use clap::Parser;
+use wabridge::{
+    app::App,
+    cli::{self, Cli, Command},
+    config::Config,
+    server,
+};
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,async_nats=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => serve(cli).await,
+            _ => cli::run(cli).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
+    let mut cfg = Config::load(&cli.config)?;
+    cfg.ensure_dev_master_key()?;
+    let listen = cfg.listen;
+    let backend = if cfg.nats.is_some() {
+        "JetStream"
+    } else {
+        "embedded log"
+    };
+    let app = App::build(cfg).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("WABRIDGE_LISTEN {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    eprintln!(
+        "wabridge listening on http://{addr} ({backend}; roles: {:?})",
+        app.cfg.roles
+    );
+    eprintln!("first key: `wabridge bootstrap --workspace my-team` (or `--operator`); API document: http://{addr}/openapi.json");
+    server::run(app, listener, server::shutdown_signal()).await
+}
