@@ -4,7 +4,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinSet};
-use wabridge_handlers::webhooks::processor;
+use wabridge_handlers::{redrive, webhooks::processor};
 use wabridge_projections::{views, ProjectionRunner};
 
 use crate::app::App;
@@ -25,6 +25,10 @@ pub fn spawn_workers(app: &App, tasks: &mut JoinSet<()>) {
     let ctx = app.ctx.clone();
     tasks.spawn(supervise(processor::NAME, move || {
         processor::run(ctx.clone())
+    }));
+    let ctx = app.ctx.clone();
+    tasks.spawn(supervise(redrive::NAME, move || {
+        redrive::run(ctx.clone(), views::all())
     }));
     let app2 = app.clone();
     tasks.spawn(async move {

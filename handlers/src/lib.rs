@@ -3,5 +3,6 @@
 
 pub mod access;
 pub mod commands;
+pub mod redrive;
 pub mod vault;
 pub mod webhooks;

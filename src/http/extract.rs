@@ -81,6 +81,7 @@ impl PageParams {
 
 /// A list answer: `{items, next_cursor}`.
 #[derive(serde::Serialize, schemars::JsonSchema)]
+#[schemars(rename = "{T}Page")]
 pub struct Page<T> {
     /// The items.
     pub items: Vec<T>,

@@ -35,7 +35,7 @@ struct Fixture {
     _dir: Option<tempfile::TempDir>,
 }
 
-/// Opens an embedded log on a new file in `dir`, with a fresh namespace.
+/// Opens the embedded log `<dir>/events.db` with this namespace and poll interval.
 async fn open_embedded(dir: &std::path::Path, ns: Namespace, poll: Duration) -> EmbeddedLog {
     let mut cfg = EmbeddedConfig::new(dir.join("events.db"));
     cfg.namespace = ns;
@@ -165,7 +165,7 @@ mod embedded {
                 .unwrap();
             assert!(
                 n > 0,
-                "wabridge exited after {} acks (does `wabridge debug append-loop` exist yet?); stderr:\n{}",
+                "wabridge exited after {} acks; stderr:\n{}",
                 acked.len(),
                 stderr()
             );
@@ -228,6 +228,19 @@ mod jetstream {
     conformance_tests!(super::jetstream_fixture;
         ordering, dedup, dedup_before_concurrency, concurrency, follow_and_resume, replay,
         oversized_payload, max_payload_accepted, foreign_subject, many_in_flight);
+
+    /// `NATS_URL` may list several servers, comma-separated (as in
+    /// docker-compose.yml); the log connects and works.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connects_with_a_server_list() {
+        let url = NatsServer::shared().await.url();
+        let ns = unique_ns();
+        let log = JetStreamLog::connect(jetstream_config(&format!("{url},{url}"), ns.clone()))
+            .await
+            .expect("connecting with a comma-separated server list");
+        let s = ns.domain_subject(None, "list", "a");
+        assert_eq!(append_ok(&log, ev(&s, "listed")).await, 1);
+    }
 
     /// A private server is SIGKILLed while appends are in flight, then restarted:
     /// every append that got its ack is there, byte-exact.

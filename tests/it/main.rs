@@ -4,4 +4,8 @@
 
 mod support;
 
+mod access;
+mod audit;
+mod http;
 mod log_conformance;
+mod webhooks;

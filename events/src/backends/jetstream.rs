@@ -25,6 +25,13 @@ use crate::{
     StoredEvent, StreamKind,
 };
 
+/// Room kept for headers: the server's `max_payload` and the stream's
+/// `max_message_size` count headers and payload together.
+const HEADER_ROOM: usize = 4096;
+
+/// The dedup id of a probe publish that can never be the stream's last message id.
+const DEDUP_PROBE: &str = "wabridge:dedup-probe";
+
 /// How to reach JetStream and how to shape the streams.
 #[derive(Clone, Debug)]
 pub struct JetStreamConfig {
@@ -97,12 +104,20 @@ impl JetStreamLog {
             opts = opts.add_client_certificate(cert.clone(), key.clone());
         }
         opts = opts.require_tls(cfg.tls_required);
-        let client = tokio::time::timeout(cfg.connect_timeout, opts.connect(cfg.url.as_str()))
+        let urls: Vec<&str> = cfg
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let client = tokio::time::timeout(cfg.connect_timeout, opts.connect(urls))
             .await
             .map_err(|_| anyhow::anyhow!("timed out connecting to NATS_URL"))?
             .context("connecting to NATS_URL")?;
         let js = jetstream::new(client.clone());
-        let max_payload = cfg.max_payload.min(client.server_info().max_payload);
+        let max_payload = cfg
+            .max_payload
+            .min(client.server_info().max_payload.saturating_sub(HEADER_ROOM));
         let log = JetStreamLog {
             client,
             js,
@@ -127,7 +142,7 @@ impl JetStreamLog {
             deny_delete: true,
             deny_purge: true,
             allow_direct: true,
-            max_message_size: self.max_payload.min(i32::MAX as usize) as i32,
+            max_message_size: (self.max_payload + HEADER_ROOM).min(i32::MAX as usize) as i32,
             ..Default::default()
         };
         tokio::time::timeout(
@@ -158,6 +173,18 @@ impl JetStreamLog {
     pub async fn flush(&self) -> Result<(), LogError> {
         self.client.flush().await.map_err(LogError::new)
     }
+}
+
+/// Whether a publish failed its optimistic-concurrency check (a clustered stream
+/// reports it as a generic error with code 10164).
+fn is_wrong_last_sequence(e: &jetstream::context::PublishError) -> bool {
+    if e.kind() == PublishErrorKind::WrongLastSequence {
+        return true;
+    }
+    let code = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .map(|j| j.error_code());
+    matches!(code, Some(c) if c == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE || c == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT)
 }
 
 fn to_stored(
@@ -196,35 +223,54 @@ impl EventLog for JetStreamLog {
         if self.cfg.namespace.stream_of(&event.subject).is_none() {
             return Err(AppendError::BadSubject(event.subject));
         }
-        if event.payload.len() > self.max_payload {
+        let size = event.payload.len();
+        if size > self.max_payload {
             return Err(AppendError::PayloadTooLarge {
-                size: event.payload.len(),
+                size,
                 limit: self.max_payload,
             });
         }
         let mut envelope = event.envelope;
         envelope.recorded_at = crate::Timestamp::now();
         let mut hdrs = async_nats::HeaderMap::new();
+        let mut header_bytes = event.msg_id.as_ref().map_or(0, |m| m.len() + 16);
         for (name, value) in headers::encode(&envelope) {
+            header_bytes += name.len() + value.len() + 4;
             hdrs.insert(name, value.as_str());
         }
-        let mut publish = PublishMessage::build().payload(event.payload).headers(hdrs);
-        if let Some(id) = &event.msg_id {
-            publish = publish.message_id(id);
+        if header_bytes > HEADER_ROOM {
+            return Err(AppendError::Log(LogError(anyhow::anyhow!(
+                "event headers exceed {HEADER_ROOM} bytes"
+            ))));
         }
-        if let Some(expected) = event.expected_last_subject_seq {
-            publish = publish.expected_last_subject_sequence(expected);
-        }
+        let build = |expected: Option<u64>, probe: bool| {
+            let mut publish = PublishMessage::build()
+                .payload(event.payload.clone())
+                .headers(hdrs.clone());
+            if let Some(id) = &event.msg_id {
+                publish = publish.message_id(id);
+            }
+            if let Some(expected) = expected {
+                publish = publish.expected_last_subject_sequence(expected);
+            }
+            if probe {
+                publish = publish.expected_last_message_id(DEDUP_PROBE);
+            }
+            publish
+        };
         let map = |e: jetstream::context::PublishError| match e.kind() {
             PublishErrorKind::MaxPayloadExceeded => AppendError::PayloadTooLarge {
-                size: 0,
+                size,
                 limit: self.max_payload,
             },
             _ => AppendError::Log(LogError::new(e)),
         };
         let ack = self
             .js
-            .send_publish(event.subject.clone(), publish)
+            .send_publish(
+                event.subject.clone(),
+                build(event.expected_last_subject_seq, false),
+            )
             .await
             .map_err(map)?
             .await;
@@ -233,7 +279,27 @@ impl EventLog for JetStreamLog {
                 seq: ack.sequence,
                 duplicate: ack.duplicate,
             }),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+            Err(e) if is_wrong_last_sequence(&e) => {
+                // Newer servers check the expected sequence before the dedup id. A
+                // retry of an append that did land must still answer "duplicate":
+                // probe with the same id and an expectation that can never hold, so
+                // nothing new can be stored.
+                if event.msg_id.is_some() {
+                    let probe = self
+                        .js
+                        .send_publish(event.subject.clone(), build(None, true))
+                        .await
+                        .map_err(map)?
+                        .await;
+                    if let Ok(ack) = probe {
+                        if ack.duplicate {
+                            return Ok(Appended {
+                                seq: ack.sequence,
+                                duplicate: true,
+                            });
+                        }
+                    }
+                }
                 let actual = self.last_subject_seq(&event.subject).await.unwrap_or(0);
                 Err(AppendError::WrongLastSequence {
                     subject: event.subject,

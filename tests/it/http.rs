@@ -1,0 +1,428 @@
+//! HTTP conventions, the OpenAPI document, schemas, configuration and start-up,
+//! projection rebuilds and dead letters of projections.
+
+use std::{process::Stdio, time::Duration};
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use wabridge_events::{Actor, Envelope, NewEvent, StreamKind};
+use wabridge_projections::{runner::checksum, views, ProjectionRunner, Store};
+
+use crate::support::app::{
+    fixture, fresh_postgres, spawn_app, spawn_app_with, DbKind, LogKind, TestOptions,
+};
+
+#[tokio::test]
+async fn errors_are_problem_documents() {
+    let app = spawn_app(LogKind::Embedded, DbKind::Sqlite).await;
+    assert_eq!(
+        app.call(Method::GET, "/healthz", None, None).await.text,
+        "ok"
+    );
+    let r = app.call(Method::GET, "/nope", None, None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.content_type, "application/problem+json");
+    assert_eq!(r.json["code"], "not_found");
+    // a body that is not JSON, with the wrong content type, and with a wrong shape
+    let client = reqwest::Client::new();
+    for (ctype, body) in [
+        ("text/plain", "{}"),
+        ("application/json", "{not json"),
+        ("application/json", "{\"slug\": 5, \"name\": \"x\"}"),
+        (
+            "application/json",
+            "{\"slug\":\"a\",\"name\":\"b\",\"extra\":1}",
+        ),
+    ] {
+        let res = client
+            .post(app.url("/v1/workspaces"))
+            .bearer_auth(&app.operator)
+            .header("content-type", ctype)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{ctype} {body}");
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        let j: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(j["code"], "validation_failed");
+        assert_eq!(j["status"], 400);
+        assert!(j["title"].is_string() && j["type"].is_string() && j["detail"].is_string());
+    }
+    let list = app.get("/v1/workspaces", &app.operator).await;
+    assert_eq!(list.json["items"], json!([]), "bad input changed nothing");
+    // a route whose secret is not set answers 503 naming the variable
+    let bare = spawn_app_with(TestOptions {
+        meta_secrets: false,
+        ..TestOptions::new(LogKind::Embedded, DbKind::Sqlite)
+    })
+    .await;
+    let r = bare.webhook(b"{}", Some("sha256=00")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json["code"], "not_configured");
+    assert!(r.json["detail"]
+        .as_str()
+        .unwrap()
+        .contains("META_APP_SECRET"));
+    let r = bare
+        .call(
+            Method::GET,
+            "/webhooks/meta?hub.mode=subscribe&hub.verify_token=x&hub.challenge=1",
+            None,
+            None,
+        )
+        .await;
+    assert!(r.json["detail"]
+        .as_str()
+        .unwrap()
+        .contains("META_VERIFY_TOKEN"));
+}
+
+#[tokio::test]
+async fn openapi_documents_every_route_and_schemas_do_not_drift() {
+    let app = spawn_app(LogKind::Embedded, DbKind::Sqlite).await;
+    let doc = app
+        .call(Method::GET, "/openapi.json", None, None)
+        .await
+        .json;
+    assert_eq!(doc["openapi"], "3.1.0");
+    for route in wabridge::http::routes::routes() {
+        let op = &doc["paths"][route.path][route.method.as_str().to_ascii_lowercase()];
+        assert!(
+            op.is_object(),
+            "{} {} missing from /openapi.json",
+            route.method,
+            route.path
+        );
+        // and the router really serves it (anything but the fallback's 404 "no such route")
+        let r = app
+            .call(
+                route.method.clone(),
+                &route.path.replace('{', "").replace('}', ""),
+                None,
+                None,
+            )
+            .await;
+        assert_ne!(
+            r.json["detail"], "no such route",
+            "{} {} not routed",
+            route.method, route.path
+        );
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+    let drift = wabridge::schemas::check(&dir);
+    assert!(
+        drift.is_empty(),
+        "schemas/ drifted from the code: {drift:?}; run `cargo run -- schemas write`"
+    );
+    let served = serde_json::to_string_pretty(&doc).unwrap() + "\n";
+    assert_eq!(
+        served,
+        std::fs::read_to_string(dir.join("openapi.json")).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn metrics_and_readiness() {
+    let app = spawn_app(LogKind::Embedded, DbKind::Sqlite).await;
+    app.webhook(b"{}", Some("sha256=bad")).await;
+    let m = app.call(Method::GET, "/metrics", None, None).await.text;
+    for name in [
+        "wabridge_webhooks_ingested_total",
+        "wabridge_webhook_signature_failures_total 1",
+        "wabridge_projection_lag_events{projection=\"audit\"}",
+        "wabridge_dead_letters_open",
+        "wabridge_rate_limit_rejections_total",
+        "wabridge_webhook_ingest_seconds_bucket",
+    ] {
+        assert!(m.contains(name), "{name} missing from /metrics:\n{m}");
+    }
+    app.settle().await;
+    let r = app.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["ready"], true);
+}
+
+async fn activity(app: &crate::support::app::TestApp) {
+    let owner = app.workspace("acme").await;
+    app.workspace("beta").await;
+    app.claim("acme", "700800900100200", "300100200300400")
+        .await;
+    let r = app
+        .put(
+            "/v1/workspaces/acme/phone-numbers/700800900100200/token",
+            &owner,
+            json!({"access_token": "EAAG-rebuild", "expires_at": "2030-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    for f in [
+        "inbound_text.json",
+        "statuses_delivered_and_failed.json",
+        "batch_two_numbers.json",
+        "template_status_paused.json",
+    ] {
+        assert_eq!(app.signed_webhook(&fixture(f)).await.status, StatusCode::OK);
+    }
+    app.settle().await;
+}
+
+async fn rebuild_matches(db: DbKind) {
+    let app = spawn_app(LogKind::Embedded, db).await;
+    activity(&app).await;
+    assert!(
+        views::messages::count(&app.app.ctx.store, "acme")
+            .await
+            .unwrap()
+            >= 2
+    );
+    for target in [DbKind::Sqlite, DbKind::Postgres] {
+        let dir = tempfile::tempdir().unwrap();
+        let url = match target {
+            DbKind::Sqlite => format!("sqlite://{}", dir.path().join("rebuild.db").display()),
+            DbKind::Postgres => fresh_postgres().await,
+        };
+        let store = Store::connect(&url).await.unwrap();
+        let runner = ProjectionRunner {
+            log: app.app.ctx.log.clone(),
+            store: store.clone(),
+            progress: Default::default(),
+        };
+        for p in views::all() {
+            runner.catch_up(&*p).await.unwrap();
+            let live = checksum(&app.app.ctx.store, &*p).await.unwrap();
+            let rebuilt = checksum(&store, &*p).await.unwrap();
+            assert_eq!(
+                live,
+                rebuilt,
+                "{} rebuilt into {target:?} differs from live {db:?}",
+                p.name()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn rebuild_from_the_log_is_identical_sqlite() {
+    rebuild_matches(DbKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn rebuild_from_the_log_is_identical_postgres() {
+    rebuild_matches(DbKind::Postgres).await;
+}
+
+#[tokio::test]
+async fn an_event_no_projection_understands_becomes_dead_letters_not_a_skip() {
+    let app = spawn_app(LogKind::Embedded, DbKind::Sqlite).await;
+    let ns = app.app.ctx.log.namespace().clone();
+    let ev = NewEvent {
+        subject: ns.domain_subject(None, "future", "x"),
+        envelope: Envelope::new("future.thing", 1, None, Actor::system("test")),
+        payload: b"{}".to_vec().into(),
+        msg_id: None,
+        expected_last_subject_seq: None,
+    };
+    let seq = app.app.ctx.log.append(ev).await.unwrap().seq;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        app.settle().await;
+        let list = app.get("/v1/admin/dead-letters", &app.operator).await;
+        let items = list.json["items"].as_array().unwrap().clone();
+        let for_event: Vec<_> = items
+            .iter()
+            .filter(|d| d["seq"] == seq && d["event_type"] == "future.thing")
+            .collect();
+        if for_event.len() == views::all().len() {
+            assert!(for_event.iter().all(|d| d["status"] == "open"));
+            let id = for_event[0]["id"].as_str().unwrap().to_string();
+            // redrive: still fails (unknown type), so it is recorded again and stays open
+            let r = app
+                .post(
+                    &format!("/v1/admin/dead-letters/{id}/redrive"),
+                    &app.operator,
+                    json!({}),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+            let again = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                app.settle().await;
+                let d = app
+                    .get(&format!("/v1/admin/dead-letters/{id}"), &app.operator)
+                    .await
+                    .json;
+                if d["status"] == "open" && d["attempts"].as_i64().unwrap() > 5 {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < again,
+                    "redrive not processed: {d}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dead letters not recorded: {items:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // the checkpoint moved past it: later events are still applied
+    app.workspace("after").await;
+}
+
+#[tokio::test]
+async fn read_your_writes_waits_for_the_projection() {
+    let app = spawn_app(LogKind::JetStream, DbKind::Sqlite).await;
+    app.workspace("ryw").await;
+    let ctx = &app.app.ctx;
+    let head = ctx.log.last_seq(StreamKind::Domain).await.unwrap();
+    assert!(ctx
+        .store
+        .wait_for(&ctx.progress, "workspaces", head, Duration::from_secs(5))
+        .await
+        .unwrap());
+    assert!(
+        !ctx.store
+            .wait_for(
+                &ctx.progress,
+                "workspaces",
+                head + 1000,
+                Duration::from_millis(200)
+            )
+            .await
+            .unwrap(),
+        "a sequence not yet applied must time out"
+    );
+}
+
+fn binary() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_wabridge"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+fn run_until_exit(mut cmd: std::process::Command, within: Duration) -> (bool, String) {
+    let started = std::time::Instant::now();
+    let mut child = cmd.spawn().unwrap();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            return (
+                status.success(),
+                String::from_utf8_lossy(&out.stdout).to_string()
+                    + &String::from_utf8_lossy(&out.stderr),
+            );
+        }
+        if started.elapsed() > within {
+            child.kill().unwrap();
+            panic!("did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn malformed_or_missing_configuration_refuses_start_up_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (vec![("WABRIDGE_MAX_BODY", "lots")], "WABRIDGE_MAX_BODY"),
+        (vec![("WABRIDGE_LISTEN", "nowhere")], "WABRIDGE_LISTEN"),
+        (vec![("WABRIDGE_ROLES", "everything")], "WABRIDGE_ROLES"),
+        (
+            vec![("WABRIDGE_DEDUP_WINDOW", "soon")],
+            "WABRIDGE_DEDUP_WINDOW",
+        ),
+        (vec![("DATABASE_URL", "mysql://x")], "DATABASE_URL"),
+        (vec![("TOKEN_MASTER_KEY", "abcd")], "TOKEN_MASTER_KEY"),
+        (vec![("NATS_URL", "nats://127.0.0.1:1")], "META_APP_SECRET"),
+    ];
+    for (env, var) in cases {
+        let mut cmd = binary();
+        cmd.arg("serve").env("WABRIDGE_DATA_DIR", dir.path());
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let (ok, out) = run_until_exit(cmd, Duration::from_secs(10));
+        assert!(!ok, "{env:?} started");
+        assert!(
+            out.contains(var),
+            "{env:?}: message does not name {var}: {out}"
+        );
+        assert!(!out.contains("panicked"), "{out}");
+    }
+}
+
+#[test]
+fn unreachable_log_or_database_fails_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = [
+        ("META_APP_SECRET", "s"),
+        ("META_VERIFY_TOKEN", "v"),
+        (
+            "TOKEN_MASTER_KEYS",
+            "v1:1111111111111111111111111111111111111111111111111111111111111111",
+        ),
+        ("AUDIT_SIGNING_KEY", "a"),
+    ];
+    let mut cmd = binary();
+    cmd.arg("serve")
+        .env("WABRIDGE_DATA_DIR", dir.path())
+        .env("NATS_URL", "nats://127.0.0.1:1")
+        .envs(secrets);
+    let (ok, out) = run_until_exit(cmd, Duration::from_secs(20));
+    assert!(!ok && out.contains("NATS_URL"), "{out}");
+    let mut cmd = binary();
+    cmd.arg("serve")
+        .env("WABRIDGE_DATA_DIR", dir.path())
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/x");
+    let (ok, out) = run_until_exit(cmd, Duration::from_secs(20));
+    assert!(!ok && out.contains("DATABASE_URL"), "{out}");
+}
+
+#[tokio::test]
+async fn serve_starts_with_no_variables_and_generates_a_development_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = binary()
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("WABRIDGE_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let mut ok = false;
+    for _ in 0..100 {
+        if let Ok(r) = reqwest::get(&url).await {
+            ok = r.text().await.unwrap() == "ok";
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(ok, "no /healthz: {err}");
+    assert!(dir.path().join("data/dev-master-key").exists());
+    assert!(dir.path().join("data/events.db").exists());
+    assert!(err.contains("DEVELOPMENT MASTER KEY"), "{err}");
+    assert!(
+        !err.contains(
+            std::fs::read_to_string(dir.path().join("data/dev-master-key"))
+                .unwrap()
+                .trim()
+        ),
+        "the key was printed"
+    );
+}

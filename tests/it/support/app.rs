@@ -1,0 +1,463 @@
+//! `spawn_app()`: the real server on a random port, with a fresh data dir, a fresh
+//! namespace (JetStream) and a fresh database (PostgreSQL) per test.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use reqwest::{Method, StatusCode};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use sqlx::Connection;
+use wabridge::{
+    app::App,
+    config::{Config, ConfigArgs},
+};
+use wabridge_events::{Slug, StreamKind};
+use wabridge_handlers::{
+    access::Role,
+    commands::{self, Caller},
+    vault::KeyRing,
+};
+
+/// Which log backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogKind {
+    /// The embedded SQLite log.
+    Embedded,
+    /// JetStream on the shared test nats-server.
+    JetStream,
+}
+
+/// Which read-model database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DbKind {
+    /// SQLite under the data dir.
+    Sqlite,
+    /// A fresh database on `TEST_DATABASE_URL`.
+    Postgres,
+}
+
+/// The app secret of the fixtures.
+pub const APP_SECRET: &str = "test_app_secret";
+/// The verify token tests use.
+pub const VERIFY_TOKEN: &str = "verify-me";
+/// A master key for tests (v1).
+pub const MASTER_V1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+/// A second master key (v2).
+pub const MASTER_V2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+/// Options for [`spawn_app_with`].
+#[derive(Clone, Debug)]
+pub struct TestOptions {
+    /// Log backend.
+    pub log: LogKind,
+    /// Database.
+    pub db: DbKind,
+    /// Run workers (projections, processor).
+    pub workers: bool,
+    /// Reuse this data dir (a second instance on the same data).
+    pub data_dir: Option<PathBuf>,
+    /// Reuse this database URL.
+    pub database_url: Option<String>,
+    /// Reuse this namespace.
+    pub namespace: Option<String>,
+    /// `TOKEN_MASTER_KEYS`.
+    pub master_keys: Option<String>,
+    /// Configure the Meta secrets.
+    pub meta_secrets: bool,
+    /// Audit signing key.
+    pub audit_key: Option<String>,
+    /// Duplicate window.
+    pub dedup_window: Option<Duration>,
+}
+
+impl TestOptions {
+    /// Defaults: everything configured, workers on.
+    pub fn new(log: LogKind, db: DbKind) -> Self {
+        TestOptions {
+            log,
+            db,
+            workers: true,
+            data_dir: None,
+            database_url: None,
+            namespace: None,
+            master_keys: Some(format!("v1:{MASTER_V1}")),
+            meta_secrets: true,
+            audit_key: Some("audit-signing-key".into()),
+            dedup_window: None,
+        }
+    }
+}
+
+/// A running server.
+pub struct TestApp {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The application state (log, store, config).
+    pub app: App,
+    /// The options it was started with (resolved).
+    pub opts: TestOptions,
+    /// An operator key.
+    pub operator: String,
+    client: reqwest::Client,
+    _dir: Option<tempfile::TempDir>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A fresh PostgreSQL database on `TEST_DATABASE_URL`; returns its URL.
+pub async fn fresh_postgres() -> String {
+    let admin = std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("wbt_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::postgres::PgConnection::connect(&admin)
+        .await
+        .expect("TEST_DATABASE_URL reachable (run ./scripts/test)");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    let base = admin
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_string())
+        .unwrap_or(admin.clone());
+    format!("{base}/{name}")
+}
+
+/// Starts the server with everything configured.
+pub async fn spawn_app(log: LogKind, db: DbKind) -> TestApp {
+    spawn_app_with(TestOptions::new(log, db)).await
+}
+
+/// Starts the server with options.
+pub async fn spawn_app_with(mut opts: TestOptions) -> TestApp {
+    let (dir, data_dir) = match &opts.data_dir {
+        Some(d) => (None, d.clone()),
+        None => {
+            let t = tempfile::tempdir().expect("tempdir");
+            let p = t.path().to_path_buf();
+            (Some(t), p)
+        }
+    };
+    opts.data_dir = Some(data_dir.clone());
+    if opts.database_url.is_none() && opts.db == DbKind::Postgres {
+        opts.database_url = Some(fresh_postgres().await);
+    }
+    if opts.namespace.is_none() {
+        opts.namespace = Some(super::unique_ns().as_str().to_string());
+    }
+    let mut args = ConfigArgs {
+        data_dir: Some(data_dir),
+        listen: Some("127.0.0.1:0".into()),
+        database_url: opts.database_url.clone(),
+        namespace: opts.namespace.clone(),
+        roles: Some(if opts.workers { "api,workers" } else { "api" }.into()),
+        ..Default::default()
+    };
+    if opts.log == LogKind::JetStream {
+        args.nats_url = Some(super::NatsServer::shared().await.url());
+    }
+    let mut cfg = config_without_env_secrets(&args);
+    cfg.meta_app_secrets = if opts.meta_secrets {
+        vec![APP_SECRET.to_string().into()]
+    } else {
+        vec![]
+    };
+    cfg.meta_verify_token = opts.meta_secrets.then(|| VERIFY_TOKEN.to_string().into());
+    cfg.token_keys = opts
+        .master_keys
+        .as_deref()
+        .map(|k| KeyRing::parse_keys(k).expect("test keys"));
+    cfg.audit_signing_key = opts.audit_key.clone().map(Into::into);
+    if let Some(w) = opts.dedup_window {
+        cfg.dedup_window = w;
+        if let Some(js) = cfg.nats.as_mut() {
+            js.duplicate_window = w;
+        }
+    }
+    let app = App::build(cfg).await.expect("app builds");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server_app = app.clone();
+    let handle = tokio::spawn(async move {
+        wabridge::server::run(server_app, listener, async move {
+            let _ = rx.await;
+        })
+        .await
+        .expect("server runs");
+    });
+    let caller = Caller::cli("test");
+    let operator = commands::keys::create(&app.ctx, &caller, None, "test operator", None, None)
+        .await
+        .expect("operator key");
+    TestApp {
+        addr,
+        app,
+        opts,
+        operator: operator.key.expose_secret().to_string(),
+        client: reqwest::Client::new(),
+        _dir: dir,
+        shutdown: Some(tx),
+        handle: Some(handle),
+    }
+}
+
+/// Loads a config from arguments only. The test process sets no secret variables,
+/// so `Config::load` would refuse `NATS_URL`; load without it, then add JetStream.
+fn config_without_env_secrets(args: &ConfigArgs) -> Config {
+    let mut cfg = Config::load(&ConfigArgs {
+        nats_url: None,
+        ..args.clone()
+    })
+    .expect("config");
+    if let Some(url) = &args.nats_url {
+        let mut js = wabridge_events::backends::jetstream::JetStreamConfig::new(url);
+        js.namespace = cfg.namespace.clone();
+        js.duplicate_window = cfg.dedup_window;
+        cfg.nats = Some(js);
+    }
+    cfg
+}
+
+/// A response: status and JSON body (Null when not JSON).
+#[derive(Debug)]
+pub struct Resp {
+    /// Status.
+    pub status: StatusCode,
+    /// Body as JSON.
+    pub json: Value,
+    /// Raw body.
+    pub text: String,
+    /// Content type.
+    pub content_type: String,
+}
+
+impl TestApp {
+    /// `http://addr`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Any request with an optional bearer key and JSON body.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status();
+        let content_type = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = res.text().await.expect("body");
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp {
+            status,
+            json,
+            text,
+            content_type,
+        }
+    }
+
+    /// GET.
+    pub async fn get(&self, path: &str, key: &str) -> Resp {
+        self.call(Method::GET, path, Some(key), None).await
+    }
+
+    /// POST JSON.
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> Resp {
+        self.call(Method::POST, path, Some(key), Some(body)).await
+    }
+
+    /// PUT JSON.
+    pub async fn put(&self, path: &str, key: &str, body: Value) -> Resp {
+        self.call(Method::PUT, path, Some(key), Some(body)).await
+    }
+
+    /// DELETE.
+    pub async fn delete(&self, path: &str, key: &str) -> Resp {
+        self.call(Method::DELETE, path, Some(key), None).await
+    }
+
+    /// POSTs a webhook body with a signature header (or none).
+    pub async fn webhook(&self, body: &[u8], signature: Option<&str>) -> Resp {
+        let mut req = self
+            .client
+            .post(self.url("/webhooks/meta"))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        if let Some(s) = signature {
+            req = req.header("x-hub-signature-256", s);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status();
+        let content_type = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = res.text().await.expect("body");
+        Resp {
+            status,
+            json: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+            content_type,
+        }
+    }
+
+    /// POSTs a correctly signed webhook body.
+    pub async fn signed_webhook(&self, body: &[u8]) -> Resp {
+        let sig = wabridge_handlers::webhooks::sign(APP_SECRET, body);
+        self.webhook(body, Some(&sig)).await
+    }
+
+    /// Creates a workspace (operator) and returns an owner key.
+    pub async fn workspace(&self, slug: &str) -> String {
+        let r = self
+            .post(
+                "/v1/workspaces",
+                &self.operator,
+                serde_json::json!({"slug": slug, "name": slug}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        self.key(slug, Role::Owner).await
+    }
+
+    /// Creates a key of a role in a workspace (as the operator).
+    pub async fn key(&self, slug: &str, role: Role) -> String {
+        let r = self
+            .post(
+                &format!("/v1/workspaces/{slug}/api-keys"),
+                &self.operator,
+                serde_json::json!({"name": "t", "role": role.as_str()}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        r.json["key"].as_str().expect("key").to_string()
+    }
+
+    /// Claims a number for a workspace.
+    pub async fn claim(&self, slug: &str, phone_number_id: &str, waba_id: &str) {
+        let r = self
+            .put(
+                &format!("/v1/workspaces/{slug}/phone-numbers/{phone_number_id}"),
+                &self.operator,
+                serde_json::json!({"waba_id": waba_id, "display_phone_number": "15551230000"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+
+    /// Waits until the webhook processor and every projection caught up with the log.
+    pub async fn settle(&self) {
+        let ctx = &self.app.ctx;
+        for _ in 0..3 {
+            let raw = ctx.log.last_seq(StreamKind::Raw).await.expect("raw head");
+            assert!(
+                ctx.store
+                    .wait_for(
+                        &ctx.progress,
+                        wabridge_handlers::webhooks::processor::NAME,
+                        raw,
+                        Duration::from_secs(20)
+                    )
+                    .await
+                    .expect("wait"),
+                "webhook processor did not catch up"
+            );
+            let head = ctx.log.last_seq(StreamKind::Domain).await.expect("head");
+            for p in wabridge_projections::views::all() {
+                assert!(
+                    ctx.store
+                        .wait_for(&ctx.progress, p.name(), head, Duration::from_secs(20))
+                        .await
+                        .expect("wait"),
+                    "{} did not catch up",
+                    p.name()
+                );
+            }
+        }
+    }
+
+    /// Domain events of a type in a workspace (from the log).
+    pub async fn events_of(
+        &self,
+        ws: Option<&str>,
+        event_type: &str,
+    ) -> Vec<wabridge_events::StoredEvent> {
+        let ns = self.app.ctx.log.namespace();
+        let filter = match ws {
+            Some(ws) => format!("{}.{}.>", ns.as_str(), Slug::parse(ws).expect("slug")),
+            None => format!("{}.>", ns.as_str()),
+        };
+        let all = self
+            .app
+            .ctx
+            .log
+            .read(
+                StreamKind::Domain,
+                wabridge_events::ReadFrom::Seq(1),
+                Some(&filter),
+                100_000,
+            )
+            .await
+            .expect("read");
+        all.into_iter()
+            .filter(|e| e.envelope.event_type == event_type)
+            .collect()
+    }
+
+    /// Stops the server (graceful).
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), h).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.abort();
+        }
+    }
+}
+
+/// A fixture body from `shared/fixtures/meta`.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/meta")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every fixture name with its recorded signature.
+pub fn fixture_signatures() -> Vec<(String, String)> {
+    let text = String::from_utf8(fixture("SIGNATURES.tsv")).expect("utf8");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (a, b) = l.split_once('\t').expect("tab");
+            (a.to_string(), b.trim().to_string())
+        })
+        .collect()
+}
