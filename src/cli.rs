@@ -518,11 +518,7 @@ async fn events(app: &App, action: EventsCommand, out: &mut impl Write) -> anyho
     };
     let stream = StreamKind::parse(&filter.stream).context("--stream must be domain or raw")?;
     let subject = match &filter.workspace {
-        Some(ws) => Some(
-            log.namespace()
-                .domain_subject(Some(&slug(ws)?), "*", "*")
-                .replace(".*.*", ".>"),
-        ),
+        Some(ws) => Some(log.namespace().workspace_filter(&slug(ws)?)),
         None => None,
     };
     let keep = |ev: &wabridge_events::StoredEvent| {

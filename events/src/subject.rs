@@ -108,6 +108,11 @@ impl Namespace {
         )
     }
 
+    /// The filter matching every domain subject of one workspace.
+    pub fn workspace_filter(&self, workspace: &Slug) -> String {
+        format!("{}.{}.>", self.0, workspace)
+    }
+
     /// Subject of a raw Meta webhook.
     pub fn raw_webhook_subject(&self) -> String {
         format!("{}raw.meta", self.0)

@@ -248,6 +248,7 @@ async fn permission_table_from_the_route_table() {
     ];
 
     let mut failures = Vec::new();
+    let mut calls = 0usize;
     for route in &checked {
         let path = fill(route.path);
         for (who, key) in &callers {
@@ -274,11 +275,13 @@ async fn permission_table_from_the_route_table() {
                 (Who::Role(_) | Who::Operator, _) => None,
                 (Who::OtherOwner | Who::OtherViewer, _) => unreachable!(),
             };
+            calls += 1;
             if let Err(e) = check(&r, expected) {
                 failures.push(format!("{what}: {e}"));
             }
         }
     }
+    assert_eq!(calls, checked.len() * callers.len());
     assert!(
         failures.is_empty(),
         "{} failures:\n{}",

