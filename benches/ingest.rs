@@ -171,6 +171,7 @@ async fn reference(url: &str) -> SocketAddr {
 /// `messages` projection.
 async fn end_to_end(nats: Option<&Nats>, rate: u64, seconds: u64, tag: &str) -> common::Stats {
     let (app, _dir) = wabridge_app(nats, true).await;
+    let addr = serve(app.clone()).await;
     let caller = Caller::cli("bench");
     let ws = wabridge_events::Slug::parse("bench").unwrap();
     commands::workspaces::create(&app.ctx, &caller, &ws, "bench")
@@ -190,7 +191,6 @@ async fn end_to_end(nats: Option<&Nats>, rate: u64, seconds: u64, tag: &str) -> 
     .await
     .unwrap();
     let store = app.ctx.store.clone();
-    let addr = serve(app).await;
     let n = (rate * seconds) as usize;
     let bodies = bodies(n, tag);
     let acked: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();

@@ -76,7 +76,10 @@ async fn concurrent(
     stats(lat, start.elapsed())
 }
 
-async fn raw_nats(url: &str, n: usize, in_flight: usize) -> common::Stats {
+/// Raw async-nats publishes; with `same_headers`, carrying what wabridge sends
+/// (the envelope headers and a `Nats-Msg-Id`), to separate the server's cost of
+/// those from our layer's.
+async fn raw_nats(url: &str, n: usize, in_flight: usize, same_headers: bool) -> common::Stats {
     let client = async_nats::connect(url).await.unwrap();
     let js = jetstream::new(client);
     js.create_stream(stream::Config {
@@ -129,10 +132,12 @@ fn main() {
             let nats = Nats::start(sync);
             let js: Arc<dyn EventLog> = Arc::new(JetStreamLog::connect(JetStreamConfig::new(&nats.url)).await.unwrap());
             row(&format!("JetStream sync_interval={sync}, wabridge, one at a time"), &sequential(js.clone(), seq_n).await);
-            row(&format!("JetStream sync_interval={sync}, raw async-nats, one at a time"), &raw_nats(&nats.url, seq_n, 1).await);
+            row(&format!("JetStream sync_interval={sync}, raw async-nats, one at a time"), &raw_nats(&nats.url, seq_n, 1, false).await);
+            row(&format!("JetStream sync_interval={sync}, raw async-nats + same headers and msg id, one at a time"), &raw_nats(&nats.url, seq_n, 1, true).await);
             row(&format!("JetStream sync_interval={sync}, wabridge, 64 in flight"), &concurrent(js.clone(), conc_n, 64, seq_n).await);
             let raw = Nats::start(sync);
-            row(&format!("JetStream sync_interval={sync}, raw async-nats, 64 in flight"), &raw_nats(&raw.url, conc_n, 64).await);
+            row(&format!("JetStream sync_interval={sync}, raw async-nats, 64 in flight"), &raw_nats(&raw.url, conc_n, 64, false).await);
+            row(&format!("JetStream sync_interval={sync}, raw async-nats + same headers and msg id, 64 in flight"), &raw_nats(&raw.url, conc_n, 64, true).await);
         }
     });
 }

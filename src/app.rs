@@ -65,6 +65,7 @@ impl App {
                 log,
                 store,
                 progress: Progress::default(),
+                tokens: Arc::default(),
             },
             metrics: Arc::new(Metrics::default()),
             key_use: Arc::default(),

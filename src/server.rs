@@ -70,6 +70,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let mut tasks = JoinSet::new();
+    let ctx = app.ctx.clone();
+    tasks.spawn(supervise("token_cache", move || {
+        let ctx = ctx.clone();
+        async move { ctx.tokens.run(ctx.store.clone(), ctx.log.clone()).await }
+    }));
     if app.cfg.roles.workers {
         spawn_workers(&app, &mut tasks);
     }

@@ -161,6 +161,15 @@ pub trait EventLog: Send + Sync + 'static {
         from_seq: u64,
     ) -> Result<EventStream, LogError>;
 
+    /// Follows a stream like [`EventLog::follow`] without a named consumer (an
+    /// ephemeral ordered consumer on JetStream): for in-memory views each process
+    /// keeps for itself.
+    async fn follow_ephemeral(
+        &self,
+        stream: StreamKind,
+        from_seq: u64,
+    ) -> Result<EventStream, LogError>;
+
     /// The sequence of the last event in a stream (0 when empty).
     async fn last_seq(&self, stream: StreamKind) -> Result<u64, LogError>;
 

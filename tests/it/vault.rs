@@ -1021,6 +1021,8 @@ async fn binding(log: LogKind, db: DbKind) {
     };
     copy_to("acme", "1002").await;
     copy_to("other", "1001").await;
+    // Retrieval reads the in-memory ciphertext cache: reload it from the tampered rows.
+    app.app.ctx.tokens.load(&store).await.expect("cache reload");
     for (ws, id) in [("acme", "1002"), ("other", "1001")] {
         match retrieve(&app, &keys, ws, id).await {
             Err(CommandError::Internal(e)) => {

@@ -7,13 +7,13 @@
 //! in this process are woken through a watch channel; a slow poll also sees appends
 //! made by another process (a CLI command) on the same file.
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{collections::HashMap, path::Path, str::FromStr, time::Duration};
 
 use anyhow::Context;
 use bytes::Bytes;
 use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
-    Connection, Row, SqliteConnection, SqlitePool,
+    Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -201,10 +201,60 @@ async fn write_batch(
         .execute(&mut *conn)
         .await
         .context("BEGIN IMMEDIATE")?;
+    let now = Timestamp::now();
+    let window_start = now.minus(cfg.duplicate_window).unix_micros();
+    let known = known_msg_ids(conn, batch, window_start).await?;
+    let mut heads: HashMap<StreamKind, u64> = HashMap::new();
+    let mut subject_heads: HashMap<(StreamKind, String), u64> = HashMap::new();
+    let mut seen: HashMap<(StreamKind, String), u64> = HashMap::new();
+    let mut rows: Vec<(StreamKind, u64, &NewEvent, String)> = Vec::with_capacity(batch.len());
     let mut results = Vec::with_capacity(batch.len());
     for (event, stream, _) in batch {
-        results.push(append_one(conn, event, *stream, cfg).await?);
+        let stream = *stream;
+        if let Some(id) = &event.msg_id {
+            let key = (stream, id.clone());
+            if let Some(seq) = seen.get(&key).or_else(|| known.get(&key)) {
+                results.push(Ok(Appended {
+                    seq: *seq,
+                    duplicate: true,
+                }));
+                continue;
+            }
+        }
+        if let Some(expected) = event.expected_last_subject_seq {
+            let key = (stream, event.subject.clone());
+            let actual = match subject_heads.get(&key) {
+                Some(s) => *s,
+                None => last_subject_seq(&mut *conn, stream, &event.subject).await?,
+            };
+            if actual != expected {
+                results.push(Err(AppendError::WrongLastSequence {
+                    subject: event.subject.clone(),
+                    expected,
+                    actual,
+                }));
+                continue;
+            }
+        }
+        let head = match heads.get(&stream) {
+            Some(h) => *h,
+            None => last_seq(&mut *conn, stream).await?,
+        };
+        let seq = head + 1;
+        heads.insert(stream, seq);
+        subject_heads.insert((stream, event.subject.clone()), seq);
+        if let Some(id) = &event.msg_id {
+            seen.insert((stream, id.clone()), seq);
+        }
+        let mut envelope = event.envelope.clone();
+        envelope.recorded_at = now;
+        rows.push((stream, seq, event, headers::to_json(&envelope)));
+        results.push(Ok(Appended {
+            seq,
+            duplicate: false,
+        }));
     }
+    insert_rows(conn, &rows, now.unix_micros()).await?;
     sqlx::query("COMMIT")
         .execute(&mut *conn)
         .await
@@ -212,68 +262,84 @@ async fn write_batch(
     Ok(results)
 }
 
-/// Appends inside the open transaction. `Err` aborts the whole group (I/O failure);
-/// `Ok(Err(..))` is a per-event refusal.
-async fn append_one(
+/// The msg ids of the batch already stored inside the window: one query a chunk.
+async fn known_msg_ids(
     conn: &mut SqliteConnection,
-    event: &NewEvent,
-    stream: StreamKind,
-    cfg: &EmbeddedConfig,
-) -> anyhow::Result<Result<Appended, AppendError>> {
-    let now = Timestamp::now();
-    if let Some(id) = &event.msg_id {
-        let row = sqlx::query("SELECT seq, at_us FROM dedup WHERE stream = ? AND msg_id = ?")
-            .bind(stream.as_str())
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        if let Some(row) = row {
-            let at: i64 = row.get(1);
-            if at >= now.minus(cfg.duplicate_window).unix_micros() {
-                return Ok(Ok(Appended {
-                    seq: row.get::<i64, _>(0) as u64,
-                    duplicate: true,
-                }));
-            }
+    batch: &[(NewEvent, StreamKind, Reply)],
+    window_start: i64,
+) -> anyhow::Result<HashMap<(StreamKind, String), u64>> {
+    let ids: Vec<(&str, &str)> = batch
+        .iter()
+        .filter_map(|(e, s, _)| e.msg_id.as_deref().map(|id| (s.as_str(), id)))
+        .collect();
+    let mut known = HashMap::new();
+    for chunk in ids.chunks(400) {
+        let mut q =
+            QueryBuilder::<Sqlite>::new("SELECT stream, msg_id, seq FROM dedup WHERE at_us >= ");
+        q.push_bind(window_start).push(" AND (stream, msg_id) IN (");
+        let mut sep = q.separated(", ");
+        for (stream, id) in chunk {
+            sep.push("(")
+                .push_bind_unseparated(*stream)
+                .push_unseparated(", ")
+                .push_bind_unseparated(*id)
+                .push_unseparated(")");
+        }
+        q.push(")");
+        for row in q.build().fetch_all(&mut *conn).await? {
+            let stream = StreamKind::parse(row.get::<&str, _>(0)).context("dedup stream")?;
+            known.insert(
+                (stream, row.get::<String, _>(1)),
+                row.get::<i64, _>(2) as u64,
+            );
         }
     }
-    if let Some(expected) = event.expected_last_subject_seq {
-        let actual = last_subject_seq(&mut *conn, stream, &event.subject).await?;
-        if actual != expected {
-            return Ok(Err(AppendError::WrongLastSequence {
-                subject: event.subject.clone(),
-                expected,
-                actual,
-            }));
+    Ok(known)
+}
+
+/// Inserts the new events and their dedup ids with multi-row statements.
+async fn insert_rows(
+    conn: &mut SqliteConnection,
+    rows: &[(StreamKind, u64, &NewEvent, String)],
+    recorded_us: i64,
+) -> anyhow::Result<()> {
+    for stream in [StreamKind::Domain, StreamKind::Raw] {
+        let mine: Vec<_> = rows.iter().filter(|r| r.0 == stream).collect();
+        for chunk in mine.chunks(1000) {
+            let mut q = QueryBuilder::<Sqlite>::new(format!(
+                "INSERT INTO {} (seq, subject, headers, payload, recorded_us) ",
+                table(stream)
+            ));
+            q.push_values(chunk, |mut b, (_, seq, event, headers)| {
+                b.push_bind(*seq as i64)
+                    .push_bind(event.subject.as_str())
+                    .push_bind(headers.as_str())
+                    .push_bind(event.payload.as_ref())
+                    .push_bind(recorded_us);
+            });
+            q.build().execute(&mut *conn).await?;
+        }
+        let with_ids: Vec<_> = mine.iter().filter(|r| r.2.msg_id.is_some()).collect();
+        for chunk in with_ids.chunks(1000) {
+            let mut q =
+                QueryBuilder::<Sqlite>::new("INSERT INTO dedup (stream, msg_id, seq, at_us) ");
+            q.push_values(chunk, |mut b, (_, seq, event, _)| {
+                b.push_bind(stream.as_str())
+                    .push_bind(event.msg_id.as_deref())
+                    .push_bind(*seq as i64)
+                    .push_bind(recorded_us);
+            });
+            q.push(" ON CONFLICT (stream, msg_id) DO UPDATE SET seq = excluded.seq, at_us = excluded.at_us");
+            q.build().execute(&mut *conn).await?;
         }
     }
-    let mut envelope = event.envelope.clone();
-    envelope.recorded_at = now;
-    let sql = format!(
-        "INSERT INTO {} (subject, headers, payload, recorded_us) VALUES (?, ?, ?, ?)",
-        table(stream)
-    );
-    let seq = sqlx::query(&sql)
-        .bind(&event.subject)
-        .bind(headers::to_json(&envelope))
-        .bind(event.payload.as_ref())
-        .bind(now.unix_micros())
-        .execute(&mut *conn)
-        .await?
-        .last_insert_rowid() as u64;
-    if let Some(id) = &event.msg_id {
-        sqlx::query("INSERT INTO dedup (stream, msg_id, seq, at_us) VALUES (?, ?, ?, ?) ON CONFLICT (stream, msg_id) DO UPDATE SET seq = excluded.seq, at_us = excluded.at_us")
-            .bind(stream.as_str())
-            .bind(id)
-            .bind(seq as i64)
-            .bind(now.unix_micros())
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(Ok(Appended {
-        seq,
-        duplicate: false,
-    }))
+    Ok(())
+}
+
+async fn last_seq(conn: &mut SqliteConnection, stream: StreamKind) -> anyhow::Result<u64> {
+    let sql = format!("SELECT COALESCE(MAX(seq), 0) FROM {}", table(stream));
+    let seq: i64 = sqlx::query_scalar(&sql).fetch_one(conn).await?;
+    Ok(seq as u64)
 }
 
 async fn last_subject_seq(
@@ -432,6 +498,14 @@ impl EventLog for EmbeddedLog {
             rx,
             |mut rx| async move { rx.recv().await.map(|x| (x, rx)) },
         )))
+    }
+
+    async fn follow_ephemeral(
+        &self,
+        stream: StreamKind,
+        from_seq: u64,
+    ) -> Result<EventStream, LogError> {
+        self.follow(stream, "", from_seq).await
     }
 
     async fn last_seq(&self, stream: StreamKind) -> Result<u64, LogError> {

@@ -393,6 +393,32 @@ impl EventLog for JetStreamLog {
         })))
     }
 
+    async fn follow_ephemeral(
+        &self,
+        kind: StreamKind,
+        from_seq: u64,
+    ) -> Result<EventStream, LogError> {
+        let stream = self.stream(kind).await?;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from_seq.max(1),
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(LogError::new)?;
+        let messages = consumer.messages().await.map_err(LogError::new)?;
+        Ok(Box::pin(messages.map(move |item| {
+            let msg = item.map_err(LogError::new)?;
+            let seq = msg
+                .info()
+                .map_err(|e| LogError(anyhow::anyhow!("{e}")))?
+                .stream_sequence;
+            to_stored(kind, &msg, seq)
+        })))
+    }
+
     async fn last_seq(&self, kind: StreamKind) -> Result<u64, LogError> {
         Ok(self.stream(kind).await?.cached_info().state.last_sequence)
     }

@@ -23,6 +23,8 @@ pub struct Ctx {
     pub store: Store,
     /// This process's projection progress.
     pub progress: Progress,
+    /// Sealed tokens in memory, kept fresh from the log (see `server::run`).
+    pub tokens: Arc<crate::vault::TokenCache>,
 }
 
 /// Who runs a command, from where.

@@ -17,6 +17,30 @@ fn token_subject(ctx: &Ctx, ws: &Slug, phone_number_id: &str) -> String {
         .domain_subject(Some(ws), "token", phone_number_id)
 }
 
+/// Appends a token event, waits for the read models, and folds it into this
+/// process's cache at once (other instances see it through the log within ms).
+async fn append_token_event(
+    ctx: &Ctx,
+    event: wabridge_events::NewEvent,
+    projections: &[&str],
+) -> Result<(), CommandError> {
+    let stored = wabridge_events::StoredEvent {
+        stream: wabridge_events::StreamKind::Domain,
+        seq: 0,
+        subject: event.subject.clone(),
+        envelope: event.envelope.clone(),
+        payload: event.payload.clone(),
+    };
+    let appended = ctx.append_and_wait(event, projections).await?;
+    if !appended.duplicate {
+        ctx.tokens.apply(&wabridge_events::StoredEvent {
+            seq: appended.seq,
+            ..stored
+        });
+    }
+    Ok(())
+}
+
 fn ring(ring: Option<&KeyRing>) -> Result<&KeyRing, CommandError> {
     ring.ok_or(CommandError::NotConfigured("TOKEN_MASTER_KEYS"))
 }
@@ -47,8 +71,12 @@ pub async fn store(
         fingerprint: vault::fingerprint(token),
         expires_at,
     };
-    ctx.append_and_wait(ctx.event(Some(ws), caller, &data), &["tokens", "audit"])
-        .await?;
+    append_token_event(
+        ctx,
+        ctx.event(Some(ws), caller, &data),
+        &["tokens", "audit"],
+    )
+    .await?;
     Ok(())
 }
 
@@ -88,7 +116,7 @@ pub async fn revoke(
         },
     );
     ev.expected_last_subject_seq = Some(row.log_seq);
-    ctx.append_and_wait(ev, &["tokens", "audit"]).await?;
+    append_token_event(ctx, ev, &["tokens", "audit"]).await?;
     Ok(())
 }
 
@@ -110,11 +138,13 @@ pub async fn invalidate(
     };
     let mut ev = ctx.event(Some(ws), caller, &data);
     ev.expected_last_subject_seq = Some(row.log_seq);
-    ctx.append_and_wait(ev, &["tokens", "audit"]).await?;
+    append_token_event(ctx, ev, &["tokens", "audit"]).await?;
     Ok(())
 }
 
-/// Decrypts a number's token for use (the sender). Never cached in plaintext.
+/// Decrypts a number's token for use (the sender): a look-up in the in-memory
+/// ciphertext cache (the read model when the cache has not seen it yet), then one
+/// decryption. Plaintext is never cached.
 pub async fn retrieve(
     ctx: &Ctx,
     keys: Option<&KeyRing>,
@@ -122,20 +152,25 @@ pub async fn retrieve(
     phone_number_id: &str,
 ) -> Result<SecretString, CommandError> {
     let keys = ring(keys)?;
-    let row = tokens::get(&ctx.store, ws.as_str(), phone_number_id)
-        .await?
-        .ok_or_else(|| {
-            CommandError::NotFound(format!(
-                "no token stored for phone number {phone_number_id}"
-            ))
-        })?;
-    if row.status != "valid" {
+    let (sealed, status) = match ctx.tokens.get(ws.as_str(), phone_number_id) {
+        Some(c) => (c.sealed, c.status),
+        None => {
+            let row = tokens::get(&ctx.store, ws.as_str(), phone_number_id)
+                .await?
+                .ok_or_else(|| {
+                    CommandError::NotFound(format!(
+                        "no token stored for phone number {phone_number_id}"
+                    ))
+                })?;
+            (row.sealed, row.status)
+        }
+    };
+    if status != "valid" {
         return Err(CommandError::Conflict(format!(
-            "the token of phone number {phone_number_id} is {}",
-            row.status
+            "the token of phone number {phone_number_id} is {status}"
         )));
     }
-    vault::open(keys, ws.as_str(), phone_number_id, &row.sealed)
+    vault::open(keys, ws.as_str(), phone_number_id, &sealed)
         .map_err(|e| CommandError::Internal(e.into()))
 }
 
@@ -182,7 +217,7 @@ pub async fn rotate(
                 };
                 let mut ev = ctx.event(Some(&ws), caller, &data);
                 ev.expected_last_subject_seq = Some(row.log_seq);
-                match ctx.append_and_wait(ev, &["tokens"]).await {
+                match append_token_event(ctx, ev, &["tokens"]).await {
                     Ok(_) => report.rewrapped += 1,
                     Err(CommandError::Conflict(_)) => report.skipped_concurrent += 1,
                     Err(e) => return Err(e),
