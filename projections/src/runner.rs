@@ -129,6 +129,9 @@ pub struct ProjectionRunner {
     pub progress: Progress,
 }
 
+/// The most events applied in one transaction.
+pub const BATCH: usize = 500;
+
 /// How many times an event is tried before it becomes a dead letter.
 pub const MAX_ATTEMPTS: u32 = 5;
 
@@ -149,7 +152,8 @@ pub fn is_unavailable(e: &anyhow::Error) -> bool {
 }
 
 impl ProjectionRunner {
-    /// Follows the log for ever (until the task is dropped), applying events.
+    /// Follows the log for ever (until the task is dropped), applying events in
+    /// batches: whatever is ready (up to [`BATCH`]) goes into one transaction.
     pub async fn run(self, projection: Arc<dyn Projection>) -> anyhow::Result<()> {
         let name = projection.name();
         loop {
@@ -158,15 +162,25 @@ impl ProjectionRunner {
             let mut events = self
                 .log
                 .follow(projection.stream(), &format!("proj_{name}"), from)
-                .await?;
-            while let Some(item) = events.next().await {
-                match item {
-                    Ok(event) => self.handle(&*projection, event).await?,
-                    Err(e) => {
-                        tracing::warn!(projection = name, error = %e, "log read failed; resubscribing");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        break;
+                .await?
+                .ready_chunks(BATCH);
+            'follow: while let Some(items) = events.next().await {
+                let mut batch = Vec::with_capacity(items.len());
+                let mut failed = None;
+                for item in items {
+                    match item {
+                        Ok(event) => batch.push(event),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
                     }
+                }
+                self.handle_batch(&*projection, batch).await?;
+                if let Some(e) = failed {
+                    tracing::warn!(projection = name, error = %e, "log read failed; resubscribing");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    break 'follow;
                 }
             }
         }
@@ -193,10 +207,60 @@ impl ProjectionRunner {
             if batch.is_empty() {
                 return Ok(head);
             }
-            for event in batch {
-                self.handle(projection, event).await?;
+            self.handle_batch(projection, batch).await?;
+        }
+    }
+
+    /// Applies a batch in one transaction; when that fails, one event at a time (so
+    /// only the failing event is retried and dead-lettered).
+    async fn handle_batch(
+        &self,
+        projection: &dyn Projection,
+        batch: Vec<StoredEvent>,
+    ) -> anyhow::Result<()> {
+        let Some(last) = batch.last().map(|e| e.seq) else {
+            return Ok(());
+        };
+        if batch.len() > 1 {
+            match self.apply_batch(projection, &batch).await {
+                Ok(()) => {
+                    self.progress.set(projection.name(), last);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::debug!(projection = projection.name(), error = %format!("{e:#}"), "batch failed; applying one at a time")
+                }
             }
         }
+        for event in batch {
+            self.handle(projection, event).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_batch(
+        &self,
+        projection: &dyn Projection,
+        batch: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        let name = projection.name();
+        let last = batch.last().map(|e| e.seq).unwrap_or(0);
+        let mut tx = self.store.pool.begin().await?;
+        let done = checkpoint::get(&mut tx, name).await?;
+        for event in batch.iter().filter(|e| e.seq > done) {
+            projection.apply(&mut tx, event).await.with_context(|| {
+                format!(
+                    "{name}: applying {} #{}",
+                    event.envelope.event_type, event.seq
+                )
+            })?;
+        }
+        // Another applier got there first (it holds the row lock until it commits).
+        if !checkpoint::advance(&mut tx, name, last).await? {
+            return Ok(());
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn handle(&self, projection: &dyn Projection, event: StoredEvent) -> anyhow::Result<()> {

@@ -61,7 +61,11 @@ impl Store {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        // Read models are rebuilt from the log, and each checkpoint
+                        // commits with its rows: NORMAL (no fsync per commit in WAL
+                        // mode) can lose the last commits on power loss, never
+                        // consistency; the projection replays what it lacks.
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
                     }
                     Ok(())
                 })

@@ -7,10 +7,13 @@
 //! twice (a redelivery after the duplicate window) or processed twice (a crash
 //! between append and commit) yields each domain event once.
 
-use std::time::Duration;
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use anyhow::Context;
-use futures_util::StreamExt;
+use futures_util::{future::join_all, StreamExt};
 use wabridge_events::{
     types::{EventData, UnroutedItem, WebhookUnrouted},
     Actor, DomainEvent, Envelope, NewEvent, ReadFrom, Slug, StoredEvent, StreamKind,
@@ -27,6 +30,10 @@ use crate::commands::Ctx;
 /// The processor's name (checkpoint, consumer, dead letters).
 pub const NAME: &str = "webhook_processor";
 
+/// The most raw events handled together (one routing refresh, one key look-up,
+/// pipelined appends, one commit).
+pub const CHUNK: usize = 256;
+
 /// Follows the raw stream for ever.
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     loop {
@@ -34,15 +41,25 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
         let mut events = ctx
             .log
             .follow(StreamKind::Raw, "proc_webhooks", from)
-            .await?;
-        while let Some(item) = events.next().await {
-            match item {
-                Ok(event) => handle(&ctx, &event).await?,
-                Err(e) => {
-                    tracing::warn!(error = %e, "raw stream read failed; resubscribing");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    break;
+            .await?
+            .ready_chunks(CHUNK);
+        while let Some(items) = events.next().await {
+            let mut chunk = Vec::with_capacity(items.len());
+            let mut failed = None;
+            for item in items {
+                match item {
+                    Ok(e) => chunk.push(e),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
                 }
+            }
+            handle_chunk(&ctx, chunk).await?;
+            if let Some(e) = failed {
+                tracing::warn!(error = %e, "raw stream read failed; resubscribing");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                break;
             }
         }
     }
@@ -56,41 +73,49 @@ pub async fn catch_up(ctx: &Ctx) -> anyhow::Result<()> {
         if from > head {
             return Ok(());
         }
-        for event in ctx
-            .log
-            .read(StreamKind::Raw, ReadFrom::Seq(from), None, 200)
-            .await?
-        {
-            handle(ctx, &event).await?;
-        }
+        handle_chunk(
+            ctx,
+            ctx.log
+                .read(StreamKind::Raw, ReadFrom::Seq(from), None, CHUNK)
+                .await?,
+        )
+        .await?;
     }
 }
 
-async fn handle(ctx: &Ctx, event: &StoredEvent) -> anyhow::Result<()> {
-    if ctx.store.checkpoint(NAME).await? >= event.seq {
+async fn handle_chunk(ctx: &Ctx, events: Vec<StoredEvent>) -> anyhow::Result<()> {
+    let done = ctx.store.checkpoint(NAME).await?;
+    let events: Vec<StoredEvent> = events.into_iter().filter(|e| e.seq > done).collect();
+    let Some(last) = events.last().map(|e| e.seq) else {
         return Ok(());
-    }
+    };
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match process(ctx, event).await {
-            Ok(keys) => return commit(ctx, event.seq, &keys).await,
-            Err(e) if attempt < MAX_ATTEMPTS && !is_permanent(&e) => {
-                tracing::warn!(seq = event.seq, attempt, error = %format!("{e:#}"), "webhook processing failed; retrying");
+        match process_chunk(ctx, &events).await {
+            Ok(outcome) => {
+                for (event, reason) in &outcome.unparsable {
+                    record_dead_letter(&*ctx.log, NAME, event, reason, 1).await?;
+                }
+                return commit(ctx, last, &outcome.keys).await;
+            }
+            Err(e) if attempt < MAX_ATTEMPTS => {
+                tracing::warn!(first = events[0].seq, last, attempt, error = %format!("{e:#}"), "webhook processing failed; retrying");
                 tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
             }
-            Err(e) => {
-                record_dead_letter(&*ctx.log, NAME, event, &format!("{e:#}"), attempt).await?;
-                return commit(ctx, event.seq, &[]).await;
+            Err(e) if events.len() == 1 => {
+                record_dead_letter(&*ctx.log, NAME, &events[0], &format!("{e:#}"), attempt).await?;
+                return commit(ctx, last, &[]).await;
+            }
+            Err(_) => {
+                // Isolate the failing body: one event at a time.
+                for event in events {
+                    Box::pin(handle_chunk(ctx, vec![event])).await?;
+                }
+                return Ok(());
             }
         }
     }
-}
-
-/// A body that does not parse will not parse next time either.
-fn is_permanent(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| c.downcast_ref::<super::split::SplitError>().is_some())
 }
 
 async fn commit(ctx: &Ctx, seq: u64, keys: &[String]) -> anyhow::Result<()> {
@@ -109,56 +134,113 @@ async fn commit(ctx: &Ctx, seq: u64, keys: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn already_processed(ctx: &Ctx, key: &str) -> anyhow::Result<bool> {
-    let found: Option<i64> =
-        sqlx::query_scalar("SELECT raw_seq FROM webhook_items WHERE dedup_key = $1")
-            .bind(key)
-            .fetch_optional(&ctx.store.pool)
-            .await?;
-    Ok(found.is_some())
+/// Which of `keys` were processed before (one query per 500 keys).
+async fn processed_keys(ctx: &Ctx, keys: &[&str]) -> anyhow::Result<HashSet<String>> {
+    let mut found = HashSet::new();
+    for chunk in keys.chunks(500) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT dedup_key FROM webhook_items WHERE dedup_key IN ({})",
+            placeholders.join(", ")
+        );
+        let mut q = sqlx::query_scalar::<_, String>(&sql);
+        for k in chunk {
+            q = q.bind(*k);
+        }
+        found.extend(q.fetch_all(&ctx.store.pool).await?);
+    }
+    Ok(found)
+}
+
+/// What a chunk produced.
+struct ChunkOutcome<'a> {
+    /// Natural keys handled (appended now or before).
+    keys: Vec<String>,
+    /// Bodies that do not parse, with the reason: dead letters.
+    unparsable: Vec<(&'a StoredEvent, String)>,
+}
+
+async fn process_chunk<'a>(
+    ctx: &Ctx,
+    events: &'a [StoredEvent],
+) -> anyhow::Result<ChunkOutcome<'a>> {
+    // Route against claims made up to now.
+    let head = ctx.log.last_seq(StreamKind::Domain).await?;
+    ctx.wait("phone_numbers", head).await?;
+    let mut unparsable = vec![];
+    let mut planned: Vec<(String, NewEvent)> = vec![];
+    let mut routes = HashMap::new();
+    for raw in events {
+        let items = match split_webhook(&raw.payload, raw.seq) {
+            Ok(items) => items,
+            Err(e) => {
+                unparsable.push((raw, e.to_string()));
+                continue;
+            }
+        };
+        for item in items {
+            for (ws, key) in targets(ctx, &item, &mut routes).await? {
+                let new = match &ws {
+                    Some(ws) => routed_event(ctx, raw, &item, ws, &key)?,
+                    None => unrouted_event(ctx, raw, &item, &key)?,
+                };
+                planned.push((key, new));
+            }
+        }
+    }
+    let keys: Vec<&str> = planned.iter().map(|(k, _)| k.as_str()).collect();
+    let mut skip = processed_keys(ctx, &keys).await?;
+    let mut appends = vec![];
+    for (key, new) in &planned {
+        // A body stored twice in one chunk yields its items once.
+        if skip.insert(key.clone()) {
+            appends.push(ctx.log.append(new.clone()));
+        }
+    }
+    // Issued in order, acknowledged together: one round trip (or group commit)
+    // for the chunk instead of one per item.
+    for result in join_all(appends).await {
+        result.context("appending a webhook item")?;
+    }
+    Ok(ChunkOutcome {
+        keys: planned.into_iter().map(|(k, _)| k).collect(),
+        unparsable,
+    })
 }
 
 /// Splits and appends one raw webhook's items; returns the natural keys handled.
 /// Safe to run again for the same event (redrive).
 pub async fn process(ctx: &Ctx, raw: &StoredEvent) -> anyhow::Result<Vec<String>> {
-    let items = split_webhook(&raw.payload, raw.seq)?;
-    // Route against claims made up to now.
-    let head = ctx.log.last_seq(StreamKind::Domain).await?;
-    ctx.wait("phone_numbers", head).await?;
-    let mut keys = Vec::with_capacity(items.len());
-    for item in items {
-        for (ws, key) in targets(ctx, &item).await? {
-            if !already_processed(ctx, &key).await? {
-                let new = match &ws {
-                    Some(ws) => routed_event(ctx, raw, &item, ws, &key)?,
-                    None => unrouted_event(ctx, raw, &item, &key)?,
-                };
-                ctx.log
-                    .append(new)
-                    .await
-                    .context("appending a webhook item")?;
-            }
-            keys.push(key);
-        }
+    let outcome = process_chunk(ctx, std::slice::from_ref(raw)).await?;
+    if let Some((_, reason)) = outcome.unparsable.first() {
+        anyhow::bail!("{reason}");
     }
-    Ok(keys)
+    Ok(outcome.keys)
 }
 
 /// The workspaces an item goes to (`None` = unrouted), each with its natural key.
-async fn targets(ctx: &Ctx, item: &WebhookItem) -> anyhow::Result<Vec<(Option<Slug>, String)>> {
-    let wss = match &item.route {
-        Route::PhoneNumber(id) => phone_numbers::get(&ctx.store, id)
-            .await?
-            .map(|p| p.workspace)
-            .into_iter()
-            .collect(),
-        Route::Waba(id) => phone_numbers::workspaces_of_waba(&ctx.store, id).await?,
-    };
+async fn targets(
+    ctx: &Ctx,
+    item: &WebhookItem,
+    routes: &mut HashMap<Route, Vec<String>>,
+) -> anyhow::Result<Vec<(Option<Slug>, String)>> {
+    if !routes.contains_key(&item.route) {
+        let wss = match &item.route {
+            Route::PhoneNumber(id) => phone_numbers::get(&ctx.store, id)
+                .await?
+                .map(|p| p.workspace)
+                .into_iter()
+                .collect(),
+            Route::Waba(id) => phone_numbers::workspaces_of_waba(&ctx.store, id).await?,
+        };
+        routes.insert(item.route.clone(), wss);
+    }
+    let wss = &routes[&item.route];
     if wss.is_empty() {
         return Ok(vec![(None, format!("unrouted|{}", item.dedup_key))]);
     }
-    wss.into_iter()
-        .map(|ws| Ok((Some(Slug::parse(&ws)?), format!("{ws}|{}", item.dedup_key))))
+    wss.iter()
+        .map(|ws| Ok((Some(Slug::parse(ws)?), format!("{ws}|{}", item.dedup_key))))
         .collect()
 }
 

@@ -21,7 +21,7 @@ use wabridge_events::{DomainEvent, Timestamp};
 const WABA_OBJECT: &str = "whatsapp_business_account";
 
 /// Where an item must be routed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Route {
     /// To the workspace holding this phone number id (`value.metadata.phone_number_id`).
     PhoneNumber(String),
