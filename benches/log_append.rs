@@ -82,9 +82,11 @@ async fn concurrent(
 async fn raw_nats(url: &str, n: usize, in_flight: usize, same_headers: bool) -> common::Stats {
     let client = async_nats::connect(url).await.unwrap();
     let js = jetstream::new(client);
+    let prefix = format!("rawbench{}", same_headers as u8);
     js.create_stream(stream::Config {
-        name: "RAWBENCH".into(),
-        subjects: vec!["rawbench.>".into()],
+        name: prefix.to_uppercase(),
+        subjects: vec![format!("{prefix}.>")],
+        duplicate_window: Duration::from_secs(600),
         ..Default::default()
     })
     .await
@@ -92,19 +94,25 @@ async fn raw_nats(url: &str, n: usize, in_flight: usize, same_headers: bool) -> 
     let start = Instant::now();
     let per = n / in_flight;
     let tasks = (0..in_flight).map(|w| {
-        let js = js.clone();
+        let (js, prefix) = (js.clone(), prefix.clone());
         tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per);
             for j in 0..per {
                 let t = Instant::now();
-                js.publish(
-                    format!("rawbench.a{}", (w * per + j) % 1000),
-                    Bytes::from(vec![b'x'; PAYLOAD]),
-                )
-                .await
-                .unwrap()
-                .await
-                .unwrap();
+                let subject = format!("{prefix}.a{}", (w * per + j) % 1000);
+                let payload = Bytes::from(vec![b'x'; PAYLOAD]);
+                let ack = if same_headers {
+                    let env = Envelope::new("bench.event", 1, None, Actor::system("bench"));
+                    let mut h = async_nats::HeaderMap::new();
+                    for (k, v) in wabridge_events::backends::headers::encode(&env) {
+                        h.insert(k, v.as_str());
+                    }
+                    h.insert("Nats-Msg-Id", format!("m{}", w * per + j).as_str());
+                    js.publish_with_headers(subject, h, payload).await
+                } else {
+                    js.publish(subject, payload).await
+                };
+                ack.unwrap().await.unwrap();
                 lat.push(t.elapsed());
             }
             lat

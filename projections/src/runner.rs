@@ -82,7 +82,7 @@ impl Store {
             if *rx.borrow_and_update() >= seq {
                 return Ok(true);
             }
-            let mut conn = self.pool.acquire().await?;
+            let mut conn = self.reads.acquire().await?;
             if checkpoint::get(&mut conn, name).await? >= seq {
                 return Ok(true);
             }
@@ -100,7 +100,7 @@ impl Store {
 
     /// The checkpoint of a projection or reactor.
     pub async fn checkpoint(&self, name: &str) -> anyhow::Result<u64> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.reads.acquire().await?;
         Ok(checkpoint::get(&mut conn, name).await?)
     }
 }
@@ -108,7 +108,7 @@ impl Store {
 /// SHA-256 (hex) of a projection's canonical dump.
 pub async fn checksum(store: &Store, projection: &dyn Projection) -> anyhow::Result<String> {
     let rows: Vec<String> = sqlx::query_scalar(projection.dump_sql())
-        .fetch_all(&store.pool)
+        .fetch_all(&store.reads)
         .await?;
     let mut h = Sha256::new();
     for row in rows {

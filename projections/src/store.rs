@@ -17,8 +17,12 @@ pub enum Backend {
 /// The read-model store (cheap to clone).
 #[derive(Clone, Debug)]
 pub struct Store {
-    /// The pool; every query uses `$n` placeholders.
+    /// The pool for writes (projection transactions). On SQLite it holds one
+    /// connection, so writers queue in the pool instead of sleeping in SQLite's
+    /// busy handler. Every query uses `$n` placeholders.
     pub pool: AnyPool,
+    /// The pool for reads (API queries, checkpoints). The same pool on PostgreSQL.
+    pub reads: AnyPool,
     /// The backend.
     pub backend: Backend,
 }
@@ -51,35 +55,49 @@ impl Store {
                 }
             }
         }
-        let pool = AnyPoolOptions::new()
-            .max_connections(match backend {
-                Backend::Sqlite => 4,
-                Backend::Postgres => 16,
-            })
-            .acquire_timeout(Duration::from_secs(5))
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        // Read models are rebuilt from the log, and each checkpoint
-                        // commits with its rows: NORMAL (no fsync per commit in WAL
-                        // mode) can lose the last commits on power loss, never
-                        // consistency; the projection replays what it lacks.
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                    }
-                    Ok(())
+        let options = |max: u32| {
+            AnyPoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(Duration::from_secs(5))
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        if backend == Backend::Sqlite {
+                            conn.execute("PRAGMA busy_timeout = 10000").await?;
+                            // Read models are rebuilt from the log, and each checkpoint
+                            // commits with its rows: NORMAL (no fsync per commit in WAL
+                            // mode) can lose the last commits on power loss, never
+                            // consistency; the projection replays what it lacks.
+                            conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        }
+                        Ok(())
+                    })
                 })
-            })
-            .connect(&url)
-            .await
-            .context("connecting to DATABASE_URL")?;
+        };
+        let pool = options(match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => 16,
+        })
+        .connect(&url)
+        .await
+        .context("connecting to DATABASE_URL")?;
         if backend == Backend::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL")
                 .execute(&pool)
                 .await
                 .context("enabling WAL")?;
         }
-        let store = Store { pool, backend };
+        let reads = match backend {
+            Backend::Sqlite => options(4)
+                .connect(&url)
+                .await
+                .context("connecting to DATABASE_URL")?,
+            Backend::Postgres => pool.clone(),
+        };
+        let store = Store {
+            pool,
+            reads,
+            backend,
+        };
         crate::migrations::run(&store)
             .await
             .context("migrating the read-model database")?;
@@ -88,7 +106,7 @@ impl Store {
 
     /// Cheap reachability check.
     pub async fn ping(&self) -> anyhow::Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.reads).await?;
         Ok(())
     }
 }

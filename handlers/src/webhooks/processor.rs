@@ -147,7 +147,7 @@ async fn processed_keys(ctx: &Ctx, keys: &[&str]) -> anyhow::Result<HashSet<Stri
         for k in chunk {
             q = q.bind(*k);
         }
-        found.extend(q.fetch_all(&ctx.store.pool).await?);
+        found.extend(q.fetch_all(&ctx.store.reads).await?);
     }
     Ok(found)
 }

@@ -105,7 +105,7 @@ pub async fn get(store: &Store, key_id: &str) -> anyhow::Result<Option<ApiKeyRow
     let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE key_id = $1");
     Ok(sqlx::query(&sql)
         .bind(key_id)
-        .fetch_optional(&store.pool)
+        .fetch_optional(&store.reads)
         .await?
         .map(row))
 }
@@ -122,7 +122,7 @@ pub async fn list(
         .bind(workspace)
         .bind(after.unwrap_or(""))
         .bind(limit)
-        .fetch_all(&store.pool)
+        .fetch_all(&store.reads)
         .await?;
     Ok(rows.into_iter().map(row).collect())
 }
@@ -138,6 +138,6 @@ pub async fn count_valid(
         .bind(workspace)
         .bind(role)
         .bind(now)
-        .fetch_one(&store.pool)
+        .fetch_one(&store.reads)
         .await?)
 }

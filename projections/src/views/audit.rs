@@ -242,7 +242,7 @@ pub async fn query(store: &Store, ws: &str, q: &AuditQuery) -> anyhow::Result<Ve
     .bind(q.until.clone().unwrap_or_default())
     .bind(q.before_seq.unwrap_or(i64::MAX))
     .bind(q.limit)
-    .fetch_all(&store.pool)
+    .fetch_all(&store.reads)
     .await?;
     Ok(rows.into_iter().map(row).collect())
 }
@@ -260,7 +260,7 @@ pub async fn export(
         .bind(since)
         .bind(after_seq)
         .bind(limit)
-        .fetch_all(&store.pool)
+        .fetch_all(&store.reads)
         .await?;
     Ok(rows.into_iter().map(row).collect())
 }
@@ -279,7 +279,7 @@ pub struct Verification {
 
 /// The chain head of a workspace.
 pub async fn get_head(store: &Store, ws: &str) -> anyhow::Result<Option<AuditHead>> {
-    let mut conn = store.pool.acquire().await?;
+    let mut conn = store.reads.acquire().await?;
     head(&mut conn, ws).await
 }
 
@@ -287,7 +287,7 @@ pub async fn get_head(store: &Store, ws: &str) -> anyhow::Result<Option<AuditHea
 pub async fn chains(store: &Store) -> anyhow::Result<Vec<String>> {
     Ok(
         sqlx::query_scalar("SELECT workspace FROM audit_heads ORDER BY workspace")
-            .fetch_all(&store.pool)
+            .fetch_all(&store.reads)
             .await?,
     )
 }
@@ -313,7 +313,7 @@ pub async fn verify(store: &Store, ws: &str) -> anyhow::Result<Verification> {
         let rows = sqlx::query("SELECT seq, at, actor, action, target, outcome, ip, prev_hash, hash FROM audit_entries WHERE workspace = $1 AND seq >= $2 ORDER BY seq LIMIT 1000")
             .bind(ws)
             .bind(expected_seq)
-            .fetch_all(&store.pool)
+            .fetch_all(&store.reads)
             .await?;
         if rows.is_empty() {
             break;
@@ -359,7 +359,7 @@ pub async fn last_before(
     let r = sqlx::query("SELECT seq, at, actor, action, target, outcome, ip, prev_hash, hash FROM audit_entries WHERE workspace = $1 AND at < $2 ORDER BY seq DESC LIMIT 1")
         .bind(ws)
         .bind(cutoff)
-        .fetch_optional(&store.pool)
+        .fetch_optional(&store.reads)
         .await?;
     Ok(r.map(row))
 }

@@ -113,7 +113,7 @@ pub async fn list(
         .bind(status.unwrap_or(""))
         .bind(after.unwrap_or(""))
         .bind(limit)
-        .fetch_all(&store.pool)
+        .fetch_all(&store.reads)
         .await?;
     Ok(rows.into_iter().map(row).collect())
 }
@@ -123,7 +123,7 @@ pub async fn get(store: &Store, id: &str) -> anyhow::Result<Option<DeadLetter>> 
     let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE id = $1");
     Ok(sqlx::query(&sql)
         .bind(id)
-        .fetch_optional(&store.pool)
+        .fetch_optional(&store.reads)
         .await?
         .map(row))
 }
@@ -132,7 +132,7 @@ pub async fn get(store: &Store, id: &str) -> anyhow::Result<Option<DeadLetter>> 
 pub async fn count_open(store: &Store) -> anyhow::Result<i64> {
     Ok(
         sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE status = 'open'")
-            .fetch_one(&store.pool)
+            .fetch_one(&store.reads)
             .await?,
     )
 }

@@ -120,7 +120,7 @@ pub async fn get(store: &Store, ws: &str, wamid: &str) -> anyhow::Result<Option<
     let r = sqlx::query("SELECT wamid, direction, contact, message_type, status, occurred_at, updated_at FROM messages WHERE workspace = $1 AND wamid = $2")
         .bind(ws)
         .bind(wamid)
-        .fetch_optional(&store.pool)
+        .fetch_optional(&store.reads)
         .await?;
     Ok(r.map(|r| MessageRow {
         wamid: r.get(0),
@@ -138,7 +138,7 @@ pub async fn count(store: &Store, ws: &str) -> anyhow::Result<i64> {
     Ok(
         sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE workspace = $1")
             .bind(ws)
-            .fetch_one(&store.pool)
+            .fetch_one(&store.reads)
             .await?,
     )
 }

@@ -75,7 +75,7 @@ fn row(r: sqlx::any::AnyRow) -> PhoneNumber {
 pub async fn get(store: &Store, phone_number_id: &str) -> anyhow::Result<Option<PhoneNumber>> {
     Ok(sqlx::query("SELECT phone_number_id, workspace, waba_id, display_phone_number, claimed_at FROM phone_numbers WHERE phone_number_id = $1")
         .bind(phone_number_id)
-        .fetch_optional(&store.pool)
+        .fetch_optional(&store.reads)
         .await?
         .map(row))
 }
@@ -91,7 +91,7 @@ pub async fn list(
         .bind(workspace)
         .bind(after.unwrap_or(""))
         .bind(limit)
-        .fetch_all(&store.pool)
+        .fetch_all(&store.reads)
         .await?;
     Ok(rows.into_iter().map(row).collect())
 }
@@ -102,6 +102,6 @@ pub async fn workspaces_of_waba(store: &Store, waba_id: &str) -> anyhow::Result<
         "SELECT DISTINCT workspace FROM phone_numbers WHERE waba_id = $1 ORDER BY workspace",
     )
     .bind(waba_id)
-    .fetch_all(&store.pool)
+    .fetch_all(&store.reads)
     .await?)
 }

@@ -118,7 +118,7 @@ pub async fn get(
     Ok(sqlx::query(&sql)
         .bind(ws)
         .bind(phone_number_id)
-        .fetch_optional(&store.pool)
+        .fetch_optional(&store.reads)
         .await?
         .map(row))
 }
@@ -139,7 +139,7 @@ pub async fn list(
         .bind(expiring_before.unwrap_or(""))
         .bind(after.unwrap_or(""))
         .bind(limit)
-        .fetch_all(&store.pool)
+        .fetch_all(&store.reads)
         .await?;
     Ok(rows.into_iter().map(row).collect())
 }
@@ -149,7 +149,7 @@ pub async fn not_on_version(store: &Store, current_version: &str) -> anyhow::Res
     let sql = format!("SELECT {COLUMNS} FROM tokens WHERE key_version <> $1 AND status <> 'revoked' ORDER BY workspace, phone_number_id");
     let rows = sqlx::query(&sql)
         .bind(current_version)
-        .fetch_all(&store.pool)
+        .fetch_all(&store.reads)
         .await?;
     Ok(rows.into_iter().map(row).collect())
 }
@@ -157,6 +157,6 @@ pub async fn not_on_version(store: &Store, current_version: &str) -> anyhow::Res
 /// Every token row (for the in-memory cache).
 pub async fn all(store: &Store) -> anyhow::Result<Vec<TokenRow>> {
     let sql = format!("SELECT {COLUMNS} FROM tokens ORDER BY workspace, phone_number_id");
-    let rows = sqlx::query(&sql).fetch_all(&store.pool).await?;
+    let rows = sqlx::query(&sql).fetch_all(&store.reads).await?;
     Ok(rows.into_iter().map(row).collect())
 }

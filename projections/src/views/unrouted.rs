@@ -96,7 +96,7 @@ pub async fn numbers(
     let rows = sqlx::query("SELECT phone_number_id, MIN(waba_id), COUNT(*), MIN(recorded_at), MAX(recorded_at) FROM unrouted WHERE assigned_to IS NULL AND phone_number_id > $1 GROUP BY phone_number_id ORDER BY phone_number_id LIMIT $2")
         .bind(after.unwrap_or(""))
         .bind(limit)
-        .fetch_all(&store.pool)
+        .fetch_all(&store.reads)
         .await?;
     Ok(rows
         .into_iter()
@@ -114,7 +114,7 @@ pub async fn numbers(
 pub async fn pending(store: &Store, phone_number_id: &str) -> anyhow::Result<Vec<UnroutedRow>> {
     let rows = sqlx::query("SELECT dedup_key, phone_number_id, waba_id, event_type, v, data, occurred_at, recorded_at, assigned_to FROM unrouted WHERE phone_number_id = $1 AND assigned_to IS NULL ORDER BY log_seq")
         .bind(phone_number_id)
-        .fetch_all(&store.pool)
+        .fetch_all(&store.reads)
         .await?;
     Ok(rows
         .into_iter()

@@ -45,7 +45,7 @@ impl Projection for Workspaces {
 pub async fn get(store: &Store, slug: &str) -> anyhow::Result<Option<Workspace>> {
     let row = sqlx::query("SELECT slug, name, created_at FROM workspaces WHERE slug = $1")
         .bind(slug)
-        .fetch_optional(&store.pool)
+        .fetch_optional(&store.reads)
         .await?;
     Ok(row.map(|r| Workspace {
         slug: r.get(0),
@@ -65,7 +65,7 @@ pub async fn list(
     )
     .bind(after.unwrap_or(""))
     .bind(limit)
-    .fetch_all(&store.pool)
+    .fetch_all(&store.reads)
     .await?;
     Ok(rows
         .into_iter()
