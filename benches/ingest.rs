@@ -196,7 +196,7 @@ async fn end_to_end(nats: Option<&Nats>, rate: u64, seconds: u64, tag: &str) -> 
     let acked: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let watcher = {
-        let seen = seen.clone();
+        let (seen, store) = (seen.clone(), store.clone());
         tokio::spawn(async move {
             let mut last = 0i64;
             loop {
@@ -211,6 +211,34 @@ async fn end_to_end(nats: Option<&Nats>, rate: u64, seconds: u64, tag: &str) -> 
                 for r in rows {
                     last = last.max(r.get::<i64, _>(1));
                     seen.lock().unwrap().insert(r.get(0), now);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    let processed: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let proc_watcher = {
+        let (processed, store) = (processed.clone(), store.clone());
+        tokio::spawn(async move {
+            let mut last = 0i64;
+            loop {
+                let rows =
+                    sqlx::query("SELECT dedup_key, raw_seq FROM webhook_items WHERE raw_seq > $1")
+                        .bind(last)
+                        .fetch_all(&store.reads)
+                        .await
+                        .unwrap();
+                let now = Instant::now();
+                for r in rows {
+                    last = last.max(r.get::<i64, _>(1));
+                    let key: String = r.get(0);
+                    if let Some(w) = key.split("msg:").nth(1) {
+                        processed
+                            .lock()
+                            .unwrap()
+                            .entry(w.to_string())
+                            .or_insert(now);
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -241,6 +269,19 @@ async fn end_to_end(nats: Option<&Nats>, rate: u64, seconds: u64, tag: &str) -> 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     watcher.abort();
+    proc_watcher.abort();
+    if std::env::var("ONLY_E2E").is_ok() {
+        let acked = acked.lock().unwrap();
+        let processed = processed.lock().unwrap();
+        let lat: Vec<Duration> = acked
+            .iter()
+            .filter_map(|(id, t)| processed.get(id).map(|s| s.saturating_duration_since(*t)))
+            .collect();
+        row(
+            "  (200 -> processor committed)",
+            &stats(lat, Duration::from_secs(seconds)),
+        );
+    }
     let acked = acked.lock().unwrap();
     let seen = seen.lock().unwrap();
     let lat: Vec<Duration> = acked
@@ -258,6 +299,13 @@ fn main() {
         .unwrap_or(20000);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
+        if std::env::var("ONLY_E2E").is_ok() {
+            header("e2e");
+            let nats = Nats::start("always");
+            row("JetStream, sync_interval=always", &end_to_end(Some(&nats), 1000, 10, "j").await);
+            row("embedded log", &end_to_end(None, 1000, 10, "e").await);
+            return;
+        }
         header(&format!("Webhook ingest, {CONNECTIONS} connections, {n} distinct signed bodies per case (WABRIDGE_ROLES=api)"));
         for sync in ["1s", "always"] {
             let nats = Nats::start(sync);

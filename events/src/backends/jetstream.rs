@@ -82,6 +82,8 @@ pub struct JetStreamLog {
     js: jetstream::Context,
     cfg: std::sync::Arc<JetStreamConfig>,
     max_payload: usize,
+    /// Stream handles (domain, raw), fetched once: message look-ups need no info.
+    handles: std::sync::Arc<std::sync::OnceLock<(stream::Stream, stream::Stream)>>,
 }
 
 impl JetStreamLog {
@@ -123,10 +125,14 @@ impl JetStreamLog {
             js,
             cfg: std::sync::Arc::new(cfg),
             max_payload,
+            handles: Default::default(),
         };
         for kind in [StreamKind::Domain, StreamKind::Raw] {
             log.ensure_stream(kind).await?;
         }
+        let domain = log.fetch_stream(StreamKind::Domain).await?;
+        let raw = log.fetch_stream(StreamKind::Raw).await?;
+        let _ = log.handles.set((domain, raw));
         Ok(log)
     }
 
@@ -157,11 +163,21 @@ impl JetStreamLog {
         Ok(())
     }
 
-    async fn stream(&self, kind: StreamKind) -> Result<stream::Stream, LogError> {
+    /// Fetches a stream (with fresh info).
+    async fn fetch_stream(&self, kind: StreamKind) -> Result<stream::Stream, LogError> {
         self.js
             .get_stream(self.cfg.namespace.stream_name(kind))
             .await
             .map_err(LogError::new)
+    }
+
+    /// A stream handle (its cached info may be stale; use [`Self::fetch_stream`] for info).
+    async fn stream(&self, kind: StreamKind) -> Result<stream::Stream, LogError> {
+        match (self.handles.get(), kind) {
+            (Some((d, _)), StreamKind::Domain) => Ok(d.clone()),
+            (Some((_, r)), StreamKind::Raw) => Ok(r.clone()),
+            (None, _) => self.fetch_stream(kind).await,
+        }
     }
 
     /// The underlying client (for benchmarks comparing raw publishes).
@@ -420,7 +436,12 @@ impl EventLog for JetStreamLog {
     }
 
     async fn last_seq(&self, kind: StreamKind) -> Result<u64, LogError> {
-        Ok(self.stream(kind).await?.cached_info().state.last_sequence)
+        Ok(self
+            .fetch_stream(kind)
+            .await?
+            .cached_info()
+            .state
+            .last_sequence)
     }
 
     async fn last_subject_seq(&self, subject: &str) -> Result<u64, LogError> {
@@ -442,7 +463,7 @@ impl EventLog for JetStreamLog {
     }
 
     async fn ping(&self) -> Result<(), LogError> {
-        self.stream(StreamKind::Domain).await.map(|_| ())
+        self.fetch_stream(StreamKind::Domain).await.map(|_| ())
     }
 
     fn max_payload(&self) -> usize {

@@ -1,7 +1,9 @@
 //! Claiming and releasing phone numbers, and attaching unrouted webhook items.
 //!
-//! A number's events live on one global subject (`<ns>._.number.<id>`) whatever the
-//! workspace, so the optimistic-concurrency check serialises competing claims.
+//! Every claim and release lives on one global subject, the routing table
+//! (`<ns>._.routing.numbers`), whatever the workspace: the optimistic-concurrency
+//! check serialises competing claims (they are rare admin actions), and the webhook
+//! processor learns with one look-up whether routing changed since its read model.
 
 use wabridge_events::{
     types::{PhoneNumberClaimed, PhoneNumberReleased, UnroutedAssigned},
@@ -21,10 +23,11 @@ pub fn validate_id(what: &str, id: &str) -> Result<(), CommandError> {
     Ok(())
 }
 
-fn number_subject(ctx: &Ctx, phone_number_id: &str) -> String {
+/// The subject of the routing table (every claim and release).
+pub fn routing_subject(ctx: &Ctx) -> String {
     ctx.log
         .namespace()
-        .domain_subject(None, "number", phone_number_id)
+        .domain_subject(None, "routing", "numbers")
 }
 
 fn event_for<T: wabridge_events::types::EventData>(
@@ -35,7 +38,7 @@ fn event_for<T: wabridge_events::types::EventData>(
     expected: u64,
 ) -> NewEvent {
     let mut ev = ctx.event(Some(ws), caller, data);
-    ev.subject = number_subject(ctx, &data.aggregate());
+    ev.subject = routing_subject(ctx);
     ev.expected_last_subject_seq = Some(expected);
     ev
 }
@@ -58,9 +61,7 @@ pub async fn claim(
         ));
     }
     super::workspaces::require(ctx, ws).await?;
-    let seq = ctx
-        .fresh("phone_numbers", &number_subject(ctx, phone_number_id))
-        .await?;
+    let seq = ctx.fresh("phone_numbers", &routing_subject(ctx)).await?;
     if let Some(holder) = phone_numbers::get(&ctx.store, phone_number_id).await? {
         if holder.workspace != ws.as_str() {
             return Err(CommandError::Conflict(format!(
@@ -90,9 +91,7 @@ pub async fn release(
     ws: &Slug,
     phone_number_id: &str,
 ) -> Result<(), CommandError> {
-    let seq = ctx
-        .fresh("phone_numbers", &number_subject(ctx, phone_number_id))
-        .await?;
+    let seq = ctx.fresh("phone_numbers", &routing_subject(ctx)).await?;
     match phone_numbers::get(&ctx.store, phone_number_id).await? {
         Some(h) if h.workspace == ws.as_str() => {}
         _ => {

@@ -164,9 +164,12 @@ async fn process_chunk<'a>(
     ctx: &Ctx,
     events: &'a [StoredEvent],
 ) -> anyhow::Result<ChunkOutcome<'a>> {
-    // Route against claims made up to now.
-    let head = ctx.log.last_seq(StreamKind::Domain).await?;
-    ctx.wait("phone_numbers", head).await?;
+    // Route against every claim made up to now.
+    ctx.fresh(
+        "phone_numbers",
+        &crate::commands::numbers::routing_subject(ctx),
+    )
+    .await?;
     let mut unparsable = vec![];
     let mut planned: Vec<(String, NewEvent)> = vec![];
     let mut routes = HashMap::new();
