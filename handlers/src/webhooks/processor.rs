@@ -37,10 +37,10 @@ pub const CHUNK: usize = 256;
 /// Follows the raw stream for ever.
 pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
     loop {
-        let from = ctx.store.checkpoint(NAME).await? + 1;
+        let mut done = ctx.store.checkpoint(NAME).await?;
         let mut events = ctx
             .log
-            .follow(StreamKind::Raw, "proc_webhooks", from)
+            .follow(StreamKind::Raw, "proc_webhooks", done + 1)
             .await?
             .ready_chunks(CHUNK);
         while let Some(items) = events.next().await {
@@ -55,7 +55,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
                     }
                 }
             }
-            handle_chunk(&ctx, chunk).await?;
+            handle_chunk(&ctx, chunk, &mut done).await?;
             if let Some(e) = failed {
                 tracing::warn!(error = %e, "raw stream read failed; resubscribing");
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -68,24 +68,24 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
 /// Processes raw events until the processor has caught up with the log's head.
 pub async fn catch_up(ctx: &Ctx) -> anyhow::Result<()> {
     let head = ctx.log.last_seq(StreamKind::Raw).await?;
-    loop {
-        let from = ctx.store.checkpoint(NAME).await? + 1;
-        if from > head {
-            return Ok(());
+    let mut done = ctx.store.checkpoint(NAME).await?;
+    while done < head {
+        let chunk = ctx
+            .log
+            .read(StreamKind::Raw, ReadFrom::Seq(done + 1), None, CHUNK)
+            .await?;
+        if chunk.is_empty() {
+            break;
         }
-        handle_chunk(
-            ctx,
-            ctx.log
-                .read(StreamKind::Raw, ReadFrom::Seq(from), None, CHUNK)
-                .await?,
-        )
-        .await?;
+        handle_chunk(ctx, chunk, &mut done).await?;
     }
+    Ok(())
 }
 
-async fn handle_chunk(ctx: &Ctx, events: Vec<StoredEvent>) -> anyhow::Result<()> {
-    let done = ctx.store.checkpoint(NAME).await?;
-    let events: Vec<StoredEvent> = events.into_iter().filter(|e| e.seq > done).collect();
+/// Processes a chunk of raw events after `done` (the checkpoint, kept in memory by
+/// the caller: this processor is its only writer) and moves `done` forward.
+async fn handle_chunk(ctx: &Ctx, events: Vec<StoredEvent>, done: &mut u64) -> anyhow::Result<()> {
+    let events: Vec<StoredEvent> = events.into_iter().filter(|e| e.seq > *done).collect();
     let Some(last) = events.last().map(|e| e.seq) else {
         return Ok(());
     };
@@ -97,7 +97,9 @@ async fn handle_chunk(ctx: &Ctx, events: Vec<StoredEvent>) -> anyhow::Result<()>
                 for (event, reason) in &outcome.unparsable {
                     record_dead_letter(&*ctx.log, NAME, event, reason, 1).await?;
                 }
-                return commit(ctx, last, &outcome.keys).await;
+                commit(ctx, last, &outcome.keys).await?;
+                *done = last;
+                return Ok(());
             }
             Err(e) if attempt < MAX_ATTEMPTS => {
                 tracing::warn!(first = events[0].seq, last, attempt, error = %format!("{e:#}"), "webhook processing failed; retrying");
@@ -105,12 +107,14 @@ async fn handle_chunk(ctx: &Ctx, events: Vec<StoredEvent>) -> anyhow::Result<()>
             }
             Err(e) if events.len() == 1 => {
                 record_dead_letter(&*ctx.log, NAME, &events[0], &format!("{e:#}"), attempt).await?;
-                return commit(ctx, last, &[]).await;
+                commit(ctx, last, &[]).await?;
+                *done = last;
+                return Ok(());
             }
             Err(_) => {
                 // Isolate the failing body: one event at a time.
                 for event in events {
-                    Box::pin(handle_chunk(ctx, vec![event])).await?;
+                    Box::pin(handle_chunk(ctx, vec![event], done)).await?;
                 }
                 return Ok(());
             }
