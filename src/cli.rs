@@ -248,10 +248,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Schemas { action } => {
             let dir = std::path::Path::new("schemas");
             match action {
-                SchemasCommand::Write => crate::schemas::write(dir)?,
+                SchemasCommand::Write => {
+                    crate::schemas::write(dir)?;
+                    crate::schemas::write_readme(std::path::Path::new("README.md"))?;
+                }
                 SchemasCommand::Check => {
                     let drift = crate::schemas::check(dir);
                     anyhow::ensure!(drift.is_empty(), "schemas/ drifted from the code: {drift:?}; run `cargo run -- schemas write`");
+                    anyhow::ensure!(
+                        crate::schemas::readme_current(std::path::Path::new("README.md")),
+                        "README.md's permission table drifted; run `cargo run -- schemas write`"
+                    );
                 }
             }
         }

@@ -115,6 +115,8 @@ async fn openapi_documents_every_route_and_schemas_do_not_drift() {
         drift.is_empty(),
         "schemas/ drifted from the code: {drift:?}; run `cargo run -- schemas write`"
     );
+    let readme = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    assert!(wabridge::schemas::readme_current(&readme), "README.md's role × permission table drifted from the code; run `cargo run -- schemas write`");
     let served = serde_json::to_string_pretty(&doc).unwrap() + "\n";
     assert_eq!(
         served,
