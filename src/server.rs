@@ -16,12 +16,11 @@ pub fn spawn_workers(app: &App, tasks: &mut JoinSet<()>) {
         store: app.ctx.store.clone(),
         progress: app.ctx.progress.clone(),
     };
-    for projection in views::all() {
-        let runner = runner.clone();
-        tasks.spawn(supervise(projection.name(), move || {
-            runner.clone().run(projection.clone())
-        }));
-    }
+    // Every read model lives in one database: one consumer and one transaction per
+    // batch for all of them (each keeps its own checkpoint).
+    tasks.spawn(supervise("projections", move || {
+        runner.clone().run_group(views::all())
+    }));
     let ctx = app.ctx.clone();
     tasks.spawn(supervise(processor::NAME, move || {
         processor::run(ctx.clone())

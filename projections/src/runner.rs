@@ -186,6 +186,91 @@ impl ProjectionRunner {
         }
     }
 
+    /// Runs several projections of the domain stream together: one consumer, and
+    /// each batch applied to every projection in ONE transaction (each projection
+    /// still has its own checkpoint, moved in that transaction). A batch that fails
+    /// falls back to each projection on its own, so a failing event is retried and
+    /// dead-lettered for the projection it fails in only.
+    pub async fn run_group(self, projections: Vec<Arc<dyn Projection>>) -> anyhow::Result<()> {
+        loop {
+            let mut from = u64::MAX;
+            for p in &projections {
+                let cp = self.store.checkpoint(p.name()).await?;
+                self.progress.set(p.name(), cp);
+                from = from.min(cp + 1);
+            }
+            let mut events = self
+                .log
+                .follow(StreamKind::Domain, "proj_group", from)
+                .await?
+                .ready_chunks(BATCH);
+            'follow: while let Some(items) = events.next().await {
+                let mut batch = Vec::with_capacity(items.len());
+                let mut failed = None;
+                for item in items {
+                    match item {
+                        Ok(event) => batch.push(event),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if let Some(last) = batch.last().map(|e| e.seq) {
+                    match self.apply_group(&projections, &batch).await {
+                        Ok(()) => {
+                            for p in &projections {
+                                self.progress.set(p.name(), last);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %format!("{e:#}"), "group batch failed; applying per projection");
+                            for p in &projections {
+                                self.handle_batch(&**p, batch.clone()).await?;
+                            }
+                        }
+                    }
+                }
+                if let Some(e) = failed {
+                    tracing::warn!(error = %e, "log read failed; resubscribing");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    break 'follow;
+                }
+            }
+        }
+    }
+
+    async fn apply_group(
+        &self,
+        projections: &[Arc<dyn Projection>],
+        batch: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        let last = batch.last().map(|e| e.seq).unwrap_or(0);
+        let mut tx = self.store.pool.begin().await?;
+        for p in projections {
+            let name = p.name();
+            let done = checkpoint::get(&mut tx, name).await?;
+            if done >= last {
+                continue;
+            }
+            for event in batch.iter().filter(|e| e.seq > done) {
+                p.apply(&mut tx, event).await.with_context(|| {
+                    format!(
+                        "{name}: applying {} #{}",
+                        event.envelope.event_type, event.seq
+                    )
+                })?;
+            }
+            // Another applier (a host command) moved it meanwhile: start over per projection.
+            anyhow::ensure!(
+                checkpoint::advance(&mut tx, name, last).await?,
+                "checkpoint of {name} moved concurrently"
+            );
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Applies events until the projection has caught up with the log's head as it
     /// was when called (for tests, rebuilds and CLI commands).
     pub async fn catch_up(&self, projection: &dyn Projection) -> anyhow::Result<u64> {
