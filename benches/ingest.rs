@@ -323,6 +323,12 @@ fn main() {
         .unwrap_or(20000);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
+        if std::env::var("ONLY_WABRIDGE_1S").is_ok() {
+            let nats = Nats::start("1s");
+            let (app, _d) = wabridge_app(Some(&nats), false).await;
+            row("wabridge on JetStream, sync_interval=1s", &load(serve(app).await, bodies(n, "w")).await);
+            return;
+        }
         if std::env::var("ONLY_E2E").is_ok() {
             return end_to_end_table().await;
         }

@@ -152,40 +152,6 @@ pub fn is_unavailable(e: &anyhow::Error) -> bool {
 }
 
 impl ProjectionRunner {
-    /// Follows the log for ever (until the task is dropped), applying events in
-    /// batches: whatever is ready (up to [`BATCH`]) goes into one transaction.
-    pub async fn run(self, projection: Arc<dyn Projection>) -> anyhow::Result<()> {
-        let name = projection.name();
-        loop {
-            let from = self.store.checkpoint(name).await? + 1;
-            self.progress.set(name, from - 1);
-            let mut events = self
-                .log
-                .follow(projection.stream(), &format!("proj_{name}"), from)
-                .await?
-                .ready_chunks(BATCH);
-            'follow: while let Some(items) = events.next().await {
-                let mut batch = Vec::with_capacity(items.len());
-                let mut failed = None;
-                for item in items {
-                    match item {
-                        Ok(event) => batch.push(event),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
-                self.handle_batch(&*projection, batch).await?;
-                if let Some(e) = failed {
-                    tracing::warn!(projection = name, error = %e, "log read failed; resubscribing");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    break 'follow;
-                }
-            }
-        }
-    }
-
     /// Runs several projections of the domain stream together: one consumer, and
     /// each batch applied to every projection in ONE transaction (each projection
     /// still has its own checkpoint, moved in that transaction). A batch that fails
