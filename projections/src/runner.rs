@@ -129,6 +129,21 @@ pub struct ProjectionRunner {
     pub progress: Progress,
 }
 
+/// Splits a chunk of follow results into the events before the first error, and
+/// that error (after which the caller resubscribes).
+pub fn split_ready(
+    items: Vec<Result<StoredEvent, wabridge_events::LogError>>,
+) -> (Vec<StoredEvent>, Option<wabridge_events::LogError>) {
+    let mut events = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            Ok(e) => events.push(e),
+            Err(e) => return (events, Some(e)),
+        }
+    }
+    (events, None)
+}
+
 /// The most events applied in one transaction.
 pub const BATCH: usize = 500;
 
@@ -171,17 +186,7 @@ impl ProjectionRunner {
                 .await?
                 .ready_chunks(BATCH);
             'follow: while let Some(items) = events.next().await {
-                let mut batch = Vec::with_capacity(items.len());
-                let mut failed = None;
-                for item in items {
-                    match item {
-                        Ok(event) => batch.push(event),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
+                let (batch, failed) = split_ready(items);
                 if let Some(last) = batch.last().map(|e| e.seq) {
                     match self.apply_group(&projections, &batch).await {
                         Ok(()) => {

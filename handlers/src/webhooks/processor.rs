@@ -20,7 +20,7 @@ use wabridge_events::{
 };
 use wabridge_projections::{
     checkpoint,
-    runner::{record_dead_letter, MAX_ATTEMPTS},
+    runner::{record_dead_letter, split_ready, MAX_ATTEMPTS},
     views::phone_numbers,
 };
 
@@ -44,17 +44,7 @@ pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
             .await?
             .ready_chunks(CHUNK);
         while let Some(items) = events.next().await {
-            let mut chunk = Vec::with_capacity(items.len());
-            let mut failed = None;
-            for item in items {
-                match item {
-                    Ok(e) => chunk.push(e),
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-            }
+            let (chunk, failed) = split_ready(items);
             handle_chunk(&ctx, chunk, &mut done).await?;
             if let Some(e) = failed {
                 tracing::warn!(error = %e, "raw stream read failed; resubscribing");
