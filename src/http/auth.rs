@@ -285,7 +285,19 @@ pub async fn authorize(
                     )));
                 }
             }
-            workspaces::require(&app.ctx, &slug).await?;
+            // Workspaces are never deleted: once seen, no need to look again.
+            if !app
+                .known_workspaces
+                .read()
+                .expect("workspace cache")
+                .contains(&slug)
+            {
+                workspaces::require(&app.ctx, &slug).await?;
+                app.known_workspaces
+                    .write()
+                    .expect("workspace cache")
+                    .insert(slug.clone());
+            }
             Some(slug)
         }
     };
