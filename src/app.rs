@@ -28,6 +28,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Per key id, the last minute a use was recorded (`last_used_at` throttle).
     pub key_use: Arc<std::sync::Mutex<HashMap<String, i64>>>,
+    /// Unauthenticated failures waiting to be summarised (see `security`).
+    pub auth_failures: Arc<crate::security::FailureCounts>,
     /// Workspaces known to exist (they are never deleted).
     pub known_workspaces: Arc<std::sync::RwLock<std::collections::HashSet<wabridge_events::Slug>>>,
 }
@@ -72,6 +74,7 @@ impl App {
             metrics: Arc::new(Metrics::default()),
             key_use: Arc::default(),
             known_workspaces: Arc::default(),
+            auth_failures: Arc::default(),
         })
     }
 }

@@ -13,22 +13,16 @@ use crate::app::App;
 #[derive(Default)]
 pub struct FailureCounts(Mutex<HashMap<(String, &'static str, i64), u64>>);
 
-static COUNTS: std::sync::OnceLock<FailureCounts> = std::sync::OnceLock::new();
-
-fn counts() -> &'static FailureCounts {
-    COUNTS.get_or_init(FailureCounts::default)
-}
-
 fn minute_now() -> i64 {
     Timestamp::now().unix_micros() / 60_000_000
 }
 
 /// Counts one failure.
-pub fn record_failure(_app: &App, ip: Option<IpAddr>, kind: &'static str) {
+pub fn record_failure(app: &App, ip: Option<IpAddr>, kind: &'static str) {
     let source = ip
         .map(|i| i.to_string())
         .unwrap_or_else(|| "unknown".into());
-    *counts()
+    *app.auth_failures
         .0
         .lock()
         .expect("failure lock")
@@ -40,7 +34,7 @@ pub fn record_failure(_app: &App, ip: Option<IpAddr>, kind: &'static str) {
 pub async fn flush(app: &App, all: bool) {
     let now = minute_now();
     let done: Vec<_> = {
-        let mut map = counts().0.lock().expect("failure lock");
+        let mut map = app.auth_failures.0.lock().expect("failure lock");
         let keys: Vec<_> = map
             .keys()
             .filter(|(_, _, m)| all || *m < now)

@@ -6,6 +6,7 @@ mod support;
 
 mod access;
 mod audit;
+mod cli;
 mod http;
 mod log_conformance;
 mod vault;

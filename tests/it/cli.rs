@@ -1,0 +1,169 @@
+//! Host commands against a data dir (no server running): bootstrap, local key
+//! recovery, audit verify/export, events export; and the per-minute summary of
+//! unauthenticated failures.
+
+use std::process::Command;
+
+use reqwest::{Method, StatusCode};
+
+use crate::support::app::{spawn_app, spawn_app_with, DbKind, LogKind, TestOptions};
+
+fn wabridge(data: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wabridge"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("WABRIDGE_DATA_DIR", data)
+        .output()
+        .expect("run wabridge");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn last_line(s: &str) -> String {
+    s.lines()
+        .filter(|l| !l.trim().is_empty())
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+#[tokio::test]
+async fn host_commands_recover_keys_and_export_the_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out) = wabridge(dir.path(), &["bootstrap", "--workspace", "acme"]);
+    assert!(ok, "{out}");
+    let owner = last_line(&out);
+    assert!(owner.starts_with("wbk_"), "{out}");
+    // every owner key lost: the host creates a new one
+    let (ok, out) = wabridge(
+        dir.path(),
+        &["keys", "create", "--workspace", "acme", "--role", "owner"],
+    );
+    assert!(ok, "{out}");
+    let recovered = last_line(&out);
+    assert!(recovered.starts_with("wbk_") && recovered != owner, "{out}");
+    // bad input: unknown role, bad slug, missing workspace — refused, nothing created
+    for args in [
+        &["keys", "create", "--workspace", "acme", "--role", "root"][..],
+        &["keys", "create", "--workspace", "Acme!", "--role", "owner"],
+        &["keys", "create", "--workspace", "nope", "--role", "owner"],
+    ] {
+        let (ok, out) = wabridge(dir.path(), args);
+        assert!(!ok, "{args:?} succeeded: {out}");
+    }
+    // the recovered key works against a server on the same data
+    let app = spawn_app_with(TestOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..TestOptions::new(LogKind::Embedded, DbKind::Sqlite)
+    })
+    .await;
+    let r = app.get("/v1/workspaces/acme/api-keys", &recovered).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["items"].as_array().unwrap().len(), 2);
+    app.stop().await;
+    // audit verify and export from the host
+    let (ok, out) = wabridge(dir.path(), &["audit", "verify", "--workspace", "acme"]);
+    assert!(ok && out.contains("\"ok\":true"), "{out}");
+    let (ok, out) = wabridge(
+        dir.path(),
+        &[
+            "audit",
+            "export",
+            "--workspace",
+            "acme",
+            "--since",
+            "2000-01-01T00:00:00Z",
+        ],
+    );
+    assert!(ok, "{out}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let actions: Vec<&str> = lines
+        .iter()
+        .map(|l| l["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["workspace.created", "api_key.created", "api_key.created"],
+        "{out}"
+    );
+    assert!(
+        lines.windows(2).all(|w| w[1]["prev_hash"] == w[0]["hash"]),
+        "export is in chain order"
+    );
+    // events export filters by workspace and type
+    let (ok, out) = wabridge(
+        dir.path(),
+        &[
+            "events",
+            "export",
+            "--workspace",
+            "acme",
+            "--type",
+            "api_key.created",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with('{')).count(),
+        2,
+        "{out}"
+    );
+    assert!(
+        !out.contains(&recovered) && !out.contains(&owner),
+        "a key text reached the log"
+    );
+}
+
+#[tokio::test]
+async fn unauthenticated_failures_are_summarised_per_source_and_minute() {
+    let app = spawn_app(LogKind::Embedded, DbKind::Sqlite).await;
+    for _ in 0..5 {
+        let r = app
+            .call(Method::GET, "/v1/workspaces", Some("wbk_nope"), None)
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            app.webhook(b"{}", Some("sha256=00")).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    wabridge::security::flush(&app.app, true).await;
+    let summaries = app.events_of(None, "security.auth_failures").await;
+    let mut counts: Vec<(String, u64)> = summaries
+        .iter()
+        .map(|e| {
+            let d: serde_json::Value = serde_json::from_slice(&e.payload).unwrap();
+            (
+                d["kind"].as_str().unwrap().to_string(),
+                d["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    counts.sort();
+    // one event per kind for this source and minute (a minute boundary may split one)
+    let total = |k: &str| {
+        counts
+            .iter()
+            .filter(|(kind, _)| kind == k)
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    };
+    assert_eq!(total("api_key"), 5, "{counts:?}");
+    assert_eq!(total("webhook_signature"), 3, "{counts:?}");
+    assert!(
+        summaries.len() <= 4,
+        "not one event per failure: {}",
+        summaries.len()
+    );
+    let m = app.call(Method::GET, "/metrics", None, None).await.text;
+    assert!(m.contains("wabridge_auth_failures_total 5"), "{m}");
+}
