@@ -167,3 +167,113 @@ async fn unauthenticated_failures_are_summarised_per_source_and_minute() {
     let m = app.call(Method::GET, "/metrics", None, None).await.text;
     assert!(m.contains("wabridge_auth_failures_total 5"), "{m}");
 }
+
+fn wabridge_env(data: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_wabridge"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("WABRIDGE_DATA_DIR", data)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run wabridge");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[tokio::test]
+async fn keys_rotate_from_the_host_and_invalidate() {
+    use crate::support::app::{MASTER_V1, MASTER_V2};
+    use wabridge_handlers::commands::{tokens, CommandError};
+    let dir = tempfile::tempdir().unwrap();
+    let opts = TestOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        namespace: Some("wb".into()),
+        ..TestOptions::new(LogKind::Embedded, DbKind::Sqlite)
+    };
+    let app = spawn_app_with(opts.clone()).await;
+    let owner = app.workspace("acme").await;
+    for id in ["1001", "1002"] {
+        let r = app
+            .put(
+                &format!("/v1/workspaces/acme/phone-numbers/{id}/token"),
+                &owner,
+                serde_json::json!({"access_token": format!("EAAG-{id}")}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    }
+    // invalidate (what the sender does on OAuth error 190)
+    let ws = wabridge_events::Slug::parse("acme").unwrap();
+    tokens::invalidate(
+        &app.app.ctx,
+        &wabridge_handlers::commands::Caller::cli("test"),
+        &ws,
+        "1002",
+        "190: Error validating access token",
+    )
+    .await
+    .unwrap();
+    let r = app
+        .get("/v1/workspaces/acme/phone-numbers/1002/token", &owner)
+        .await;
+    assert_eq!(r.json["status"], "invalid", "{}", r.text);
+    assert!(matches!(
+        tokens::retrieve(&app.app.ctx, app.app.cfg.token_keys.as_ref(), &ws, "1002").await,
+        Err(CommandError::Conflict(_))
+    ));
+    app.settle().await;
+    let audit = app
+        .get("/v1/workspaces/acme/audit?action=token.invalidated", &owner)
+        .await;
+    assert_eq!(
+        audit.json["items"].as_array().unwrap().len(),
+        1,
+        "{}",
+        audit.text
+    );
+    app.stop().await;
+
+    let both = format!("v1:{MASTER_V1},v2:{MASTER_V2}");
+    let (ok, out) = wabridge_env(
+        dir.path(),
+        &["keys", "rotate"],
+        &[("TOKEN_MASTER_KEYS", &both)],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("rewrapped 2;") && out.contains("still on old keys 0"),
+        "{out}"
+    );
+    assert!(!out.contains("EAAG-"), "a token was printed");
+    let (ok, out) = wabridge_env(
+        dir.path(),
+        &["keys", "rotate"],
+        &[("TOKEN_MASTER_KEYS", &both)],
+    );
+    assert!(
+        ok && out.contains("rewrapped 0;"),
+        "rotation is resumable and idempotent: {out}"
+    );
+
+    let app = spawn_app_with(TestOptions {
+        master_keys: Some(format!("v2:{MASTER_V2}")),
+        ..opts
+    })
+    .await;
+    let r = app
+        .get("/v1/workspaces/acme/phone-numbers/1001/token", &owner)
+        .await;
+    assert_eq!(r.json["key_version"], "v2", "{}", r.text);
+    let t = tokens::retrieve(&app.app.ctx, app.app.cfg.token_keys.as_ref(), &ws, "1001")
+        .await
+        .unwrap();
+    use secrecy::ExposeSecret;
+    assert_eq!(
+        t.expose_secret(),
+        "EAAG-1001",
+        "the old key is no longer needed"
+    );
+}
