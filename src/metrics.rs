@@ -84,17 +84,17 @@ pub struct Metrics {
     /// Time from request to durable append of a webhook.
     pub ingest_latency: Histogram,
     /// Responses by route and status.
-    pub http: Mutex<BTreeMap<(String, u16), u64>>,
+    pub http: Mutex<BTreeMap<(&'static str, u16), u64>>,
 }
 
 impl Metrics {
     /// Counts one response.
-    pub fn count_http(&self, route: &str, status: u16) {
+    pub fn count_http(&self, route: &'static str, status: u16) {
         *self
             .http
             .lock()
             .expect("metrics lock")
-            .entry((route.to_string(), status))
+            .entry((route, status))
             .or_default() += 1;
     }
 

@@ -8,10 +8,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::{
-    extract::{ConnectInfo, FromRequestParts, RawPathParams, Request, State},
+    extract::{ConnectInfo, FromRequestParts, RawPathParams, Request},
     http::{header, request::Parts},
-    middleware::Next,
-    response::Response,
 };
 use wabridge_events::{types::AccessDenied, Actor, ActorKind, Slug, Timestamp};
 use wabridge_handlers::{
@@ -250,15 +248,18 @@ async fn deny(
     AppError::forbidden(format!("this key lacks the {permission} permission"))
 }
 
-/// The middleware every route passes through (see [`Access`]).
+/// Checks the key, the workspace and the permission of a request to a route with
+/// `access` (see [`Access`]); returns the request carrying [`Authed`].
 pub async fn authorize(
-    State((app, access, route)): State<(App, Access, &'static str)>,
+    app: &App,
+    access: Access,
+    route: &'static str,
     req: Request,
-    next: Next,
-) -> Result<Response, AppError> {
+) -> Result<Request, AppError> {
     if matches!(access, Access::Public | Access::Meta) {
-        return Ok(next.run(req).await);
+        return Ok(req);
     }
+    let app = app.clone();
     let (mut parts, body) = req.into_parts();
     let ip = client_ip(&app, &parts);
     let principal = authenticate(&app, &parts, ip).await?;
@@ -320,5 +321,5 @@ pub async fn authorize(
         caller,
         workspace,
     });
-    Ok(next.run(req).await)
+    Ok(req)
 }

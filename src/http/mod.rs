@@ -11,56 +11,63 @@ pub mod routes;
 use std::time::Duration;
 
 use axum::{
-    extract::{DefaultBodyLimit, MatchedPath, Request},
+    extract::{DefaultBodyLimit, Request, State},
     middleware::{self, Next},
-    response::Response,
+    response::{IntoResponse, Response},
     Router,
 };
-use tower_http::{timeout::TimeoutLayer, trace::TraceLayer};
+use tower_http::timeout::TimeoutLayer;
+use tracing::Instrument;
 
 use crate::app::App;
 
-/// Counts responses by matched route.
-async fn count(
-    axum::extract::State(app): axum::extract::State<App>,
+/// What every route passes through: a tracing span named by the route template,
+/// authorisation ([`auth::authorize`]), and the response count in `/metrics`.
+async fn per_route(
+    State((app, access, route)): State<(App, routes::Access, &'static str)>,
     req: Request,
     next: Next,
 ) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let res = next.run(req).await;
-    app.metrics.count_http(&route, res.status().as_u16());
-    res
+    let span = tracing::info_span!("http", method = %req.method(), route);
+    async move {
+        let started = std::time::Instant::now();
+        let res = match auth::authorize(&app, access, route, req).await {
+            Ok(req) => next.run(req).await,
+            Err(e) => e.into_response(),
+        };
+        let status = res.status().as_u16();
+        app.metrics.count_http(route, status);
+        tracing::debug!(
+            status,
+            latency_us = started.elapsed().as_micros() as u64,
+            "response"
+        );
+        res
+    }
+    .instrument(span)
+    .await
 }
 
 /// The whole router.
 pub fn router(app: App) -> Router {
     let mut router = Router::new();
     for route in routes::routes() {
-        let guarded = route.handler.route_layer(middleware::from_fn_with_state(
+        let layered = route.handler.route_layer(middleware::from_fn_with_state(
             (app.clone(), route.access, route.path),
-            auth::authorize,
+            per_route,
         ));
-        router = router.route(route.path, guarded);
+        router = router.route(route.path, layered);
     }
+    let unmatched = app.clone();
     router
-        .fallback(error::fallback)
-        .layer(middleware::from_fn_with_state(app.clone(), count))
+        .fallback(move || async move {
+            unmatched.metrics.count_http("unmatched", 404);
+            error::fallback().await
+        })
         .layer(DefaultBodyLimit::max(app.cfg.max_body))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(30),
         ))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let route = req
-                .extensions()
-                .get::<MatchedPath>()
-                .map(|m| m.as_str().to_string())
-                .unwrap_or_default();
-            tracing::info_span!("http", method = %req.method(), route)
-        }))
         .with_state(app)
 }

@@ -128,6 +128,14 @@ async fn openapi_documents_every_route_and_schemas_do_not_drift() {
 async fn metrics_and_readiness() {
     let app = spawn_app(LogKind::Embedded, DbKind::Sqlite).await;
     app.webhook(b"{}", Some("sha256=bad")).await;
+    app.call(Method::GET, "/v1/permissions", None, None).await;
+    app.call(
+        Method::GET,
+        "/v1/workspaces/acme/tokens",
+        Some(&app.operator),
+        None,
+    )
+    .await;
     let m = app.call(Method::GET, "/metrics", None, None).await.text;
     for name in [
         "wabridge_webhooks_ingested_total",
@@ -136,6 +144,10 @@ async fn metrics_and_readiness() {
         "wabridge_dead_letters_open",
         "wabridge_rate_limit_rejections_total",
         "wabridge_webhook_ingest_seconds_bucket",
+        // counted by route template, not by raw path
+        "wabridge_http_responses_total{route=\"/v1/permissions\",status=\"200\"} 1",
+        "wabridge_http_responses_total{route=\"/webhooks/meta\",status=\"401\"} 1",
+        "wabridge_http_responses_total{route=\"/v1/workspaces/{ws}/tokens\",status=\"404\"} 1",
     ] {
         assert!(m.contains(name), "{name} missing from /metrics:\n{m}");
     }
