@@ -17,9 +17,19 @@ use wabridge_projections::{Progress, Store};
 
 use crate::{config::Config, metrics::Metrics};
 
-/// Shared application state (cheap to clone).
+/// Shared application state: one `Arc`, so a clone per request is one atomic add.
 #[derive(Clone)]
-pub struct App {
+pub struct App(Arc<AppState>);
+
+impl std::ops::Deref for App {
+    type Target = AppState;
+    fn deref(&self) -> &AppState {
+        &self.0
+    }
+}
+
+/// What [`App`] holds.
+pub struct AppState {
     /// Configuration.
     pub cfg: Arc<Config>,
     /// Log, store and projection progress for commands.
@@ -63,7 +73,7 @@ impl App {
         )
         .await
         .map_err(|_| anyhow::anyhow!("timed out connecting to DATABASE_URL"))??;
-        Ok(App {
+        Ok(App(Arc::new(AppState {
             cfg: Arc::new(cfg),
             ctx: Ctx {
                 log,
@@ -75,6 +85,6 @@ impl App {
             key_use: Arc::default(),
             known_workspaces: Arc::default(),
             auth_failures: Arc::default(),
-        })
+        })))
     }
 }
