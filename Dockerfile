@@ -15,6 +15,7 @@ COPY projections projections
 COPY handlers handlers
 COPY src src
 COPY tests tests
+COPY benches benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin wabridge \

@@ -70,42 +70,31 @@ pub fn entry_hash(workspace: &str, e: &AuditEntry) -> String {
 }
 
 /// The action, target and outcome an event contributes to the audit log, if any.
-fn describe(event: &DomainEvent) -> Option<(String, String, &'static str)> {
+fn describe(event: &DomainEvent) -> Option<(String, &'static str)> {
     use DomainEvent as E;
-    let d = |t: &str| Some((String::new(), t.to_string(), "ok"));
-    let (_, target, outcome) = match event {
-        E::WorkspaceCreated(w) => d(&format!("workspace:{}", w.slug))?,
-        E::ApiKeyCreated(k) => d(&format!("api_key:{} role:{}", k.key_id, k.role))?,
-        E::ApiKeyRevoked(k) => d(&format!("api_key:{}", k.key_id))?,
-        E::PhoneNumberClaimed(p) => d(&format!("phone_number:{}", p.phone_number_id))?,
-        E::PhoneNumberReleased(p) => d(&format!("phone_number:{}", p.phone_number_id))?,
-        E::UnroutedAssigned(u) => d(&format!(
-            "phone_number:{} items:{}",
-            u.phone_number_id, u.items
-        ))?,
-        E::TokenStored(t) => d(&format!("token:{}", t.phone_number_id))?,
-        E::TokenRewrapped(t) => d(&format!(
-            "token:{} key:{}",
-            t.phone_number_id, t.sealed.key_version
-        ))?,
-        E::TokenRevoked(t) => d(&format!("token:{}", t.phone_number_id))?,
-        E::TokenInvalidated(t) => d(&format!("token:{}", t.phone_number_id))?,
-        E::DeadLetterRedriven(x) => d(&format!("dead_letter:{}", x.id))?,
-        E::DeadLetterDiscarded(x) => d(&format!("dead_letter:{}", x.id))?,
-        E::AuditRetentionCut(c) => d(&format!("audit:through:{}", c.through_seq))?,
-        E::AccessDenied(a) => (
-            String::new(),
-            format!("{} needs {}", a.route, a.permission),
-            "denied",
-        ),
-        E::AuthFailuresSummarised(a) => (
-            String::new(),
-            format!("{}:{} x{}", a.kind, a.source, a.count),
-            "denied",
-        ),
+    let target = match event {
+        E::WorkspaceCreated(w) => format!("workspace:{}", w.slug),
+        E::ApiKeyCreated(k) => format!("api_key:{} role:{}", k.key_id, k.role),
+        E::ApiKeyRevoked(k) => format!("api_key:{}", k.key_id),
+        E::PhoneNumberClaimed(p) => format!("phone_number:{}", p.phone_number_id),
+        E::PhoneNumberReleased(p) => format!("phone_number:{}", p.phone_number_id),
+        E::UnroutedAssigned(u) => format!("phone_number:{} items:{}", u.phone_number_id, u.items),
+        E::TokenStored(t) => format!("token:{}", t.phone_number_id),
+        E::TokenRewrapped(t) => format!("token:{} key:{}", t.phone_number_id, t.sealed.key_version),
+        E::TokenRevoked(t) => format!("token:{}", t.phone_number_id),
+        E::TokenInvalidated(t) => format!("token:{}", t.phone_number_id),
+        E::DeadLetterRedriven(x) => format!("dead_letter:{}", x.id),
+        E::DeadLetterDiscarded(x) => format!("dead_letter:{}", x.id),
+        E::AuditRetentionCut(c) => format!("audit:through:{}", c.through_seq),
+        E::AccessDenied(a) => {
+            return Some((format!("{} needs {}", a.route, a.permission), "denied"))
+        }
+        E::AuthFailuresSummarised(a) => {
+            return Some((format!("{}:{} x{}", a.kind, a.source, a.count), "denied"))
+        }
         _ => return None,
     };
-    Some((String::new(), target, outcome))
+    Some((target, "ok"))
 }
 
 async fn head(conn: &mut AnyConnection, ws: &str) -> anyhow::Result<Option<AuditHead>> {
@@ -133,7 +122,7 @@ impl Projection for Audit {
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
         let decoded = super::decode(event)?;
-        let Some((_, target, outcome)) = describe(&decoded) else {
+        let Some((target, outcome)) = describe(&decoded) else {
             return Ok(());
         };
         let ws = super::ws_of(event);

@@ -44,16 +44,7 @@ impl Projection for DeadLetters {
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
         let at = event.envelope.recorded_at.to_string();
-        let set_status = |id: String, status: &'static str| {
-            let at = at.clone();
-            async move {
-                sqlx::query("UPDATE dead_letters SET status = $1, updated_at = $2 WHERE id = $3")
-                    .bind(status)
-                    .bind(at)
-                    .bind(id)
-            }
-        };
-        match super::decode(event)? {
+        let status = match super::decode(event)? {
             DomainEvent::DeadLetterRecorded(d) => {
                 sqlx::query("INSERT INTO dead_letters (id, consumer, stream, seq, event_type, reason, attempts, status, recorded_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $8) \
                      ON CONFLICT (id) DO UPDATE SET reason = excluded.reason, attempts = dead_letters.attempts + excluded.attempts, status = 'open', updated_at = excluded.updated_at")
@@ -67,18 +58,19 @@ impl Projection for DeadLetters {
                     .bind(&at)
                     .execute(conn)
                     .await?;
+                return Ok(());
             }
-            DomainEvent::DeadLetterRedriven(d) => {
-                set_status(d.id, "redriving").await.execute(conn).await?;
-            }
-            DomainEvent::DeadLetterResolved(d) => {
-                set_status(d.id, "resolved").await.execute(conn).await?;
-            }
-            DomainEvent::DeadLetterDiscarded(d) => {
-                set_status(d.id, "discarded").await.execute(conn).await?;
-            }
-            _ => {}
-        }
+            DomainEvent::DeadLetterRedriven(d) => (d.id, "redriving"),
+            DomainEvent::DeadLetterResolved(d) => (d.id, "resolved"),
+            DomainEvent::DeadLetterDiscarded(d) => (d.id, "discarded"),
+            _ => return Ok(()),
+        };
+        sqlx::query("UPDATE dead_letters SET status = $1, updated_at = $2 WHERE id = $3")
+            .bind(status.1)
+            .bind(&at)
+            .bind(status.0)
+            .execute(conn)
+            .await?;
         Ok(())
     }
 }
