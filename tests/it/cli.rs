@@ -58,6 +58,8 @@ async fn host_commands_recover_keys_and_export_the_audit_log() {
     // the recovered key works against a server on the same data
     let app = spawn_app_with(TestOptions {
         data_dir: Some(dir.path().to_path_buf()),
+        // the host commands use the default namespace
+        namespace: Some("wb".into()),
         ..TestOptions::new(LogKind::Embedded, DbKind::Sqlite)
     })
     .await;
@@ -275,5 +277,26 @@ async fn keys_rotate_from_the_host_and_invalidate() {
         t.expose_secret(),
         "EAAG-1001",
         "the old key is no longer needed"
+    );
+}
+
+#[test]
+fn a_log_opened_with_another_namespace_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out) = wabridge(dir.path(), &["bootstrap", "--workspace", "acme"]);
+    assert!(ok, "{out}");
+    let out = Command::new(env!("CARGO_BIN_EXE_wabridge"))
+        .args(["audit", "verify"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("WABRIDGE_DATA_DIR", dir.path())
+        .env("WABRIDGE_NAMESPACE", "other")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("WABRIDGE_NAMESPACE") && text.contains("\"wb\""),
+        "{text}"
     );
 }

@@ -71,7 +71,29 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS events_raw_time ON events_raw (recorded_us)",
     "CREATE TABLE IF NOT EXISTS dedup (stream TEXT NOT NULL, msg_id TEXT NOT NULL, seq INTEGER NOT NULL, at_us INTEGER NOT NULL, PRIMARY KEY (stream, msg_id))",
     "CREATE INDEX IF NOT EXISTS dedup_at ON dedup (at_us)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 ];
+
+/// A log file belongs to one namespace: opening it with another would read and
+/// write subjects nobody else sees. Recorded on first open, checked after.
+async fn check_namespace(conn: &mut SqliteConnection, cfg: &EmbeddedConfig) -> anyhow::Result<()> {
+    let ns = cfg.namespace.as_str();
+    sqlx::query(
+        "INSERT INTO meta (key, value) VALUES ('namespace', ?) ON CONFLICT (key) DO NOTHING",
+    )
+    .bind(ns)
+    .execute(&mut *conn)
+    .await?;
+    let recorded: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'namespace'")
+        .fetch_one(&mut *conn)
+        .await?;
+    anyhow::ensure!(
+        recorded == ns,
+        "the event log {} belongs to namespace {recorded:?}, but WABRIDGE_NAMESPACE is {ns:?}",
+        cfg.path.display()
+    );
+    Ok(())
+}
 
 fn table(stream: StreamKind) -> &'static str {
     match stream {
@@ -101,6 +123,7 @@ impl EmbeddedLog {
                 .await
                 .context("creating the event log schema")?;
         }
+        check_namespace(&mut conn, &cfg).await?;
         let reads = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts.read_only(true))
