@@ -746,21 +746,7 @@ async fn bad_input_changes_nothing() {
         if let Some(ct) = ct {
             req = req.header("content-type", ct);
         }
-        let res = req.send().await.expect("request");
-        let status = res.status();
-        let content_type = res
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let text = res.text().await.expect("body");
-        let r = Resp {
-            status,
-            json: serde_json::from_str(&text).unwrap_or(Value::Null),
-            text,
-            content_type,
-        };
+        let r = Resp::from(req.send().await.expect("request")).await;
         assert_problem(&r, 400, "validation_failed", what);
         assert_eq!(workspace_slugs(&app).await, before, "after {what}");
     }

@@ -31,7 +31,9 @@ fn last_line(s: &str) -> String {
         .to_string()
 }
 
-#[tokio::test]
+// Multi-threaded: the host commands run as blocking child processes while the
+// server's tasks (e.g. an in-flight append holding the log's write lock) go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_commands_recover_keys_and_export_the_audit_log() {
     let dir = tempfile::tempdir().unwrap();
     let (ok, out) = wabridge(dir.path(), &["bootstrap", "--workspace", "acme"]);
@@ -185,7 +187,7 @@ fn wabridge_env(data: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> 
     )
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_rotate_from_the_host_and_invalidate() {
     use crate::support::app::{MASTER_V1, MASTER_V2};
     use wabridge_handlers::commands::{tokens, CommandError};

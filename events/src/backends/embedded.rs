@@ -78,15 +78,20 @@ const SCHEMA: &[&str] = &[
 /// write subjects nobody else sees. Recorded on first open, checked after.
 async fn check_namespace(conn: &mut SqliteConnection, cfg: &EmbeddedConfig) -> anyhow::Result<()> {
     let ns = cfg.namespace.as_str();
-    sqlx::query(
-        "INSERT INTO meta (key, value) VALUES ('namespace', ?) ON CONFLICT (key) DO NOTHING",
-    )
-    .bind(ns)
-    .execute(&mut *conn)
-    .await?;
-    let recorded: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'namespace'")
-        .fetch_one(&mut *conn)
-        .await?;
+    const READ: &str = "SELECT value FROM meta WHERE key = 'namespace'";
+    // Only the first open writes (a reading command needs no write lock).
+    let recorded = match sqlx::query_scalar::<_, String>(READ)
+        .fetch_optional(&mut *conn)
+        .await?
+    {
+        Some(r) => r,
+        None => {
+            sqlx::query("INSERT INTO meta (key, value) VALUES ('namespace', ?) ON CONFLICT (key) DO NOTHING").bind(ns).execute(&mut *conn).await?;
+            sqlx::query_scalar::<_, String>(READ)
+                .fetch_one(&mut *conn)
+                .await?
+        }
+    };
     anyhow::ensure!(
         recorded == ns,
         "the event log {} belongs to namespace {recorded:?}, but WABRIDGE_NAMESPACE is {ns:?}",

@@ -234,6 +234,27 @@ pub struct Resp {
     pub content_type: String,
 }
 
+impl Resp {
+    /// Reads a response: status, content type, body as text and as JSON.
+    pub async fn from(res: reqwest::Response) -> Resp {
+        let status = res.status();
+        let content_type = res
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = res.text().await.expect("body");
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Resp {
+            status,
+            json,
+            text,
+            content_type,
+        }
+    }
+}
+
 impl TestApp {
     /// `http://addr`.
     pub fn url(&self, path: &str) -> String {
@@ -255,22 +276,7 @@ impl TestApp {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let res = req.send().await.expect("request");
-        let status = res.status();
-        let content_type = res
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let text = res.text().await.expect("body");
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Resp {
-            status,
-            json,
-            text,
-            content_type,
-        }
+        Resp::from(req.send().await.expect("request")).await
     }
 
     /// GET.
@@ -303,21 +309,7 @@ impl TestApp {
         if let Some(s) = signature {
             req = req.header("x-hub-signature-256", s);
         }
-        let res = req.send().await.expect("request");
-        let status = res.status();
-        let content_type = res
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let text = res.text().await.expect("body");
-        Resp {
-            status,
-            json: serde_json::from_str(&text).unwrap_or(Value::Null),
-            text,
-            content_type,
-        }
+        Resp::from(req.send().await.expect("request")).await
     }
 
     /// POSTs a correctly signed webhook body.
