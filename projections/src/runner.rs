@@ -216,26 +216,13 @@ impl ProjectionRunner {
         projections: &[Arc<dyn Projection>],
         batch: &[StoredEvent],
     ) -> anyhow::Result<()> {
-        let last = batch.last().map(|e| e.seq).unwrap_or(0);
         let mut tx = self.store.pool.begin().await?;
         for p in projections {
-            let name = p.name();
-            let done = checkpoint::get(&mut tx, name).await?;
-            if done >= last {
-                continue;
-            }
-            for event in batch.iter().filter(|e| e.seq > done) {
-                p.apply(&mut tx, event).await.with_context(|| {
-                    format!(
-                        "{name}: applying {} #{}",
-                        event.envelope.event_type, event.seq
-                    )
-                })?;
-            }
-            // Another applier (a host command) moved it meanwhile: start over per projection.
+            // Another applier (a host command) moved a checkpoint meanwhile: start over per projection.
             anyhow::ensure!(
-                checkpoint::advance(&mut tx, name, last).await?,
-                "checkpoint of {name} moved concurrently"
+                apply_in(&mut tx, &**p, batch).await?,
+                "checkpoint of {} moved concurrently",
+                p.name()
             );
         }
         tx.commit().await?;
@@ -294,28 +281,18 @@ impl ProjectionRunner {
         Ok(())
     }
 
+    /// Applies a batch (possibly one event) to one projection in one transaction.
     async fn apply_batch(
         &self,
         projection: &dyn Projection,
         batch: &[StoredEvent],
     ) -> anyhow::Result<()> {
-        let name = projection.name();
-        let last = batch.last().map(|e| e.seq).unwrap_or(0);
         let mut tx = self.store.pool.begin().await?;
-        let done = checkpoint::get(&mut tx, name).await?;
-        for event in batch.iter().filter(|e| e.seq > done) {
-            projection.apply(&mut tx, event).await.with_context(|| {
-                format!(
-                    "{name}: applying {} #{}",
-                    event.envelope.event_type, event.seq
-                )
-            })?;
+        // Not moved: another applier got there first (it held the row lock until it
+        // committed), so this transaction's work is dropped.
+        if apply_in(&mut tx, projection, batch).await? {
+            tx.commit().await?;
         }
-        // Another applier got there first (it holds the row lock until it commits).
-        if !checkpoint::advance(&mut tx, name, last).await? {
-            return Ok(());
-        }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -324,7 +301,10 @@ impl ProjectionRunner {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            match self.apply_once(projection, &event).await {
+            match self
+                .apply_batch(projection, std::slice::from_ref(&event))
+                .await
+            {
                 Ok(()) => break,
                 Err(e) if is_unavailable(&e) => {
                     tracing::warn!(projection = name, seq = event.seq, error = %format!("{e:#}"), "store unavailable; retrying");
@@ -345,28 +325,6 @@ impl ProjectionRunner {
         Ok(())
     }
 
-    async fn apply_once(
-        &self,
-        projection: &dyn Projection,
-        event: &StoredEvent,
-    ) -> anyhow::Result<()> {
-        let name = projection.name();
-        let mut tx = self.store.pool.begin().await?;
-        // Checkpoint first: if it does not move, the event was applied already
-        // (a redelivery, or another process applying the same projection).
-        if !checkpoint::advance(&mut tx, name, event.seq).await? {
-            return Ok(());
-        }
-        projection.apply(&mut tx, event).await.with_context(|| {
-            format!(
-                "{name}: applying {} #{}",
-                event.envelope.event_type, event.seq
-            )
-        })?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// Records a dead letter in the log, then moves the checkpoint past the event.
     async fn dead_letter(
         &self,
@@ -381,6 +339,34 @@ impl ProjectionRunner {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Inside `tx`: applies the events of `batch` after the projection's checkpoint and
+/// moves the checkpoint to the batch's last sequence. False when the checkpoint did
+/// not move because another applier moved it first (the caller must roll back; on
+/// PostgreSQL the row lock taken here serialises two appliers).
+async fn apply_in(
+    tx: &mut AnyConnection,
+    projection: &dyn Projection,
+    batch: &[StoredEvent],
+) -> anyhow::Result<bool> {
+    let name = projection.name();
+    let Some(last) = batch.last().map(|e| e.seq) else {
+        return Ok(true);
+    };
+    let done = checkpoint::get(&mut *tx, name).await?;
+    if done >= last {
+        return Ok(true);
+    }
+    for event in batch.iter().filter(|e| e.seq > done) {
+        projection.apply(&mut *tx, event).await.with_context(|| {
+            format!(
+                "{name}: applying {} #{}",
+                event.envelope.event_type, event.seq
+            )
+        })?;
+    }
+    Ok(checkpoint::advance(&mut *tx, name, last).await?)
 }
 
 /// Appends `dead_letter.recorded` for an event a consumer could not process. The id
