@@ -60,14 +60,8 @@ async fn retry(
 ) -> anyhow::Result<()> {
     if consumer == processor::NAME {
         let keys = processor::process(ctx, event).await?;
-        for key in keys {
-            sqlx::query("INSERT INTO webhook_items (dedup_key, raw_seq) VALUES ($1, $2) ON CONFLICT (dedup_key) DO NOTHING")
-                .bind(key)
-                .bind(event.seq as i64)
-                .execute(&ctx.store.pool)
-                .await?;
-        }
-        return Ok(());
+        let mut conn = ctx.store.pool.acquire().await?;
+        return processor::record_processed(&mut conn, &keys, event.seq).await;
     }
     let projection = projections
         .iter()

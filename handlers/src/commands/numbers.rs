@@ -12,6 +12,7 @@ use wabridge_events::{
 use wabridge_projections::views::{phone_numbers, unrouted};
 
 use super::{Caller, CommandError, Ctx};
+use crate::webhooks::processor::{item_key, record_processed};
 
 /// Meta ids are digits; keep them to a sane length.
 pub fn validate_id(what: &str, id: &str) -> Result<(), CommandError> {
@@ -133,6 +134,7 @@ pub async fn assign_unrouted(
     }
     let mut count = 0;
     for item in &items {
+        let key = item_key(Some(ws.as_str()), &item.dedup_key);
         let data: serde_json::Value =
             serde_json::from_str(&item.data).map_err(|e| CommandError::Internal(e.into()))?;
         let category = match item.event_type.as_str() {
@@ -165,15 +167,17 @@ pub async fn assign_unrouted(
                 envelope,
                 payload: bytes::Bytes::from(item.data.clone().into_bytes()),
                 // The key the webhook processor would use, so a later redelivery is not processed again.
-                msg_id: Some(format!("{ws}|{}", item.dedup_key)),
+                msg_id: Some(key.clone()),
                 expected_last_subject_seq: None,
             })
             .await?;
-        sqlx::query("INSERT INTO webhook_items (dedup_key, raw_seq) VALUES ($1, 0) ON CONFLICT (dedup_key) DO NOTHING")
-            .bind(format!("{ws}|{}", item.dedup_key))
-            .execute(&ctx.store.pool)
+        let mut conn = ctx
+            .store
+            .pool
+            .acquire()
             .await
             .map_err(|e| CommandError::Internal(e.into()))?;
+        record_processed(&mut conn, std::slice::from_ref(&key), 0).await?;
         count += 1;
     }
     let data = UnroutedAssigned {

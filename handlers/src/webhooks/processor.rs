@@ -112,15 +112,32 @@ async fn handle_chunk(ctx: &Ctx, events: Vec<StoredEvent>, done: &mut u64) -> an
     }
 }
 
-async fn commit(ctx: &Ctx, seq: u64, keys: &[String]) -> anyhow::Result<()> {
-    let mut tx = ctx.store.pool.begin().await?;
+/// The natural key of an item in a workspace (`None`: unrouted). The processor, the
+/// operator's assignment and a redrive all record and dedup items by this key.
+pub fn item_key(workspace: Option<&str>, dedup_key: &str) -> String {
+    format!("{}|{dedup_key}", workspace.unwrap_or("unrouted"))
+}
+
+/// Records items as processed (`raw_seq`: the raw event they came from, 0 when
+/// attached by the operator).
+pub async fn record_processed(
+    conn: &mut sqlx::AnyConnection,
+    keys: &[String],
+    raw_seq: u64,
+) -> anyhow::Result<()> {
     for key in keys {
         sqlx::query("INSERT INTO webhook_items (dedup_key, raw_seq) VALUES ($1, $2) ON CONFLICT (dedup_key) DO NOTHING")
             .bind(key)
-            .bind(seq as i64)
-            .execute(&mut *tx)
+            .bind(raw_seq as i64)
+            .execute(&mut *conn)
             .await?;
     }
+    Ok(())
+}
+
+async fn commit(ctx: &Ctx, seq: u64, keys: &[String]) -> anyhow::Result<()> {
+    let mut tx = ctx.store.pool.begin().await?;
+    record_processed(&mut tx, keys, seq).await?;
     if checkpoint::advance(&mut tx, NAME, seq).await? {
         tx.commit().await?;
     }
@@ -234,10 +251,10 @@ async fn targets(
     }
     let wss = &routes[&item.route];
     if wss.is_empty() {
-        return Ok(vec![(None, format!("unrouted|{}", item.dedup_key))]);
+        return Ok(vec![(None, item_key(None, &item.dedup_key))]);
     }
     wss.iter()
-        .map(|ws| Ok((Some(Slug::parse(ws)?), format!("{ws}|{}", item.dedup_key))))
+        .map(|ws| Ok((Some(Slug::parse(ws)?), item_key(Some(ws), &item.dedup_key))))
         .collect()
 }
 
