@@ -16,7 +16,7 @@ use std::{
 
 use async_nats::jetstream;
 use axum::{body::Bytes, extract::State, http::HeaderMap, routing::post, Router};
-use common::{header, row, stats, Nats};
+use common::{gathered, header, row, stats, Nats};
 use futures_util::future::join_all;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -92,12 +92,7 @@ async fn load(addr: SocketAddr, bodies: Vec<(Bytes, String, String)>) -> common:
             lat
         })
     });
-    let lat: Vec<Duration> = join_all(tasks)
-        .await
-        .into_iter()
-        .flat_map(|r| r.unwrap())
-        .collect();
-    stats(lat, start.elapsed())
+    gathered(tasks, start).await
 }
 
 async fn wabridge_app(nats: Option<&Nats>, workers: bool) -> (App, tempfile::TempDir) {

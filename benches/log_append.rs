@@ -11,8 +11,7 @@ use std::{
 
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
-use common::{header, row, stats, Nats};
-use futures_util::future::join_all;
+use common::{gathered, header, row, stats, Nats};
 use wabridge_events::{
     backends::{
         embedded::{EmbeddedConfig, EmbeddedLog},
@@ -68,12 +67,7 @@ async fn concurrent(
             lat
         })
     });
-    let lat: Vec<Duration> = join_all(tasks)
-        .await
-        .into_iter()
-        .flat_map(|r| r.unwrap())
-        .collect();
-    stats(lat, start.elapsed())
+    gathered(tasks, start).await
 }
 
 /// Raw async-nats publishes; with `same_headers`, carrying what wabridge sends
@@ -118,12 +112,7 @@ async fn raw_nats(url: &str, n: usize, in_flight: usize, same_headers: bool) -> 
             lat
         })
     });
-    let lat: Vec<Duration> = join_all(tasks)
-        .await
-        .into_iter()
-        .flat_map(|r| r.unwrap())
-        .collect();
-    stats(lat, start.elapsed())
+    gathered(tasks, start).await
 }
 
 fn main() {

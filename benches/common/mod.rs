@@ -94,6 +94,20 @@ pub fn stats(mut lat: Vec<Duration>, wall: Duration) -> Stats {
     }
 }
 
+/// Waits for worker tasks that each return their latencies, and computes the
+/// statistics over all of them since `start`.
+pub async fn gathered(
+    tasks: impl IntoIterator<Item = tokio::task::JoinHandle<Vec<Duration>>>,
+    start: std::time::Instant,
+) -> Stats {
+    let lat: Vec<Duration> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(|r| r.unwrap())
+        .collect();
+    stats(lat, start.elapsed())
+}
+
 /// Prints one result row.
 pub fn row(name: &str, s: &Stats) {
     println!(
