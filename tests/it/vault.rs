@@ -1504,6 +1504,32 @@ fn bootstrap(data_dir: &Path, env: &[(&str, &str)], ws: &str) -> String {
 }
 
 /// A running `wabridge serve`, its output captured to files.
+/// Stores a token on a served binary (204) and reads its metadata back (200).
+async fn put_then_get_token(
+    client: &reqwest::Client,
+    served: &Served,
+    owner: &str,
+    path: &str,
+    body: Value,
+) -> Value {
+    let res = client
+        .put(served.url(path))
+        .bearer_auth(owner)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 204);
+    let res = client
+        .get(served.url(path))
+        .bearer_auth(owner)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    res.json().await.unwrap()
+}
+
 struct Served {
     child: Child,
     addr: String,
@@ -1586,22 +1612,14 @@ async fn binary_never_prints_the_token() {
     let t = distinctive_token();
     let path = token_path("acme", "1001");
 
-    let res = client
-        .put(served.url(&path))
-        .bearer_auth(&owner)
-        .json(&json!({"access_token": t, "expires_at": "2030-01-01T00:00:00Z"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 204);
-    let res = client
-        .get(served.url(&path))
-        .bearer_auth(&owner)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 200);
-    let body: Value = res.json().await.unwrap();
+    let body = put_then_get_token(
+        &client,
+        &served,
+        &owner,
+        &path,
+        json!({"access_token": t, "expires_at": "2030-01-01T00:00:00Z"}),
+    )
+    .await;
     assert_eq!(body["fingerprint"], json!(fp(&t)));
     assert_eq!(body["key_version"], json!("v1"));
     // Malformed requests carrying the token.
@@ -1764,22 +1782,8 @@ async fn binary_dev_master_key_on_embedded_default() {
     let client = reqwest::Client::new();
     let t = distinctive_token();
     let path = token_path("acme", "1001");
-    let res = client
-        .put(served.url(&path))
-        .bearer_auth(&owner)
-        .json(&json!({"access_token": t}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 204);
-    let res = client
-        .get(served.url(&path))
-        .bearer_auth(&owner)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 200);
-    let body: Value = res.json().await.unwrap();
+    let body =
+        put_then_get_token(&client, &served, &owner, &path, json!({"access_token": t})).await;
     assert_eq!(body["fingerprint"], json!(fp(&t)));
     assert_eq!(body["key_version"], json!("v1"));
     assert_eq!(body["status"], json!("valid"));
