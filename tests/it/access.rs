@@ -13,27 +13,11 @@ use wabridge_handlers::{
     commands::Caller,
 };
 
-use crate::support::app::{spawn_app, spawn_app_with, DbKind, LogKind, Resp, TestApp, TestOptions};
+use crate::support::app::{
+    assert_problem, spawn_app, spawn_app_with, DbKind, LogKind, Resp, TestApp, TestOptions,
+};
 
 // ------------------------------------------------------------------ helpers
-
-/// Asserts a problem document with a status and a code.
-fn assert_problem(r: &Resp, status: u16, code: &str, what: &str) {
-    assert_eq!(r.status.as_u16(), status, "{what}: status; body {}", r.text);
-    assert!(
-        r.content_type.starts_with("application/problem+json"),
-        "{what}: content type {:?}; body {}",
-        r.content_type,
-        r.text
-    );
-    assert_eq!(r.json["code"], json!(code), "{what}: code; body {}", r.text);
-    assert_eq!(
-        r.json["status"],
-        json!(status),
-        "{what}: problem status; body {}",
-        r.text
-    );
-}
 
 /// The id part of a key text (`wbk_<id>_…`).
 fn key_id(key: &str) -> String {

@@ -18,19 +18,9 @@ use wabridge_projections::{
     Progress, ProjectionRunner, Store,
 };
 
-use crate::support::app::{fresh_postgres, spawn_app, DbKind, LogKind, Resp, TestApp};
+use crate::support::app::{assert_problem, fresh_postgres, spawn_app, DbKind, LogKind, TestApp};
 
 // ------------------------------------------------------------------ helpers
-
-fn assert_problem(r: &Resp, status: u16, code: &str, what: &str) {
-    assert_eq!(r.status.as_u16(), status, "{what}: {}", r.text);
-    assert!(
-        r.content_type.starts_with("application/problem+json"),
-        "{what}: content type {:?}",
-        r.content_type
-    );
-    assert_eq!(r.json["code"], json!(code), "{what}: {}", r.text);
-}
 
 fn key_id(key: &str) -> String {
     key[4..20].to_string()

@@ -26,8 +26,8 @@ use wabridge_handlers::{
 
 use crate::support::{
     app::{
-        spawn_app, spawn_app_with, DbKind, LogKind, Resp, TestApp, TestOptions, MASTER_V1,
-        MASTER_V2,
+        assert_problem, spawn_app, spawn_app_with, DbKind, LogKind, Resp, TestApp, TestOptions,
+        MASTER_V1, MASTER_V2,
     },
     NatsServer,
 };
@@ -64,18 +64,6 @@ fn v1_ring() -> KeyRing {
 
 fn v12_ring() -> KeyRing {
     ring(&format!("v1:{MASTER_V1},v2:{MASTER_V2}"))
-}
-
-/// Asserts a problem document with a status and a code.
-fn assert_problem(r: &Resp, status: u16, code: &str, what: &str) {
-    assert_eq!(r.status.as_u16(), status, "{what}: status; body {}", r.text);
-    assert!(
-        r.content_type.starts_with("application/problem+json"),
-        "{what}: content type {:?}; body {}",
-        r.content_type,
-        r.text
-    );
-    assert_eq!(r.json["code"], json!(code), "{what}: code; body {}", r.text);
 }
 
 /// Asserts a token metadata document: exactly the five fields, with these values.

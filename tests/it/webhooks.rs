@@ -124,15 +124,7 @@ fn wamids(events: &[StoredEvent]) -> Vec<String> {
 
 /// Asserts a problem+json error with this status and code.
 fn assert_problem(r: &Resp, status: StatusCode, code: &str) {
-    assert_eq!(r.status, status, "{}", r.text);
-    assert!(
-        r.content_type.starts_with("application/problem+json"),
-        "content type {:?} for {}",
-        r.content_type,
-        r.text
-    );
-    assert_eq!(r.json["code"], code, "{}", r.text);
-    assert_eq!(r.json["status"], status.as_u16(), "{}", r.text);
+    crate::support::app::assert_problem(r, status.as_u16(), code, "webhook");
 }
 
 /// A webhook body no other test sends (so it cannot be a duplicate).

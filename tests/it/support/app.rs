@@ -255,6 +255,24 @@ impl Resp {
     }
 }
 
+/// Asserts a problem document (RFC 9457): status, content type, stable code, and
+/// the document's own `status`. `what` names the case in failure messages.
+pub fn assert_problem(r: &Resp, status: u16, code: &str, what: &str) {
+    assert_eq!(r.status.as_u16(), status, "{what}: status; body {}", r.text);
+    assert!(
+        r.content_type.starts_with("application/problem+json"),
+        "{what}: content type {:?}; body {}",
+        r.content_type,
+        r.text
+    );
+    assert_eq!(r.json["code"], code, "{what}: code; body {}", r.text);
+    assert_eq!(
+        r.json["status"], status,
+        "{what}: problem status; body {}",
+        r.text
+    );
+}
+
 impl TestApp {
     /// `http://addr`.
     pub fn url(&self, path: &str) -> String {
