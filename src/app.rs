@@ -62,6 +62,22 @@ pub async fn open_log(cfg: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
 }
 
 impl App {
+    /// What the projections need from the configuration (the audit key).
+    pub fn projection_keys(&self) -> wabridge_projections::views::Keys {
+        wabridge_projections::views::Keys {
+            audit: self.cfg.audit_signing_key.clone(),
+        }
+    }
+
+    /// Marks this process as applying the projections itself (a host command that
+    /// keeps them fresh). Only before the app is shared.
+    pub fn set_projections_local(&mut self) {
+        Arc::get_mut(&mut self.0)
+            .expect("the app is not shared yet")
+            .ctx
+            .projections_local = true;
+    }
+
     /// Connects to the log and the store (each failing within seconds).
     pub async fn build(cfg: Config) -> anyhow::Result<App> {
         let log = tokio::time::timeout(Duration::from_secs(15), open_log(&cfg))
@@ -73,6 +89,7 @@ impl App {
         )
         .await
         .map_err(|_| anyhow::anyhow!("timed out connecting to DATABASE_URL"))??;
+        let projections_local = cfg.roles.workers;
         Ok(App(Arc::new(AppState {
             cfg: Arc::new(cfg),
             ctx: Ctx {
@@ -80,6 +97,7 @@ impl App {
                 store,
                 progress: Progress::default(),
                 tokens: Arc::default(),
+                projections_local,
             },
             metrics: Arc::new(Metrics::default()),
             key_use: Arc::default(),

@@ -12,7 +12,7 @@ use wabridge_handlers::{
     access::Role,
     commands::{self, Caller},
 };
-use wabridge_projections::{views, ProjectionRunner};
+use wabridge_projections::{views, Driver};
 
 use crate::{
     app::App,
@@ -47,6 +47,9 @@ pub enum Command {
         /// Create an operator key instead.
         #[arg(long)]
         operator: bool,
+        /// Let the key expire after this long (e.g. `90d`).
+        #[arg(long, value_parser = parse_expiry)]
+        expires_in: Option<Duration>,
     },
     /// API keys and master keys.
     Keys {
@@ -101,6 +104,12 @@ pub enum KeysCommand {
         /// Name.
         #[arg(long, default_value = "created on the host")]
         name: String,
+    },
+    /// Revoke any key by id (workspace or operator): the local recovery path.
+    Revoke {
+        /// The key id (the 16 hex digits after `wbk_`/`wbo_`).
+        #[arg(long)]
+        id: String,
     },
     /// Print a new random master key (64 hex characters).
     Generate,
@@ -203,20 +212,25 @@ pub enum DebugCommand {
     },
 }
 
+/// `--expires-in`: a duration within ten years.
+fn parse_expiry(s: &str) -> Result<Duration, String> {
+    crate::config::parse_duration(s)
+        .filter(|d| *d <= Duration::from_secs(3650 * 86_400))
+        .ok_or_else(|| "a duration like 90d or 12h, at most 3650d".to_string())
+}
+
 /// Keeps the read models fresh while a host command runs (no server needed).
 fn keep_fresh(app: &App) -> tokio::task::JoinHandle<()> {
-    let runner = ProjectionRunner {
+    let driver = Driver {
         log: app.ctx.log.clone(),
         store: app.ctx.store.clone(),
         progress: app.ctx.progress.clone(),
     };
+    let follower = views::follower(&app.projection_keys());
     tokio::spawn(async move {
-        let projections = views::all();
         loop {
-            for p in &projections {
-                if let Err(e) = runner.catch_up(&**p).await {
-                    tracing::warn!(projection = p.name(), error = %format!("{e:#}"), "catch-up failed");
-                }
+            if let Err(e) = driver.catch_up(&follower).await {
+                tracing::warn!(error = %format!("{e:#}"), "catch-up failed");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -225,8 +239,11 @@ fn keep_fresh(app: &App) -> tokio::task::JoinHandle<()> {
 
 async fn host_app(args: &ConfigArgs) -> anyhow::Result<(App, tokio::task::JoinHandle<()>)> {
     let mut cfg = Config::load(args)?;
-    cfg.ensure_dev_master_key_quiet()?;
-    let app = App::build(cfg).await?;
+    cfg.ensure_dev_keys_quiet()?;
+    cfg.roles.workers = false;
+    let mut app = App::build(cfg).await?;
+    // This command keeps the projections fresh itself.
+    app.set_projections_local();
     let fresh = keep_fresh(&app);
     Ok((app, fresh))
 }
@@ -268,19 +285,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = Config::load(&cli.config)?;
             let log = crate::app::open_log(&cfg).await?;
             for i in 0..count {
-                let env = wabridge_events::Envelope::new(
-                    "debug.loop",
-                    1,
+                let ev = wabridge_events::types::new_event(
+                    log.namespace(),
                     None,
                     wabridge_events::Actor::cli("debug"),
+                    &wabridge_events::types::DebugAppended { i },
                 );
-                let ev = wabridge_events::NewEvent {
-                    subject: log.namespace().domain_subject(None, "debug", "loop"),
-                    envelope: env,
-                    payload: format!("payload-{i}").into_bytes().into(),
-                    msg_id: None,
-                    expected_last_subject_seq: None,
-                };
                 let a = log.append(ev).await?;
                 writeln!(out, "acked {} {i}", a.seq)?;
                 out.flush()?;
@@ -302,6 +312,7 @@ async fn host_command(app: &App, command: Command, out: &mut impl Write) -> anyh
         Command::Bootstrap {
             workspace: Some(ws),
             name,
+            expires_in,
             ..
         } => {
             let ws = slug(&ws)?;
@@ -314,7 +325,7 @@ async fn host_command(app: &App, command: Command, out: &mut impl Write) -> anyh
                 Some(&ws),
                 "bootstrap owner",
                 Some(Role::Owner),
-                None,
+                expires_in.map(|d| Timestamp::now().plus(d)),
             )
             .await?;
             writeln!(
@@ -323,14 +334,18 @@ async fn host_command(app: &App, command: Command, out: &mut impl Write) -> anyh
                 key.key.expose_secret()
             )?;
         }
-        Command::Bootstrap { operator: true, .. } => {
+        Command::Bootstrap {
+            operator: true,
+            expires_in,
+            ..
+        } => {
             let key = commands::keys::create(
                 ctx,
                 &Caller::cli("bootstrap"),
                 None,
                 "bootstrap operator",
                 None,
-                None,
+                expires_in.map(|d| Timestamp::now().plus(d)),
             )
             .await?;
             writeln!(
@@ -366,6 +381,12 @@ async fn host_command(app: &App, command: Command, out: &mut impl Write) -> anyh
                 key.id,
                 key.key.expose_secret()
             )?;
+        }
+        Command::Keys {
+            action: KeysCommand::Revoke { id },
+        } => {
+            commands::keys::revoke_any(ctx, &Caller::cli("keys revoke"), &id).await?;
+            writeln!(out, "key {id} revoked")?;
         }
         Command::Keys {
             action: KeysCommand::Rotate,

@@ -66,6 +66,19 @@ pub struct ConfigArgs {
     /// Meta app id (Embedded Signup).
     #[arg(long, env = "META_APP_ID", global = true)]
     pub meta_app_id: Option<String>,
+    /// How long a client may take to send a request's headers; also closes idle
+    /// keep-alive connections (default 10s).
+    #[arg(long, env = "WABRIDGE_HEADER_TIMEOUT", global = true)]
+    pub header_timeout: Option<String>,
+    /// Most connections open at once; more are closed at accept (default 1024).
+    #[arg(long, env = "WABRIDGE_MAX_CONNECTIONS", global = true)]
+    pub max_connections: Option<String>,
+    /// How long shutdown waits for open connections (default 30s).
+    #[arg(long, env = "WABRIDGE_SHUTDOWN_TIMEOUT", global = true)]
+    pub shutdown_timeout: Option<String>,
+    /// How long the workers lease lasts unless renewed (default 15s).
+    #[arg(long, env = "WABRIDGE_LEASE_TTL", global = true)]
+    pub lease_ttl: Option<String>,
 }
 
 /// Which parts this instance runs.
@@ -114,6 +127,44 @@ pub struct Config {
     pub dev_master_key: bool,
     /// `AUDIT_SIGNING_KEY`.
     pub audit_signing_key: Option<SecretString>,
+    /// Header read timeout (and idle keep-alive timeout).
+    pub header_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Shutdown deadline.
+    pub shutdown_timeout: Duration,
+    /// Workers lease period.
+    pub lease_ttl: Duration,
+}
+
+/// Where secrets come from: the process environment (with `NAME_FILE`) in
+/// production, a map in tests.
+pub trait Secrets {
+    /// The secret `name`, if set.
+    fn secret(&self, name: &'static str) -> anyhow::Result<Option<SecretString>>;
+}
+
+/// Secrets from the environment: `NAME`, or the file named by `NAME_FILE`.
+pub struct EnvSecrets;
+
+impl Secrets for EnvSecrets {
+    fn secret(&self, name: &'static str) -> anyhow::Result<Option<SecretString>> {
+        secret(name)
+    }
+}
+
+/// Secrets given directly (tests, embedding).
+#[derive(Clone, Debug, Default)]
+pub struct MapSecrets(pub std::collections::HashMap<&'static str, String>);
+
+impl Secrets for MapSecrets {
+    fn secret(&self, name: &'static str) -> anyhow::Result<Option<SecretString>> {
+        Ok(self
+            .0
+            .get(name)
+            .filter(|v| !v.is_empty())
+            .map(|v| SecretString::from(v.clone())))
+    }
 }
 
 /// Reads a secret from `NAME` or the file named by `NAME_FILE` (not both).
@@ -137,48 +188,84 @@ pub fn secret(name: &'static str) -> anyhow::Result<Option<SecretString>> {
     }
 }
 
-/// Parses `4MiB`, `512KiB` or a plain byte count.
+/// Parses `4MiB`, `512KiB`, `4 MB` or a plain byte count.
 pub fn parse_size(s: &str) -> Option<usize> {
     let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("MiB") {
-        (n, 1024 * 1024)
-    } else if let Some(n) = s.strip_suffix("KiB") {
-        (n, 1024)
-    } else {
-        (s, 1)
-    };
-    num.trim()
-        .parse::<usize>()
-        .ok()
-        .filter(|n| *n > 0)
-        .and_then(|n| n.checked_mul(mult))
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().ok().filter(|n| *n > 0);
+    }
+    let size: bytesize::ByteSize = s.parse().ok()?;
+    usize::try_from(size.as_u64()).ok().filter(|n| *n > 0)
 }
 
-/// Parses `90s`, `10m`, `2h`, `7d` or plain seconds.
+/// Parses a duration: `90s`, `10m`, `2h`, `7d`, `1h 30m` (humantime), or plain seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
-    let (num, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => (&s[..i], &s[i..]),
-        None => (s, "s"),
+    let d = if s.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_secs(s.parse().ok()?)
+    } else {
+        humantime::parse_duration(s).ok()?
     };
-    let n: u64 = num.parse().ok()?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3600)?,
-        "d" => n.checked_mul(86400)?,
-        _ => return None,
-    };
-    (secs > 0).then(|| Duration::from_secs(secs))
+    (!d.is_zero()).then_some(d)
+}
+
+/// A duration variable within bounds (start-up refuses anything else, naming it).
+fn duration_var(
+    var: &str,
+    value: Option<&str>,
+    default: Duration,
+    min: Duration,
+    max: Duration,
+) -> anyhow::Result<Duration> {
+    let Some(v) = value else { return Ok(default) };
+    let d =
+        parse_duration(v).ok_or_else(|| invalid(var, "must be a duration like 10s, 10m or 2h"))?;
+    if d < min || d > max {
+        return Err(invalid(
+            var,
+            &format!(
+                "must be between {} and {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+/// A count variable within bounds.
+fn count_var(
+    var: &str,
+    value: Option<&str>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> anyhow::Result<u64> {
+    let Some(v) = value else { return Ok(default) };
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| invalid(var, &format!("must be a whole number from {min} to {max}")))
 }
 
 fn invalid(var: &str, why: &str) -> anyhow::Error {
     anyhow::anyhow!("{var}: {why}")
 }
 
+const SECOND: Duration = Duration::from_secs(1);
+const DAY: Duration = Duration::from_secs(86_400);
+
 impl Config {
-    /// Validates the arguments (flags over environment) and loads the secrets.
+    /// Validates the arguments (flags over environment) and loads the secrets from
+    /// the environment.
     pub fn load(args: &ConfigArgs) -> anyhow::Result<Config> {
+        Self::load_with(args, &EnvSecrets)
+    }
+
+    /// Validates the arguments and loads the secrets from `secrets`.
+    pub fn load_with(args: &ConfigArgs, secrets: &dyn Secrets) -> anyhow::Result<Config> {
+        let secret = |name| secrets.secret(name);
         let data_dir = args
             .data_dir
             .clone()
@@ -230,28 +317,58 @@ impl Config {
             }
         };
         let max_body = match &args.max_body {
-            Some(s) => parse_size(s).ok_or_else(|| {
-                invalid(
-                    "WABRIDGE_MAX_BODY",
-                    "must be bytes or a number with KiB/MiB",
-                )
-            })?,
+            Some(s) => parse_size(s)
+                .filter(|n| (1024..=64 * 1024 * 1024).contains(n))
+                .ok_or_else(|| {
+                    invalid(
+                        "WABRIDGE_MAX_BODY",
+                        "must be from 1KiB to 64MiB (bytes, or a number with KiB/MiB)",
+                    )
+                })?,
             None => 4 * 1024 * 1024,
         };
-        let dedup_window = match &args.dedup_window {
-            Some(s) => parse_duration(s)
-                .ok_or_else(|| invalid("WABRIDGE_DEDUP_WINDOW", "must be a duration like 10m"))?,
-            None => Duration::from_secs(600),
-        };
-        let days: u64 = match &args.audit_retention_days {
-            Some(s) => s.trim().parse().ok().filter(|d| *d > 0).ok_or_else(|| {
-                invalid(
-                    "WABRIDGE_AUDIT_RETENTION_DAYS",
-                    "must be a positive number of days",
-                )
-            })?,
-            None => 90,
-        };
+        let dedup_window = duration_var(
+            "WABRIDGE_DEDUP_WINDOW",
+            args.dedup_window.as_deref(),
+            Duration::from_secs(600),
+            SECOND,
+            7 * DAY,
+        )?;
+        let days = count_var(
+            "WABRIDGE_AUDIT_RETENTION_DAYS",
+            args.audit_retention_days.as_deref(),
+            90,
+            1,
+            36_500,
+        )?;
+        let header_timeout = duration_var(
+            "WABRIDGE_HEADER_TIMEOUT",
+            args.header_timeout.as_deref(),
+            10 * SECOND,
+            SECOND,
+            300 * SECOND,
+        )?;
+        let shutdown_timeout = duration_var(
+            "WABRIDGE_SHUTDOWN_TIMEOUT",
+            args.shutdown_timeout.as_deref(),
+            30 * SECOND,
+            SECOND,
+            600 * SECOND,
+        )?;
+        let lease_ttl = duration_var(
+            "WABRIDGE_LEASE_TTL",
+            args.lease_ttl.as_deref(),
+            15 * SECOND,
+            3 * SECOND,
+            300 * SECOND,
+        )?;
+        let max_connections = count_var(
+            "WABRIDGE_MAX_CONNECTIONS",
+            args.max_connections.as_deref(),
+            1024,
+            1,
+            100_000,
+        )? as usize;
         let trusted_proxies = match &args.trusted_proxies {
             Some(s) => s
                 .split(',')
@@ -293,14 +410,13 @@ impl Config {
                     Some("true") | Some("1") => true,
                     _ => return Err(invalid("NATS_TLS_REQUIRED", "must be true or false")),
                 };
-                js.replicas = match &args.nats_replicas {
-                    Some(r) => r
-                        .parse()
-                        .ok()
-                        .filter(|r| (1..=5).contains(r))
-                        .ok_or_else(|| invalid("WABRIDGE_NATS_REPLICAS", "must be 1 to 5"))?,
-                    None => 1,
-                };
+                js.replicas = count_var(
+                    "WABRIDGE_NATS_REPLICAS",
+                    args.nats_replicas.as_deref(),
+                    1,
+                    1,
+                    5,
+                )? as usize;
                 js.duplicate_window = dedup_window;
                 js.namespace = namespace.clone();
                 Some(js)
@@ -349,6 +465,10 @@ impl Config {
             token_keys,
             dev_master_key: false,
             audit_signing_key: secret("AUDIT_SIGNING_KEY")?,
+            header_timeout,
+            max_connections,
+            shutdown_timeout,
+            lease_ttl,
         };
         if cfg.nats.is_some() {
             cfg.require_production_secrets()?;
@@ -372,11 +492,14 @@ impl Config {
         Ok(())
     }
 
-    /// As [`Config::ensure_dev_master_key`], for host commands: only uses a key that
-    /// `serve` generated, never creates one, and says nothing.
-    pub fn ensure_dev_master_key_quiet(&mut self) -> anyhow::Result<()> {
+    /// As [`Config::ensure_dev_keys`], for host commands: only uses keys that
+    /// `serve` generated, never creates them, and says nothing.
+    pub fn ensure_dev_keys_quiet(&mut self) -> anyhow::Result<()> {
+        if self.nats.is_some() {
+            return Ok(());
+        }
         let path = self.data_dir.join("dev-master-key");
-        if self.token_keys.is_none() && self.nats.is_none() && path.exists() {
+        if self.token_keys.is_none() && path.exists() {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading {}", path.display()))?;
             self.token_keys = Some(
@@ -385,13 +508,34 @@ impl Config {
             );
             self.dev_master_key = true;
         }
+        let path = self.data_dir.join("dev-audit-key");
+        if self.audit_signing_key.is_none() && path.exists() {
+            self.audit_signing_key = Some(read_dev_secret(&path)?);
+        }
         Ok(())
     }
 
-    /// On the embedded default with no master key, generates (once) a development key
-    /// into the data dir and says so loudly.
-    pub fn ensure_dev_master_key(&mut self) -> anyhow::Result<()> {
-        if self.token_keys.is_some() || self.nats.is_some() {
+    /// On the embedded default with no master key or audit key, generates (once)
+    /// development keys into the data dir and says so loudly.
+    pub fn ensure_dev_keys(&mut self) -> anyhow::Result<()> {
+        if self.nats.is_some() {
+            return Ok(());
+        }
+        if self.audit_signing_key.is_none() {
+            let path = self.data_dir.join("dev-audit-key");
+            if !path.exists() {
+                std::fs::create_dir_all(&self.data_dir)
+                    .with_context(|| format!("creating {}", self.data_dir.display()))?;
+                let line = format!("{}\n", wabridge_handlers::vault::generate_key_hex());
+                write_private(&path, line.as_bytes())?;
+            }
+            self.audit_signing_key = Some(read_dev_secret(&path)?);
+            eprintln!(
+                "!!! DEVELOPMENT AUDIT KEY in use: {} (generated; set AUDIT_SIGNING_KEY in production).",
+                path.display()
+            );
+        }
+        if self.token_keys.is_some() {
             return Ok(());
         }
         let path = self.data_dir.join("dev-master-key");
@@ -414,6 +558,14 @@ impl Config {
         );
         Ok(())
     }
+}
+
+fn read_dev_secret(path: &std::path::Path) -> anyhow::Result<SecretString> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = text.trim();
+    anyhow::ensure!(!text.is_empty(), "{} is empty", path.display());
+    Ok(SecretString::from(text.to_string()))
 }
 
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -442,11 +594,53 @@ mod tests {
         assert_eq!(parse_size("4MiB"), Some(4 * 1024 * 1024));
         assert_eq!(parse_size("512KiB"), Some(512 * 1024));
         assert_eq!(parse_size("100"), Some(100));
-        assert_eq!(parse_size("4MB"), None);
+        assert_eq!(parse_size("4MB"), Some(4_000_000));
+        assert_eq!(parse_size("4MX"), None);
         assert_eq!(parse_size("0"), None);
         assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
         assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
         assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
         assert_eq!(parse_duration("5x"), None);
+        assert_eq!(parse_duration("0s"), None);
+    }
+
+    #[test]
+    fn out_of_range_values_refuse_start_up_naming_the_variable() {
+        let cases: [(&str, fn(&mut ConfigArgs, String)); 5] = [
+            ("WABRIDGE_DEDUP_WINDOW", |a, v| a.dedup_window = Some(v)),
+            ("WABRIDGE_HEADER_TIMEOUT", |a, v| a.header_timeout = Some(v)),
+            ("WABRIDGE_SHUTDOWN_TIMEOUT", |a, v| {
+                a.shutdown_timeout = Some(v)
+            }),
+            ("WABRIDGE_LEASE_TTL", |a, v| a.lease_ttl = Some(v)),
+            ("WABRIDGE_AUDIT_RETENTION_DAYS", |a, v| {
+                a.audit_retention_days = Some(v)
+            }),
+        ];
+        for (var, set) in cases {
+            for bad in ["999999999d", "0", "-1", "soon", "18446744073709551616"] {
+                let mut args = ConfigArgs::default();
+                set(&mut args, bad.to_string());
+                let err = Config::load_with(&args, &MapSecrets::default())
+                    .expect_err(&format!("{var}={bad} must be refused"));
+                assert!(err.to_string().starts_with(var), "{var}={bad}: {err}");
+            }
+        }
+        let mut args = ConfigArgs {
+            max_body: Some("999999999MiB".into()),
+            ..Default::default()
+        };
+        let err = Config::load_with(&args, &MapSecrets::default()).unwrap_err();
+        assert!(err.to_string().starts_with("WABRIDGE_MAX_BODY"), "{err}");
+        args.max_body = None;
+        args.max_connections = Some("0".into());
+        let err = Config::load_with(&args, &MapSecrets::default()).unwrap_err();
+        assert!(
+            err.to_string().starts_with("WABRIDGE_MAX_CONNECTIONS"),
+            "{err}"
+        );
+        let ok = Config::load_with(&ConfigArgs::default(), &MapSecrets::default()).unwrap();
+        assert_eq!(ok.dedup_window, Duration::from_secs(600));
+        assert_eq!(ok.header_timeout, Duration::from_secs(10));
     }
 }

@@ -32,7 +32,7 @@ fn main() {
 
 async fn serve(cli: Cli) -> anyhow::Result<()> {
     let mut cfg = Config::load(&cli.config)?;
-    cfg.ensure_dev_master_key()?;
+    cfg.ensure_dev_keys()?;
     let listen = cfg.listen;
     let backend = if cfg.nats.is_some() {
         "JetStream"

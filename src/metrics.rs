@@ -85,9 +85,16 @@ pub struct Metrics {
     pub ingest_latency: Histogram,
     /// Responses by route and status.
     pub http: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    /// Connections closed at accept because `WABRIDGE_MAX_CONNECTIONS` were open.
+    pub connections_refused: AtomicU64,
 }
 
 impl Metrics {
+    /// Counts a connection refused at accept.
+    pub fn count_refused_connection(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one response.
     pub fn count_http(&self, route: &'static str, status: u16) {
         *self

@@ -9,9 +9,9 @@ use anyhow::Context;
 /// Every generated file: (relative path, content).
 pub fn generated() -> Vec<(String, String)> {
     let mut files = vec![];
-    for (ty, v) in wabridge_events::types::ALL {
-        let schema = wabridge_events::types::schema_of(ty).expect("every type has a schema");
-        let mut value = schema.to_value();
+    for t in wabridge_events::types::ALL {
+        let (ty, v) = (t.name, t.version);
+        let mut value = (t.schema)().to_value();
         value["title"] = serde_json::json!(format!("{ty} v{v}"));
         files.push((format!("events/{ty}.v{v}.json"), pretty(&value)));
     }

@@ -54,8 +54,8 @@ pub async fn flush(app: &App, all: bool) {
         let mut ev = app.ctx.event(
             None,
             &Caller {
-                actor: wabridge_events::Actor::system("security"),
                 ip: Some(source.clone()),
+                ..Caller::system("security")
             },
             &data,
         );

@@ -11,7 +11,7 @@ pub mod types;
 
 pub use envelope::{Actor, ActorKind, Envelope};
 pub use log::{
-    AppendError, Appended, EventLog, EventStream, LogError, NewEvent, ReadFrom, StoredEvent,
+    AppendError, Appended, EventLog, EventStream, Lease, LogError, NewEvent, ReadFrom, StoredEvent,
     StreamKind,
 };
 pub use subject::{Namespace, Slug, SlugError};

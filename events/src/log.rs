@@ -133,6 +133,22 @@ impl LogError {
     }
 }
 
+/// A time-bound claim on a piece of work.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Lease {
+    /// Who holds it (an instance id).
+    pub holder: String,
+    /// When it lapses unless renewed.
+    pub expires_at: Timestamp,
+}
+
+impl Lease {
+    /// Whether it is still live at `now`.
+    pub fn live_at(&self, now: Timestamp) -> bool {
+        self.expires_at > now
+    }
+}
+
 /// A stream of events read from the log, in sequence order.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<StoredEvent, LogError>> + Send>>;
 
@@ -175,6 +191,24 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// The sequence of the last event on a subject (0 when none).
     async fn last_subject_seq(&self, subject: &str) -> Result<u64, LogError>;
+
+    /// Takes or renews the lease `name` for `holder` for `ttl`, unless another holder
+    /// has a live one (other than `replacing`, a holder known to be dead). Returns the
+    /// lease as it stands afterwards: held by us when its `holder` is ours. One lease
+    /// serialises a piece of work (the workers) across the processes on this log.
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+        replacing: Option<&str>,
+    ) -> Result<Lease, LogError>;
+
+    /// Gives up the lease if `holder` holds it.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), LogError>;
+
+    /// The live lease `name`, if anyone holds one.
+    async fn lease(&self, name: &str) -> Result<Option<Lease>, LogError>;
 
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), LogError>;

@@ -57,14 +57,35 @@ impl Timestamp {
         self.0
     }
 
-    /// This time plus a duration.
-    pub fn plus(&self, d: std::time::Duration) -> Self {
-        Self::from_datetime(self.0 + d)
+    /// The latest time that renders in RFC 3339 (9999-12-31T23:59:59.999999Z).
+    pub fn max() -> Self {
+        Self(time::macros::datetime!(9999-12-31 23:59:59.999999 UTC))
     }
 
-    /// This time minus a duration.
+    /// The earliest time that renders in RFC 3339 (0000-01-01T00:00:00Z).
+    pub fn min() -> Self {
+        Self(time::macros::datetime!(0000-01-01 0:00 UTC))
+    }
+
+    /// This time plus a duration, or `None` past [`Timestamp::max`].
+    pub fn checked_plus(&self, d: std::time::Duration) -> Option<Self> {
+        let d = time::Duration::try_from(d).ok()?;
+        let t = self.0.checked_add(d)?;
+        (t <= Self::max().0).then(|| Self::from_datetime(t))
+    }
+
+    /// This time plus a duration, saturating at [`Timestamp::max`] (never panics).
+    pub fn plus(&self, d: std::time::Duration) -> Self {
+        self.checked_plus(d).unwrap_or_else(Self::max)
+    }
+
+    /// This time minus a duration, saturating at [`Timestamp::min`] (never panics).
     pub fn minus(&self, d: std::time::Duration) -> Self {
-        Self::from_datetime(self.0 - d)
+        time::Duration::try_from(d)
+            .ok()
+            .and_then(|d| self.0.checked_sub(d))
+            .filter(|t| *t >= Self::min().0)
+            .map_or_else(Self::min, Self::from_datetime)
     }
 }
 
@@ -117,5 +138,17 @@ mod tests {
         assert_eq!(Timestamp::parse(&t.to_string()).unwrap(), t);
         let m = Timestamp::from_unix_micros(t.unix_micros()).unwrap();
         assert_eq!(m, t);
+    }
+
+    #[test]
+    fn arithmetic_saturates_instead_of_panicking() {
+        let huge = std::time::Duration::from_secs(999_999_999 * 86_400);
+        let now = Timestamp::now();
+        assert_eq!(now.plus(huge), Timestamp::max());
+        assert_eq!(now.checked_plus(huge), None);
+        assert_eq!(now.minus(huge), Timestamp::min());
+        assert_eq!(Timestamp::max().to_string(), "9999-12-31T23:59:59.999999Z");
+        let day = std::time::Duration::from_secs(86_400);
+        assert_eq!(now.plus(day).minus(day), now);
     }
 }

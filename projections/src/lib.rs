@@ -6,10 +6,14 @@
 //! of portable SQL (`$n` placeholders, TEXT times, BIGINT numbers).
 
 pub mod checkpoint;
+pub mod driver;
 pub mod migrations;
-pub mod runner;
+pub mod progress;
+pub mod projection;
 pub mod store;
 pub mod views;
 
-pub use runner::{Progress, Projection, ProjectionRunner};
+pub use driver::{Driver, Follower, Reactor, Staged};
+pub use progress::Progress;
+pub use projection::Projection;
 pub use store::{Backend, Store};

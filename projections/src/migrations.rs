@@ -6,7 +6,8 @@ use anyhow::Context;
 use crate::Store;
 
 /// `(version, statements)`. Append only; never edit a landed version.
-pub const MIGRATIONS: &[(i64, &[&str])] = &[(
+pub const MIGRATIONS: &[(i64, &[&str])] = &[
+(
     1,
     &[
         "CREATE TABLE projection_checkpoints (name TEXT PRIMARY KEY, seq BIGINT NOT NULL)",
@@ -24,6 +25,13 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
         "CREATE TABLE messages (workspace TEXT NOT NULL, wamid TEXT NOT NULL, direction TEXT NOT NULL, contact TEXT NOT NULL, message_type TEXT NOT NULL, status TEXT NOT NULL, occurred_at TEXT NOT NULL, updated_at TEXT NOT NULL, log_seq BIGINT NOT NULL, PRIMARY KEY (workspace, wamid))",
         "CREATE TABLE message_history (workspace TEXT NOT NULL, wamid TEXT NOT NULL, log_seq BIGINT NOT NULL, status TEXT NOT NULL, at TEXT NOT NULL, error_code BIGINT, PRIMARY KEY (workspace, wamid, log_seq))",
         "CREATE TABLE webhook_items (dedup_key TEXT PRIMARY KEY, raw_seq BIGINT NOT NULL)",
+    ],
+),
+(
+    2,
+    &[
+        // What a redrive applied, written in the transaction of the apply.
+        "CREATE TABLE redrives_applied (consumer TEXT NOT NULL, stream TEXT NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (consumer, stream, seq))",
     ],
 )];
 

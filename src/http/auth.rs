@@ -1,9 +1,11 @@
 //! Authentication and authorisation for every route, driven by the route table: one
 //! middleware checks the key (401), the workspace (404), then the permission (403).
 //!
-//! Key revocation is read-your-writes: before trusting a key's row, the middleware
-//! checks that the key projection has applied the last event on the key's subject,
-//! so a revocation made on any instance is effective on the next request.
+//! Key revocation is read-your-writes and fails closed: before trusting a key's row,
+//! the middleware checks that the key projection has applied the last event on the
+//! subject of the key's workspace, so a revocation made on any instance is effective
+//! on the next request; when that cannot be confirmed (the read model lags, no
+//! instance runs the workers) the request is refused with 503, never let through.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -55,11 +57,11 @@ impl Principal {
         }
     }
 
-    /// The role, for key creation limits (operators count as owner).
-    pub fn role(&self) -> Role {
+    /// The highest role this principal may grant or act on (`None`: operators).
+    pub fn role_limit(&self) -> Option<Role> {
         match self {
-            Principal::Workspace { role, .. } => *role,
-            Principal::Operator { .. } => Role::Owner,
+            Principal::Workspace { role, .. } => Some(*role),
+            Principal::Operator { .. } => None,
         }
     }
 }
@@ -155,7 +157,7 @@ async fn authenticate(app: &App, parts: &Parts, ip: Option<IpAddr>) -> Result<Pr
             .map(Slug::parse)
             .transpose()
             .map_err(|e| AppError::internal(e))?;
-        let subject = key_cmds::key_subject(&app.ctx, ws.as_ref(), &r.id);
+        let subject = key_cmds::keys_subject(&app.ctx, ws.as_ref());
         let last = app
             .ctx
             .log
@@ -217,14 +219,16 @@ fn note_use(app: &App, key: &ApiKeyRow, now: Timestamp) {
     });
 }
 
-/// Appends `access.denied` to the caller's workspace audit log, and answers 403.
-async fn deny(
+/// Appends `access.denied` to the caller's workspace audit log (`path`: the path
+/// tried, for a request on another workspace's resources).
+async fn record_denial(
     app: &App,
     principal: &Principal,
     caller: &Caller,
     route: &str,
     permission: &str,
-) -> AppError {
+    path: Option<String>,
+) {
     app.metrics
         .access_denied
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -236,6 +240,7 @@ async fn deny(
         route: route.to_string(),
         permission: permission.to_string(),
         ip: caller.ip.clone(),
+        path,
     };
     if let Err(e) = app
         .ctx
@@ -245,6 +250,17 @@ async fn deny(
     {
         tracing::error!(error = %e, "recording access.denied failed");
     }
+}
+
+/// Records the denial and answers 403.
+async fn deny(
+    app: &App,
+    principal: &Principal,
+    caller: &Caller,
+    route: &str,
+    permission: &str,
+) -> AppError {
+    record_denial(app, principal, caller, route, permission, None).await;
     AppError::forbidden(format!("this key lacks the {permission} permission"))
 }
 
@@ -266,6 +282,7 @@ pub async fn authorize(
     let caller = Caller {
         actor: principal.actor(),
         ip: ip.map(|i| i.to_string()),
+        role_limit: principal.role_limit(),
     };
     let params = RawPathParams::from_request_parts(&mut parts, &())
         .await
@@ -281,6 +298,14 @@ pub async fn authorize(
                 .map_err(|_| AppError::not_found(format!("workspace {s} does not exist")))?;
             if let Principal::Workspace { workspace, .. } = &principal {
                 if *workspace != slug {
+                    // 404 (existence does not leak), and an entry in the caller's own
+                    // audit chain naming what was tried.
+                    let permission = match access {
+                        Access::Workspace(p) => p.as_str(),
+                        _ => "operator",
+                    };
+                    let path = parts.uri.path().chars().take(500).collect();
+                    record_denial(&app, &principal, &caller, route, permission, Some(path)).await;
                     return Err(AppError::not_found(format!(
                         "workspace {slug} does not exist"
                     )));

@@ -112,6 +112,9 @@ impl From<CommandError> for AppError {
             CommandError::Validation(d) => AppError::validation(d),
             CommandError::Forbidden(d) => AppError::forbidden(d),
             CommandError::NotConfigured(v) => AppError::not_configured(v),
+            CommandError::Unavailable { code, detail } => {
+                AppError::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
+            }
             CommandError::Internal(e) => AppError::internal(format!("{e:#}")),
         }
     }
@@ -121,6 +124,15 @@ impl From<anyhow::Error> for AppError {
     fn from(e: anyhow::Error) -> Self {
         AppError::internal(format!("{e:#}"))
     }
+}
+
+/// Answers a method the route does not have with a problem document.
+pub async fn method_not_allowed() -> AppError {
+    AppError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not have that method",
+    )
 }
 
 /// Answers unmatched paths with a problem document.

@@ -58,11 +58,15 @@ pub fn router(app: App) -> Router {
         ));
         router = router.route(route.path, layered);
     }
-    let unmatched = app.clone();
+    let (unmatched, wrong_method) = (app.clone(), app.clone());
     router
         .fallback(move || async move {
             unmatched.metrics.count_http("unmatched", 404);
             error::fallback().await
+        })
+        .method_not_allowed_fallback(move || async move {
+            wrong_method.metrics.count_http("method_not_allowed", 405);
+            error::method_not_allowed().await
         })
         .layer(DefaultBodyLimit::max(app.cfg.max_body))
         .layer(TimeoutLayer::with_status_code(

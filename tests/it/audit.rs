@@ -13,9 +13,9 @@ use wabridge_handlers::{
     commands::audit::{retention_pass, sign_cut},
 };
 use wabridge_projections::{
-    runner::checksum,
+    projection::{checksum, AsReactor},
     views::audit::{self, entry_hash, Audit, AuditEntry, GENESIS},
-    Progress, ProjectionRunner, Store,
+    Driver, Follower, Progress, Store,
 };
 
 use crate::support::app::{assert_problem, fresh_postgres, spawn_app, DbKind, LogKind, TestApp};
@@ -121,10 +121,29 @@ async fn all_entries(app: &TestApp, key: &str) -> Vec<Value> {
     items
 }
 
+/// `GET …/audit/verify`, with the `reason` (present exactly when not ok) checked and
+/// removed, so callers compare the contract's fields.
 async fn verify(app: &TestApp, key: &str) -> Value {
     let r = app.get("/v1/workspaces/ws-a/audit/verify", key).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    r.json
+    let mut v = r.json;
+    let reason = v.as_object_mut().expect("object").remove("reason");
+    assert_eq!(
+        reason.is_some(),
+        v["ok"] == json!(false),
+        "a reason exactly when not ok: {v} {reason:?}"
+    );
+    v
+}
+
+/// The audit key the test app runs with, as the chain's HMAC key.
+fn chain_key(app: &TestApp) -> Option<&[u8]> {
+    use secrecy::ExposeSecret;
+    app.app
+        .cfg
+        .audit_signing_key
+        .as_ref()
+        .map(|k| k.expose_secret().as_bytes())
 }
 
 fn seqs(items: &[Value]) -> Vec<i64> {
@@ -220,7 +239,7 @@ async fn chain_and_queries(db: DbKind) {
         assert_eq!(e["prev_hash"], json!(prev), "link of seq {}", i + 1);
         let entry = to_entry(e);
         assert_eq!(
-            entry_hash("ws-a", &entry),
+            entry_hash(chain_key(app), "ws-a", &entry),
             entry.hash,
             "hash of seq {}",
             i + 1
@@ -405,10 +424,11 @@ async fn tampering_is_detected(db: DbKind) {
         json!({"ok": false, "entries_checked": 4, "first_bad_seq": 4})
     );
 
-    // The same edit with the entry's own hash recomputed breaks the next link.
+    // The same edit with the entry's hash recomputed without the key (all a
+    // database writer can do) still does not match.
     let mut forged = e4.clone();
     forged.target = "api_key:0000000000000000 role:owner".into();
-    forged.hash = entry_hash("ws-a", &forged);
+    forged.hash = entry_hash(None, "ws-a", &forged);
     exec(
         app,
         "UPDATE audit_entries SET hash = $1 WHERE workspace = $2 AND seq = $3",
@@ -417,8 +437,19 @@ async fn tampering_is_detected(db: DbKind) {
     .await;
     assert_eq!(
         verify(app, &p.owner).await,
-        json!({"ok": false, "entries_checked": 5, "first_bad_seq": 5})
+        json!({"ok": false, "entries_checked": 4, "first_bad_seq": 4})
     );
+    // Even with the key (an insider who has it), the edit differs from the log.
+    forged.hash = entry_hash(chain_key(app), "ws-a", &forged);
+    exec(
+        app,
+        "UPDATE audit_entries SET hash = $1 WHERE workspace = $2 AND seq = $3",
+        &[Bind::Text(&forged.hash), Bind::Text("ws-a"), Bind::Int(4)],
+    )
+    .await;
+    let v = verify(app, &p.owner).await;
+    assert_eq!(v["ok"], json!(false), "{v}");
+    assert_eq!(v["first_bad_seq"], json!(4), "{v}");
 
     // Restored, the chain verifies again.
     exec(
@@ -500,14 +531,22 @@ async fn fresh_store(db: DbKind, dir: &std::path::Path) -> Store {
 async fn rebuild_matches(app: &TestApp, db: DbKind) -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = fresh_store(db, dir.path()).await;
-    let runner = ProjectionRunner {
+    let driver = Driver {
         log: app.app.ctx.log.clone(),
         store: store.clone(),
         progress: Progress::default(),
     };
+    let audit = Audit::new(app.app.cfg.audit_signing_key.as_ref());
+    let follower = Follower {
+        consumer: "rebuild",
+        stream: StreamKind::Domain,
+        reactors: vec![std::sync::Arc::new(AsReactor(std::sync::Arc::new(
+            audit.clone(),
+        )))],
+    };
     let ctx = &app.app.ctx;
     for _ in 0..5 {
-        let head = runner.catch_up(&Audit).await.expect("rebuild");
+        let head = driver.catch_up(&follower).await.expect("rebuild");
         assert!(
             ctx.store
                 .wait_for(&ctx.progress, "audit", head, Duration::from_secs(20))
@@ -515,8 +554,8 @@ async fn rebuild_matches(app: &TestApp, db: DbKind) -> (Store, tempfile::TempDir
                 .expect("wait"),
             "live audit did not catch up"
         );
-        let live = checksum(&ctx.store, &Audit).await.expect("live checksum");
-        let rebuilt = checksum(&store, &Audit).await.expect("rebuilt checksum");
+        let live = checksum(&ctx.store, &audit).await.expect("live checksum");
+        let rebuilt = checksum(&store, &audit).await.expect("rebuilt checksum");
         // Only compare when nothing was appended meanwhile.
         if ctx.log.last_seq(StreamKind::Domain).await.expect("head") == head {
             assert_eq!(
@@ -563,7 +602,7 @@ async fn retention_cut_over(db: DbKind) {
     assert_eq!(c["outcome"], json!("ok"));
     assert_eq!(c["prev_hash"], json!(boundary.hash));
     assert_eq!(
-        entry_hash("ws-a", &to_entry(c)),
+        entry_hash(chain_key(app), "ws-a", &to_entry(c)),
         c["hash"].as_str().expect("hash")
     );
     assert_eq!(
@@ -607,7 +646,7 @@ async fn retention_cut_over(db: DbKind) {
 
     // A rebuild from the log gives the same audit state, cut included.
     let (rebuilt, _rebuilt_dir) = rebuild_matches(app, db).await;
-    let v = audit::verify(&rebuilt, "ws-a")
+    let v = audit::verify(&rebuilt, app.app.cfg.audit_signing_key.as_ref(), "ws-a")
         .await
         .expect("verify rebuilt");
     assert!(v.ok, "{v:?}");

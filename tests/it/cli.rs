@@ -200,6 +200,7 @@ async fn keys_rotate_from_the_host_and_invalidate() {
     let app = spawn_app_with(opts.clone()).await;
     let owner = app.workspace("acme").await;
     for id in ["1001", "1002"] {
+        app.claim("acme", id, "5001").await;
         let r = app
             .put(
                 &format!("/v1/workspaces/acme/phone-numbers/{id}/token"),

@@ -207,7 +207,8 @@ mod embedded {
                 )
             });
             assert_eq!(e.subject, "wb._.debug.loop", "seq {seq}");
-            assert_eq!(e.payload, Bytes::from(format!("payload-{i}")), "seq {seq}");
+            let data: serde_json::Value = serde_json::from_slice(&e.payload).expect("JSON payload");
+            assert_eq!(data, serde_json::json!({ "i": i }), "seq {seq}");
         }
     }
 

@@ -46,6 +46,20 @@ fn fp(token: &str) -> String {
     hex::encode(&Sha256::digest(token.as_bytes())[..8])
 }
 
+/// Creates workspace `slug` (returning an owner key) holding `ids`: a token can only
+/// be stored for a number the workspace holds.
+async fn holding(app: &TestApp, slug: &str, ids: &[&str]) -> String {
+    let owner = app.workspace(slug).await;
+    let waba = if slug == "acme" { "5001" } else { "5002" };
+    for id in ids {
+        app.claim(slug, id, waba).await;
+    }
+    owner
+}
+
+/// The numbers the acme workspace of these tests holds.
+const ACME: &[&str] = &["1001", "1002", "1003", "1004", "1005"];
+
 fn token_path(ws: &str, id: &str) -> String {
     format!("/v1/workspaces/{ws}/phone-numbers/{id}/token")
 }
@@ -297,7 +311,7 @@ matrix! {
 
 async fn lifecycle(log: LogKind, db: DbKind) {
     let app = spawn_app(log, db).await;
-    let owner = app.workspace("acme").await;
+    let owner = holding(&app, "acme", ACME).await;
     let keys = v1_ring();
     let p1 = token_path("acme", "1001");
 
@@ -434,7 +448,18 @@ async fn lifecycle(log: LogKind, db: DbKind) {
     }
 
     // Bad durations.
-    for bad in ["abc", "0d", "-1d", "7w", "d", ""] {
+    // 999999999d once overflowed the time arithmetic and dropped the connection.
+    for bad in [
+        "abc",
+        "0d",
+        "-1d",
+        "7x",
+        "d",
+        "",
+        "999999999d",
+        "3651d",
+        "99999999999999999999s",
+    ] {
         let r = app
             .get(
                 &format!("/v1/workspaces/acme/tokens?expiring_within={bad}"),
@@ -558,7 +583,7 @@ async fn lifecycle(log: LogKind, db: DbKind) {
 
 async fn bad_requests_store_nothing(log: LogKind, db: DbKind) {
     let app = spawn_app(log, db).await;
-    let owner = app.workspace("acme").await;
+    let owner = holding(&app, "acme", ACME).await;
     let p = token_path("acme", "1001");
     let t = distinctive_token();
     let exp = Timestamp::now().plus(DAY).to_string();
@@ -667,7 +692,7 @@ async fn bad_requests_store_nothing(log: LogKind, db: DbKind) {
 
 async fn permissions(log: LogKind, db: DbKind) {
     let app = spawn_app(log, db).await;
-    let owner = app.workspace("acme").await;
+    let owner = holding(&app, "acme", ACME).await;
     let admin = app.key("acme", Role::Admin).await;
     let agent = app.key("acme", Role::Agent).await;
     let viewer = app.key("acme", Role::Viewer).await;
@@ -747,7 +772,7 @@ async fn permissions(log: LogKind, db: DbKind) {
 
 async fn no_plaintext_at_rest(log: LogKind, db: DbKind) {
     let app = spawn_app(log, db).await;
-    let owner = app.workspace("acme").await;
+    let owner = holding(&app, "acme", ACME).await;
     let t_revoked = distinctive_token();
     let t_kept = distinctive_token();
     let exp = Timestamp::now().plus(3 * DAY).to_string();
@@ -939,8 +964,8 @@ async fn no_plaintext_at_rest(log: LogKind, db: DbKind) {
 
 async fn binding(log: LogKind, db: DbKind) {
     let app = spawn_app(log, db).await;
-    let owner = app.workspace("acme").await;
-    let other = app.workspace("other").await;
+    let owner = holding(&app, "acme", ACME).await;
+    let other = holding(&app, "other", &["2001"]).await;
     let keys = app.app.cfg.token_keys.clone().expect("ring");
     let (ta, tb, tc) = (
         distinctive_token(),
@@ -950,7 +975,7 @@ async fn binding(log: LogKind, db: DbKind) {
     for (ws, key, id, t) in [
         ("acme", &owner, "1001", &ta),
         ("acme", &owner, "1002", &tb),
-        ("other", &other, "1001", &tc),
+        ("other", &other, "2001", &tc),
     ] {
         let r = app
             .put(&token_path(ws, id), key, json!({"access_token": t}))
@@ -989,7 +1014,7 @@ async fn binding(log: LogKind, db: DbKind) {
         }
     }
 
-    // A sealed token copied onto another number's row (acme/1002, and other/1001)
+    // A sealed token copied onto another number's row (acme/1002, and other/2001)
     // is refused by retrieval, never answered as that number's token.
     let copy_to = |ws: &'static str, id: &'static str| {
         let sealed = sealed.clone();
@@ -1008,10 +1033,10 @@ async fn binding(log: LogKind, db: DbKind) {
         }
     };
     copy_to("acme", "1002").await;
-    copy_to("other", "1001").await;
+    copy_to("other", "2001").await;
     // Retrieval reads the in-memory ciphertext cache: reload it from the tampered rows.
     app.app.ctx.tokens.load(&store).await.expect("cache reload");
-    for (ws, id) in [("acme", "1002"), ("other", "1001")] {
+    for (ws, id) in [("acme", "1002"), ("other", "2001")] {
         match retrieve(&app, &keys, ws, id).await {
             Err(CommandError::Internal(e)) => {
                 let msg = format!("{e:#}");
@@ -1056,7 +1081,7 @@ async fn rotation(log: LogKind, db: DbKind) {
         ..TestOptions::new(log, db)
     };
     let app1 = spawn_app_with(opts).await;
-    let owner = app1.workspace("acme").await;
+    let owner = holding(&app1, "acme", ACME).await;
     let ids = ["1001", "1002", "1003"];
     let tokens: Vec<String> = ids.iter().map(|_| distinctive_token()).collect();
     let mut before = Vec::new();
@@ -1185,7 +1210,7 @@ async fn rotation_concurrent(log: LogKind, db: DbKind) {
         ..TestOptions::new(log, db)
     };
     let app1 = spawn_app_with(opts).await;
-    let owner = app1.workspace("acme").await;
+    let owner = holding(&app1, "acme", ACME).await;
     let ids = ["1001", "1002", "1003", "1004", "1005"];
     let old: Vec<String> = ids.iter().map(|_| distinctive_token()).collect();
     for (id, t) in ids.iter().zip(&old) {
@@ -1320,7 +1345,7 @@ async fn ring_without_old_key(log: LogKind, db: DbKind) {
         ..TestOptions::new(log, db)
     };
     let app1 = spawn_app_with(opts).await;
-    let owner = app1.workspace("acme").await;
+    let owner = holding(&app1, "acme", ACME).await;
     let t = distinctive_token();
     let r = app1
         .put(
@@ -1412,7 +1437,7 @@ async fn no_master_key(log: LogKind, db: DbKind) {
         ..TestOptions::new(log, db)
     })
     .await;
-    let owner = app.workspace("acme").await;
+    let owner = holding(&app, "acme", ACME).await;
     let t = distinctive_token();
     let r = app
         .put(
@@ -1500,6 +1525,16 @@ async fn put_then_get_token(
     path: &str,
     body: Value,
 ) -> Value {
+    // A token can only be stored for a number the workspace holds.
+    let number = path.strip_suffix("/token").expect("a token path");
+    let res = client
+        .put(served.url(number))
+        .bearer_auth(owner)
+        .json(&json!({"waba_id": "5001", "display_phone_number": "15551230000"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200, "claim {number}");
     let res = client
         .put(served.url(path))
         .bearer_auth(owner)

@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::headers;
 use crate::{
-    subject::subject_matches, AppendError, Appended, EventLog, EventStream, LogError, Namespace,
-    NewEvent, ReadFrom, StoredEvent, StreamKind, Timestamp,
+    subject::subject_matches, AppendError, Appended, EventLog, EventStream, Lease, LogError,
+    Namespace, NewEvent, ReadFrom, StoredEvent, StreamKind, Timestamp,
 };
 
 /// Settings of the embedded log.
@@ -58,6 +58,8 @@ type Reply = oneshot::Sender<Result<Appended, AppendError>>;
 pub struct EmbeddedLog {
     cfg: std::sync::Arc<EmbeddedConfig>,
     reads: SqlitePool,
+    /// One connection for lease writes (appends go through the writer task).
+    leases: SqlitePool,
     writer: mpsc::Sender<(NewEvent, StreamKind, Reply)>,
     heads: watch::Receiver<u64>,
 }
@@ -72,6 +74,7 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS dedup (stream TEXT NOT NULL, msg_id TEXT NOT NULL, seq INTEGER NOT NULL, at_us INTEGER NOT NULL, PRIMARY KEY (stream, msg_id))",
     "CREATE INDEX IF NOT EXISTS dedup_at ON dedup (at_us)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_us INTEGER NOT NULL)",
 ];
 
 /// A log file belongs to one namespace: opening it with another would read and
@@ -131,9 +134,14 @@ impl EmbeddedLog {
         check_namespace(&mut conn, &cfg).await?;
         let reads = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(opts.read_only(true))
+            .connect_with(opts.clone().read_only(true))
             .await
             .context("opening event log readers")?;
+        let leases = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts.clone())
+            .await
+            .context("opening the event log's lease connection")?;
         let (tx, rx) = mpsc::channel(4096);
         let (head_tx, heads) = watch::channel(0);
         let cfg = std::sync::Arc::new(cfg);
@@ -141,6 +149,7 @@ impl EmbeddedLog {
         Ok(EmbeddedLog {
             cfg,
             reads,
+            leases,
             writer: tx,
             heads,
         })
@@ -555,6 +564,60 @@ impl EventLog for EmbeddedLog {
         last_subject_seq(&mut conn, stream, subject)
             .await
             .map_err(LogError)
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        replacing: Option<&str>,
+    ) -> Result<Lease, LogError> {
+        let now = Timestamp::now();
+        // Taken when free, lapsed or already ours; one statement, so two processes
+        // racing for it cannot both win.
+        sqlx::query(
+            "INSERT INTO leases (name, holder, expires_us) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_us = excluded.expires_us \
+             WHERE leases.holder = excluded.holder OR leases.expires_us <= ?4 OR leases.holder = ?5",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now.plus(ttl).unix_micros())
+        .bind(now.unix_micros())
+        .bind(replacing.unwrap_or(""))
+        .execute(&self.leases)
+        .await
+        .map_err(LogError::new)?;
+        self.lease(name)
+            .await?
+            .ok_or_else(|| LogError(anyhow::anyhow!("lease {name} vanished")))
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), LogError> {
+        sqlx::query("DELETE FROM leases WHERE name = ?1 AND holder = ?2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.leases)
+            .await
+            .map_err(LogError::new)?;
+        Ok(())
+    }
+
+    async fn lease(&self, name: &str) -> Result<Option<Lease>, LogError> {
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT holder, expires_us FROM leases WHERE name = ?1")
+                .bind(name)
+                .fetch_optional(&self.leases)
+                .await
+                .map_err(LogError::new)?;
+        Ok(row.and_then(|(holder, us)| {
+            let lease = Lease {
+                holder,
+                expires_at: Timestamp::from_unix_micros(us)?,
+            };
+            lease.live_at(Timestamp::now()).then_some(lease)
+        }))
     }
 
     async fn ping(&self) -> Result<(), LogError> {

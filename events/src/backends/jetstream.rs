@@ -14,15 +14,17 @@ use async_nats::jetstream::{
     self,
     consumer::{pull, AckPolicy, DeliverPolicy},
     context::PublishErrorKind,
+    kv,
     message::PublishMessage,
     stream::{self, DiscardPolicy, StorageType},
 };
+use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::headers;
 use crate::{
-    AppendError, Appended, EventLog, EventStream, LogError, Namespace, NewEvent, ReadFrom,
-    StoredEvent, StreamKind,
+    AppendError, Appended, EventLog, EventStream, Lease, LogError, Namespace, NewEvent, ReadFrom,
+    StoredEvent, StreamKind, Timestamp,
 };
 
 /// Room kept for headers: the server's `max_payload` and the stream's
@@ -84,6 +86,8 @@ pub struct JetStreamLog {
     max_payload: usize,
     /// Stream handles (domain, raw), fetched once: message look-ups need no info.
     handles: std::sync::Arc<std::sync::OnceLock<(stream::Stream, stream::Stream)>>,
+    /// The lease bucket (`<NS>_LEASES`).
+    leases: std::sync::Arc<std::sync::OnceLock<kv::Store>>,
 }
 
 impl JetStreamLog {
@@ -126,6 +130,7 @@ impl JetStreamLog {
             cfg: std::sync::Arc::new(cfg),
             max_payload,
             handles: Default::default(),
+            leases: Default::default(),
         };
         for kind in [StreamKind::Domain, StreamKind::Raw] {
             log.ensure_stream(kind).await?;
@@ -133,6 +138,8 @@ impl JetStreamLog {
         let domain = log.fetch_stream(StreamKind::Domain).await?;
         let raw = log.fetch_stream(StreamKind::Raw).await?;
         let _ = log.handles.set((domain, raw));
+        let leases = log.ensure_lease_bucket().await?;
+        let _ = log.leases.set(leases);
         Ok(log)
     }
 
@@ -161,6 +168,33 @@ impl JetStreamLog {
         })?
         .with_context(|| format!("creating JetStream stream {}", ns.stream_name(kind)))?;
         Ok(())
+    }
+
+    async fn ensure_lease_bucket(&self) -> anyhow::Result<kv::Store> {
+        let bucket = format!(
+            "{}_LEASES",
+            self.cfg.namespace.as_str().to_ascii_uppercase()
+        );
+        let config = kv::Config {
+            bucket: bucket.clone(),
+            history: 1,
+            storage: StorageType::File,
+            num_replicas: self.cfg.replicas,
+            ..Default::default()
+        };
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            self.js.create_or_update_key_value(config),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out creating the JetStream lease bucket"))?
+        .with_context(|| format!("creating JetStream key-value bucket {bucket}"))
+    }
+
+    fn lease_store(&self) -> Result<&kv::Store, LogError> {
+        self.leases
+            .get()
+            .ok_or_else(|| LogError(anyhow::anyhow!("the lease bucket is not open")))
     }
 
     /// Fetches a stream (with fresh info).
@@ -201,6 +235,26 @@ fn is_wrong_last_sequence(e: &jetstream::context::PublishError) -> bool {
         .and_then(|s| s.downcast_ref::<jetstream::Error>())
         .map(|j| j.error_code());
     matches!(code, Some(c) if c == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE || c == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT)
+}
+
+/// Lease names may hold characters a KV key may not.
+fn lease_key(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn decode_lease(entry: &kv::Entry) -> Option<Lease> {
+    if entry.operation != kv::Operation::Put {
+        return None;
+    }
+    serde_json::from_slice(&entry.value).ok()
 }
 
 fn to_stored(
@@ -460,6 +514,74 @@ impl EventLog for JetStreamLog {
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
             Err(e) => Err(LogError::new(e)),
         }
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        replacing: Option<&str>,
+    ) -> Result<Lease, LogError> {
+        let store = self.lease_store()?;
+        let key = lease_key(name);
+        // Compare-and-set on the entry's revision: of two racing instances one wins.
+        for _ in 0..5 {
+            let now = Timestamp::now();
+            let mine = Lease {
+                holder: holder.to_string(),
+                expires_at: now.plus(ttl),
+            };
+            let value = Bytes::from(serde_json::to_vec(&mine).map_err(LogError::new)?);
+            let entry = store.entry(&key).await.map_err(LogError::new)?;
+            let current = entry.as_ref().and_then(decode_lease);
+            let written = match (&entry, &current) {
+                (Some(_), Some(l))
+                    if l.holder != holder
+                        && l.live_at(now)
+                        && Some(l.holder.as_str()) != replacing =>
+                {
+                    return Ok(l.clone())
+                }
+                (Some(e), _) => store
+                    .update(&key, value, e.revision)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.kind() == kv::UpdateErrorKind::WrongLastRevision),
+                (None, _) => store
+                    .create(&key, value)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.kind() == kv::CreateErrorKind::AlreadyExists),
+            };
+            match written {
+                Ok(()) => return Ok(mine),
+                Err(true) => continue,
+                Err(false) => return Err(LogError(anyhow::anyhow!("writing lease {name} failed"))),
+            }
+        }
+        Err(LogError(anyhow::anyhow!("lease {name} is contended")))
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), LogError> {
+        let store = self.lease_store()?;
+        let key = lease_key(name);
+        if let Some(e) = store.entry(&key).await.map_err(LogError::new)? {
+            if decode_lease(&e).is_some_and(|l| l.holder == holder) {
+                // Lost a race with a new holder: nothing to release.
+                let _ = store.delete_expect_revision(&key, Some(e.revision)).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn lease(&self, name: &str) -> Result<Option<Lease>, LogError> {
+        let store = self.lease_store()?;
+        let entry = store.entry(lease_key(name)).await.map_err(LogError::new)?;
+        Ok(entry
+            .as_ref()
+            .and_then(decode_lease)
+            .filter(|l| l.live_at(Timestamp::now())))
     }
 
     async fn ping(&self) -> Result<(), LogError> {

@@ -5,7 +5,7 @@
 use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
-use wabridge_events::{types::AuditRetentionCut, Actor, Slug, Timestamp};
+use wabridge_events::{types::AuditRetentionCut, Slug, Timestamp};
 use wabridge_projections::views::audit;
 
 use super::{Caller, CommandError, Ctx};
@@ -23,7 +23,9 @@ pub fn sign_cut(
     hex::encode(mac.finalize().into_bytes())
 }
 
-/// Verifies a chain, including the signature of its retention cut when a key is set.
+/// Verifies a chain: the stored entries against their keyed hashes and links, the
+/// retention cut's signature when a key is set, then the whole chain against the
+/// log (the source of truth).
 pub async fn verify(
     ctx: &Ctx,
     key: Option<&SecretString>,
@@ -34,17 +36,29 @@ pub async fn verify(
         .last_seq(wabridge_events::StreamKind::Domain)
         .await?;
     ctx.wait("audit", head).await?;
-    let mut v = audit::verify(&ctx.store, workspace).await?;
+    let mut found = vec![audit::verify(&ctx.store, key, workspace).await?];
     if let (Some(key), Some(h)) = (key, audit::get_head(&ctx.store, workspace).await?) {
         if h.cut_through > 0 {
             let expected = sign_cut(key, workspace, h.cut_through as u64, &h.cut_hash);
             if h.cut_signature.as_deref() != Some(expected.as_str()) {
-                v.ok = false;
-                v.first_bad_seq = Some(h.cut_through);
+                found.push(audit::Verification {
+                    ok: false,
+                    entries_checked: found[0].entries_checked,
+                    first_bad_seq: Some(h.cut_through),
+                    reason: Some("the retention cut's signature does not match".into()),
+                });
             }
         }
     }
-    Ok(v)
+    let through = ctx.store.checkpoint("audit").await?;
+    found.push(audit::verify_with_log(&ctx.store, &*ctx.log, key, workspace, through).await?);
+    // The earliest problem found by any check is the answer.
+    let first_bad = found
+        .iter()
+        .filter(|v| !v.ok)
+        .min_by_key(|v| v.first_bad_seq.unwrap_or(i64::MAX))
+        .cloned();
+    Ok(first_bad.unwrap_or_else(|| found.pop().expect("the log check ran")))
 }
 
 /// Cuts every chain's entries older than `cutoff`; returns how many chains were cut.
@@ -74,14 +88,7 @@ pub async fn retention_pass(
         } else {
             Some(Slug::parse(&ws).map_err(|e| CommandError::Internal(e.into()))?)
         };
-        let mut ev = ctx.event(
-            slug.as_ref(),
-            &Caller {
-                actor: Actor::system("audit-retention"),
-                ip: None,
-            },
-            &data,
-        );
+        let mut ev = ctx.event(slug.as_ref(), &Caller::system("audit-retention"), &data);
         ev.msg_id = Some(format!("cut:{ws}:{through}"));
         ctx.append_and_wait(ev, &["audit"]).await?;
         cut += 1;

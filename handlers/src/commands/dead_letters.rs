@@ -1,13 +1,13 @@
 //! Operator actions on dead letters. A redrive is an event; the consumer that
 //! failed picks it up and tries the event again (see the redrive reactor).
 
-use wabridge_events::types::{DeadLetterDiscarded, DeadLetterRedriven};
+use wabridge_events::types::{DeadLetterDiscarded, DeadLetterRedriven, EventData};
 use wabridge_projections::views::dead_letters;
 
 use super::{Caller, CommandError, Ctx};
 
 async fn open_letter(ctx: &Ctx, id: &str) -> Result<dead_letters::DeadLetter, CommandError> {
-    let subject = ctx.log.namespace().domain_subject(None, "deadletter", id);
+    let subject = DeadLetterRedriven::subject(ctx.log.namespace(), None, id);
     ctx.fresh("dead_letters", &subject).await?;
     let dl = dead_letters::get(&ctx.store, id)
         .await?

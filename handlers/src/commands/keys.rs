@@ -1,14 +1,22 @@
 //! Creating and revoking API keys.
+//!
+//! Every key event of a workspace (and every operator key event) is on one subject,
+//! so each decision is made against the keys as they stand and appended with an
+//! optimistic-concurrency check: two racing revocations of a workspace's last two
+//! owner keys cannot both succeed.
 
 use secrecy::SecretString;
 use wabridge_events::{
-    types::{ApiKeyCreated, ApiKeyRevoked, ApiKeyUsed},
+    types::{ApiKeyCreated, ApiKeyRevoked, ApiKeyUsed, EventData},
     Slug, Timestamp,
 };
 use wabridge_projections::views::api_keys::{self, ApiKeyRow};
 
 use super::{Caller, CommandError, Ctx};
 use crate::access::{ApiKeyText, KeyKind, Role};
+
+/// How often a decision is retried when the keys changed concurrently.
+const OCC_ATTEMPTS: usize = 8;
 
 /// A created key: shown once.
 pub struct CreatedKey {
@@ -20,12 +28,17 @@ pub struct CreatedKey {
     pub role: String,
 }
 
-/// The subject of a key's events.
-pub fn key_subject(ctx: &Ctx, workspace: Option<&Slug>, key_id: &str) -> String {
-    ctx.log.namespace().domain_subject(workspace, "key", key_id)
+/// The subject of a workspace's key events (`None`: the operator keys).
+pub fn keys_subject(ctx: &Ctx, workspace: Option<&Slug>) -> String {
+    ApiKeyCreated::subject(ctx.log.namespace(), workspace, "all")
 }
 
-/// Creates a workspace key (`workspace` set) or an operator key (`None`, role ignored).
+fn concurrent() -> CommandError {
+    CommandError::Conflict("the workspace's keys changed concurrently; retry".into())
+}
+
+/// Creates a workspace key (`workspace` set) or an operator key (`None`, role
+/// ignored). A caller may only create keys of its own role or below.
 pub async fn create(
     ctx: &Ctx,
     caller: &Caller,
@@ -51,7 +64,13 @@ pub async fn create(
         Some(ws) => {
             super::workspaces::require(ctx, ws).await?;
             let role = role.ok_or_else(|| CommandError::Validation("role is required".into()))?;
+            caller.check_role(role, "create")?;
             (KeyKind::Workspace, role.as_str().to_string())
+        }
+        None if caller.role_limit.is_some() => {
+            return Err(CommandError::Forbidden(
+                "only operators create operator keys".into(),
+            ))
         }
         None => (KeyKind::Operator, "operator".to_string()),
     };
@@ -64,56 +83,98 @@ pub async fn create(
         secret_hash: key.hash(),
         expires_at,
     };
-    let mut ev = ctx.event(workspace, caller, &data);
-    ev.expected_last_subject_seq = Some(0);
-    ctx.append_and_wait(ev, &["api_keys", "audit"]).await?;
-    Ok(CreatedKey {
-        id: key.id,
-        key: key.text,
-        role: role_name,
-    })
+    let subject = keys_subject(ctx, workspace);
+    for _ in 0..OCC_ATTEMPTS {
+        let seq = ctx.fresh("api_keys", &subject).await?;
+        let mut ev = ctx.event(workspace, caller, &data);
+        ev.expected_last_subject_seq = Some(seq);
+        if ctx
+            .append_checked(ev, &["api_keys", "audit"])
+            .await?
+            .is_some()
+        {
+            return Ok(CreatedKey {
+                id: key.id,
+                key: key.text,
+                role: role_name,
+            });
+        }
+    }
+    Err(concurrent())
 }
 
-/// Revokes a key of a workspace. The last valid owner key cannot be revoked.
+/// Revokes a key of a workspace (`workspace` set) or an operator key (`None`). A
+/// caller may only revoke keys of its own role or below; the last valid owner key of
+/// a workspace cannot be revoked. Revoking a revoked key is a no-op.
 pub async fn revoke(
     ctx: &Ctx,
     caller: &Caller,
-    workspace: &Slug,
+    workspace: Option<&Slug>,
     key_id: &str,
 ) -> Result<(), CommandError> {
-    let subject = key_subject(ctx, Some(workspace), key_id);
-    let seq = ctx.fresh("api_keys", &subject).await?;
-    let key = api_keys::get(&ctx.store, key_id).await?;
-    let key = match key {
-        Some(k) if k.workspace.as_deref() == Some(workspace.as_str()) => k,
-        _ => {
-            return Err(CommandError::NotFound(format!(
-                "no key {key_id} in workspace {workspace}"
-            )))
+    let subject = keys_subject(ctx, workspace);
+    for _ in 0..OCC_ATTEMPTS {
+        let seq = ctx.fresh("api_keys", &subject).await?;
+        let key = match api_keys::get(&ctx.store, key_id).await? {
+            Some(k) if k.workspace.as_deref() == workspace.map(Slug::as_str) => k,
+            _ => {
+                return Err(CommandError::NotFound(match workspace {
+                    Some(ws) => format!("no key {key_id} in workspace {ws}"),
+                    None => format!("no operator key {key_id}"),
+                }))
+            }
+        };
+        if key.revoked_at.is_some() {
+            return Ok(());
         }
-    };
-    if key.revoked_at.is_some() {
-        return Ok(());
-    }
-    let now = Timestamp::now().to_string();
-    if key.role == "owner"
-        && is_valid(&key, &now)
-        && api_keys::count_valid(&ctx.store, workspace.as_str(), "owner", &now).await? <= 1
-    {
-        return Err(CommandError::Conflict(
-            "the last valid owner key of a workspace cannot be revoked".into(),
-        ));
-    }
-    let mut ev = ctx.event(
-        Some(workspace),
-        caller,
-        &ApiKeyRevoked {
+        if let Some(role) = Role::parse(&key.role) {
+            caller.check_role(role, "revoke")?;
+        }
+        let now = Timestamp::now().to_string();
+        if let Some(ws) = workspace {
+            if key.role == "owner"
+                && is_valid(&key, &now)
+                && api_keys::count_valid(&ctx.store, ws.as_str(), "owner", &now).await? <= 1
+            {
+                return Err(CommandError::Conflict(
+                    "the last valid owner key of a workspace cannot be revoked".into(),
+                ));
+            }
+        }
+        let data = ApiKeyRevoked {
             key_id: key_id.to_string(),
-        },
-    );
-    ev.expected_last_subject_seq = Some(seq);
-    ctx.append_and_wait(ev, &["api_keys", "audit"]).await?;
-    Ok(())
+        };
+        let mut ev = ctx.event(workspace, caller, &data);
+        ev.expected_last_subject_seq = Some(seq);
+        if ctx
+            .append_checked(ev, &["api_keys", "audit"])
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+    }
+    Err(concurrent())
+}
+
+/// Revokes any key by id, whatever its workspace (operators, and the host's
+/// `wabridge keys revoke --id`).
+pub async fn revoke_any(ctx: &Ctx, caller: &Caller, key_id: &str) -> Result<(), CommandError> {
+    let head = ctx
+        .log
+        .last_seq(wabridge_events::StreamKind::Domain)
+        .await?;
+    ctx.wait("api_keys", head).await?;
+    let key = api_keys::get(&ctx.store, key_id)
+        .await?
+        .ok_or_else(|| CommandError::NotFound(format!("no key {key_id}")))?;
+    let ws = key
+        .workspace
+        .as_deref()
+        .map(Slug::parse)
+        .transpose()
+        .map_err(|e| CommandError::Internal(e.into()))?;
+    revoke(ctx, caller, ws.as_ref(), key_id).await
 }
 
 /// Whether a key row is neither revoked nor expired at `now`.
@@ -134,14 +195,7 @@ pub async fn record_use(ctx: &Ctx, key: &ApiKeyRow, minute: Timestamp) -> Result
         key_id: key.id.clone(),
         minute,
     };
-    let mut ev = ctx.event(
-        ws.as_ref(),
-        &Caller {
-            actor: wabridge_events::Actor::system("auth"),
-            ip: None,
-        },
-        &data,
-    );
+    let mut ev = ctx.event(ws.as_ref(), &Caller::system("auth"), &data);
     ev.msg_id = Some(format!("use:{}:{}", key.id, minute));
     ctx.log.append(ev).await?;
     Ok(())

@@ -14,6 +14,12 @@ use std::{sync::Arc, time::Duration};
 use wabridge_events::{types::EventData, Actor, AppendError, Appended, EventLog, NewEvent, Slug};
 use wabridge_projections::{Progress, Store};
 
+use crate::access::Role;
+
+/// The lease held by the one instance that runs the workers (projections and
+/// reactors) of a deployment.
+pub const WORKERS_LEASE: &str = "workers";
+
 /// What every command needs.
 #[derive(Clone)]
 pub struct Ctx {
@@ -25,6 +31,10 @@ pub struct Ctx {
     pub progress: Progress,
     /// Sealed tokens in memory, kept fresh from the log (see `server::run`).
     pub tokens: Arc<crate::vault::TokenCache>,
+    /// Whether this process applies the projections itself (a workers instance, or a
+    /// host command keeping them fresh): then there is no need to ask whether some
+    /// instance runs the workers before waiting for them.
+    pub projections_local: bool,
 }
 
 /// Who runs a command, from where.
@@ -34,14 +44,39 @@ pub struct Caller {
     pub actor: Actor,
     /// The client address, for the audit log.
     pub ip: Option<String>,
+    /// The highest role this caller may grant or act on (a workspace key's own
+    /// role); `None` for operators, host commands and wabridge itself.
+    pub role_limit: Option<Role>,
 }
 
 impl Caller {
-    /// A host command (no address).
+    /// A host command (no address, no role limit).
     pub fn cli(command: &str) -> Self {
         Caller {
             actor: Actor::cli(command),
             ip: None,
+            role_limit: None,
+        }
+    }
+
+    /// wabridge itself, as the named component.
+    pub fn system(name: &str) -> Self {
+        Caller {
+            actor: Actor::system(name),
+            ip: None,
+            role_limit: None,
+        }
+    }
+
+    /// Refuses acting on (creating, revoking) a key of `role` above the caller's own.
+    pub fn check_role(&self, role: Role, action: &str) -> Result<(), CommandError> {
+        match self.role_limit {
+            Some(limit) if role > limit => Err(CommandError::Forbidden(format!(
+                "a {} key cannot {action} {} keys",
+                limit.as_str(),
+                role.as_str()
+            ))),
+            _ => Ok(()),
         }
     }
 }
@@ -64,6 +99,15 @@ pub enum CommandError {
     /// A needed secret is not configured (names the variable).
     #[error("{0} is not set")]
     NotConfigured(&'static str),
+    /// The state the decision needs cannot be confirmed fresh (the read models lag,
+    /// or no instance runs the workers): refused rather than guessed (503).
+    #[error("{detail}")]
+    Unavailable {
+        /// Stable code: `workers_unavailable` or `stale_read_model`.
+        code: &'static str,
+        /// What is missing.
+        detail: String,
+    },
     /// Anything else (log or database failure).
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -86,8 +130,8 @@ impl From<wabridge_events::LogError> for CommandError {
     }
 }
 
-/// How long a command waits for its projections before answering anyway (the event
-/// is durable either way).
+/// How long a command waits for its projections before answering 503 (the event is
+/// durable either way).
 pub const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Ctx {
@@ -121,18 +165,53 @@ impl Ctx {
         Ok(appended)
     }
 
-    /// Waits until a projection has applied `seq` (logs a warning on timeout).
+    /// As [`Ctx::append_and_wait`] for an append with an optimistic-concurrency check:
+    /// `None` when the subject changed since the decision (decide again).
+    pub async fn append_checked(
+        &self,
+        event: NewEvent,
+        projections: &[&str],
+    ) -> Result<Option<Appended>, CommandError> {
+        match self.log.append(event).await {
+            Ok(appended) => {
+                for name in projections {
+                    self.wait(name, appended.seq).await?;
+                }
+                Ok(Some(appended))
+            }
+            Err(AppendError::WrongLastSequence { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Waits until a projection has applied `seq`. Fails closed: when no instance
+    /// runs the workers, or the projection does not get there within
+    /// [`READ_YOUR_WRITES_TIMEOUT`], the answer is [`CommandError::Unavailable`].
     pub async fn wait(&self, projection: &str, seq: u64) -> Result<(), CommandError> {
+        if self.progress.get(projection) >= seq || self.store.checkpoint(projection).await? >= seq {
+            return Ok(());
+        }
+        if !self.projections_local && self.log.lease(WORKERS_LEASE).await?.is_none() {
+            return Err(CommandError::Unavailable {
+                code: "workers_unavailable",
+                detail: format!(
+                    "no instance runs the workers (WABRIDGE_ROLES=workers), so the {projection} read model cannot catch up with the log; start one"
+                ),
+            });
+        }
         if !self
             .store
             .wait_for(&self.progress, projection, seq, READ_YOUR_WRITES_TIMEOUT)
             .await?
         {
-            tracing::warn!(
-                projection,
-                seq,
-                "projection did not catch up in time (are workers running?)"
-            );
+            tracing::warn!(projection, seq, "projection did not catch up in time");
+            return Err(CommandError::Unavailable {
+                code: "stale_read_model",
+                detail: format!(
+                    "the {projection} read model did not catch up with the log within {}s; retry",
+                    READ_YOUR_WRITES_TIMEOUT.as_secs()
+                ),
+            });
         }
         Ok(())
     }

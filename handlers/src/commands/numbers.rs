@@ -6,8 +6,8 @@
 //! processor learns with one look-up whether routing changed since its read model.
 
 use wabridge_events::{
-    types::{PhoneNumberClaimed, PhoneNumberReleased, UnroutedAssigned},
-    Envelope, NewEvent, Slug, Timestamp,
+    types::{EventData, PhoneNumberClaimed, PhoneNumberReleased, UnroutedAssigned},
+    DomainEvent, Envelope, NewEvent, Slug, Timestamp,
 };
 use wabridge_projections::views::{phone_numbers, unrouted};
 
@@ -26,12 +26,10 @@ pub fn validate_id(what: &str, id: &str) -> Result<(), CommandError> {
 
 /// The subject of the routing table (every claim and release).
 pub fn routing_subject(ctx: &Ctx) -> String {
-    ctx.log
-        .namespace()
-        .domain_subject(None, "routing", "numbers")
+    PhoneNumberClaimed::subject(ctx.log.namespace(), None, "numbers")
 }
 
-fn event_for<T: wabridge_events::types::EventData>(
+fn event_for<T: EventData>(
     ctx: &Ctx,
     ws: &Slug,
     caller: &Caller,
@@ -39,9 +37,23 @@ fn event_for<T: wabridge_events::types::EventData>(
     expected: u64,
 ) -> NewEvent {
     let mut ev = ctx.event(Some(ws), caller, data);
-    ev.subject = routing_subject(ctx);
     ev.expected_last_subject_seq = Some(expected);
     ev
+}
+
+/// Fails with `NotFound` unless the workspace holds the number (routing as of now).
+pub async fn require_held(
+    ctx: &Ctx,
+    ws: &Slug,
+    phone_number_id: &str,
+) -> Result<phone_numbers::PhoneNumber, CommandError> {
+    ctx.fresh("phone_numbers", &routing_subject(ctx)).await?;
+    match phone_numbers::get(&ctx.store, phone_number_id).await? {
+        Some(h) if h.workspace == ws.as_str() => Ok(h),
+        _ => Err(CommandError::NotFound(format!(
+            "workspace {ws} does not hold phone number {phone_number_id}"
+        ))),
+    }
 }
 
 /// Routes a number's webhooks to the workspace; `Conflict` when another holds it.
@@ -93,14 +105,7 @@ pub async fn release(
     phone_number_id: &str,
 ) -> Result<(), CommandError> {
     let seq = ctx.fresh("phone_numbers", &routing_subject(ctx)).await?;
-    match phone_numbers::get(&ctx.store, phone_number_id).await? {
-        Some(h) if h.workspace == ws.as_str() => {}
-        _ => {
-            return Err(CommandError::NotFound(format!(
-                "workspace {ws} does not hold phone number {phone_number_id}"
-            )))
-        }
-    }
+    require_held(ctx, ws, phone_number_id).await?;
     let data = PhoneNumberReleased {
         phone_number_id: phone_number_id.to_string(),
     };
@@ -137,18 +142,9 @@ pub async fn assign_unrouted(
         let key = item_key(Some(ws.as_str()), &item.dedup_key);
         let data: serde_json::Value =
             serde_json::from_str(&item.data).map_err(|e| CommandError::Internal(e.into()))?;
-        let category = match item.event_type.as_str() {
-            "message.received" | "message.status_updated" => "message",
-            "contact.marketing_preference" => "contact",
-            "template.status_updated" => "template",
-            _ => "account",
-        };
-        let aggregate = data
-            .get("wamid")
-            .or_else(|| data.get("wa_id"))
-            .and_then(|v| v.as_str())
-            .unwrap_or(&item.dedup_key)
-            .to_string();
+        // The subject comes from the event's own type, as for a routed item.
+        let event = DomainEvent::from_parts(&item.event_type, item.v as u16, data)
+            .map_err(|e| CommandError::Internal(e.into()))?;
         let occurred =
             Timestamp::parse(&item.occurred_at).map_err(|e| CommandError::Internal(e.into()))?;
         let envelope = Envelope::new(
@@ -160,10 +156,7 @@ pub async fn assign_unrouted(
         .occurred(occurred);
         ctx.log
             .append(NewEvent {
-                subject: ctx
-                    .log
-                    .namespace()
-                    .domain_subject(Some(ws), category, &aggregate),
+                subject: event.subject(ctx.log.namespace(), Some(ws)),
                 envelope,
                 payload: bytes::Bytes::from(item.data.clone().into_bytes()),
                 // The key the webhook processor would use, so a later redelivery is not processed again.

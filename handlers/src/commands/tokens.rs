@@ -3,7 +3,7 @@
 
 use secrecy::SecretString;
 use wabridge_events::{
-    types::{TokenInvalidated, TokenRevoked, TokenRewrapped, TokenStored},
+    types::{EventData, TokenInvalidated, TokenRevoked, TokenRewrapped, TokenStored},
     Slug, Timestamp,
 };
 use wabridge_projections::views::tokens::{self, TokenRow};
@@ -12,9 +12,7 @@ use super::{numbers::validate_id, Caller, CommandError, Ctx};
 use crate::vault::{self, KeyRing};
 
 fn token_subject(ctx: &Ctx, ws: &Slug, phone_number_id: &str) -> String {
-    ctx.log
-        .namespace()
-        .domain_subject(Some(ws), "token", phone_number_id)
+    TokenStored::subject(ctx.log.namespace(), Some(ws), phone_number_id)
 }
 
 /// Appends a token event, waits for the read models, and folds it into this
@@ -65,6 +63,7 @@ pub async fn store(
         ));
     }
     super::workspaces::require(ctx, ws).await?;
+    super::numbers::require_held(ctx, ws, phone_number_id).await?;
     let data = TokenStored {
         phone_number_id: phone_number_id.to_string(),
         sealed: vault::seal(keys, ws.as_str(), phone_number_id, token),

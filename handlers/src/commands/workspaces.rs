@@ -1,6 +1,9 @@
 //! Creating workspaces.
 
-use wabridge_events::{types::WorkspaceCreated, Slug};
+use wabridge_events::{
+    types::{EventData, WorkspaceCreated},
+    Slug,
+};
 use wabridge_projections::views::workspaces;
 
 use super::{Caller, CommandError, Ctx};
@@ -46,10 +49,7 @@ pub async fn create(
 
 /// Fails with `NotFound` unless the workspace exists.
 pub async fn require(ctx: &Ctx, slug: &Slug) -> Result<(), CommandError> {
-    let subject = ctx
-        .log
-        .namespace()
-        .domain_subject(Some(slug), "workspace", slug.as_str());
+    let subject = WorkspaceCreated::subject(ctx.log.namespace(), Some(slug), slug.as_str());
     ctx.fresh("workspaces", &subject).await?;
     match workspaces::get(&ctx.store, slug.as_str()).await? {
         Some(_) => Ok(()),

@@ -9,106 +9,88 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    time::Duration,
+    sync::Arc,
 };
 
 use anyhow::Context;
-use futures_util::{future::join_all, StreamExt};
+use futures_util::future::join_all;
+use sqlx::AnyConnection;
 use wabridge_events::{
-    types::{EventData, UnroutedItem, WebhookUnrouted},
-    Actor, DomainEvent, Envelope, NewEvent, ReadFrom, Slug, StoredEvent, StreamKind,
+    types::{UnroutedItem, WebhookUnrouted},
+    Actor, NewEvent, Slug, StoredEvent, StreamKind,
 };
 use wabridge_projections::{
-    checkpoint,
-    runner::{record_dead_letter, split_ready, MAX_ATTEMPTS},
+    driver::{record_dead_letter, Follower, Reactor, Staged},
     views::phone_numbers,
 };
 
 use super::split::{split_webhook, Route, WebhookItem};
 use crate::commands::Ctx;
 
-/// The processor's name (checkpoint, consumer, dead letters).
+/// The processor's name (checkpoint, dead letters).
 pub const NAME: &str = "webhook_processor";
 
-/// The most raw events handled together (one routing refresh, one key look-up,
-/// pipelined appends, one commit).
-pub const CHUNK: usize = 256;
+/// Its subscription to the raw stream.
+pub const CONSUMER: &str = "proc_webhooks";
 
-/// Follows the raw stream for ever.
-pub async fn run(ctx: Ctx) -> anyhow::Result<()> {
-    loop {
-        let mut done = ctx.store.checkpoint(NAME).await?;
-        let mut events = ctx
-            .log
-            .follow(StreamKind::Raw, "proc_webhooks", done + 1)
-            .await?
-            .ready_chunks(CHUNK);
-        while let Some(items) = events.next().await {
-            let (chunk, failed) = split_ready(items);
-            handle_chunk(&ctx, chunk, &mut done).await?;
-            if let Some(e) = failed {
-                tracing::warn!(error = %e, "raw stream read failed; resubscribing");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                break;
-            }
-        }
+/// The webhook processor, as a reactor on the raw stream.
+pub struct Processor {
+    ctx: Ctx,
+    /// When true, a body that cannot be split fails the stage (a redrive must know);
+    /// else it becomes a dead letter at once and its neighbours go on.
+    strict: bool,
+}
+
+impl Processor {
+    /// The processor of the live follower.
+    pub fn new(ctx: Ctx) -> Self {
+        Processor { ctx, strict: false }
+    }
+
+    /// The processor a redrive uses: an unsplittable body is an error.
+    pub fn strict(ctx: Ctx) -> Self {
+        Processor { ctx, strict: true }
     }
 }
 
-/// Processes raw events until the processor has caught up with the log's head.
-pub async fn catch_up(ctx: &Ctx) -> anyhow::Result<()> {
-    let head = ctx.log.last_seq(StreamKind::Raw).await?;
-    let mut done = ctx.store.checkpoint(NAME).await?;
-    while done < head {
-        let chunk = ctx
-            .log
-            .read(StreamKind::Raw, ReadFrom::Seq(done + 1), None, CHUNK)
-            .await?;
-        if chunk.is_empty() {
-            break;
-        }
-        handle_chunk(ctx, chunk, &mut done).await?;
+/// The raw stream's follower: the processor alone.
+pub fn follower(ctx: Ctx) -> Follower {
+    Follower {
+        consumer: CONSUMER,
+        stream: StreamKind::Raw,
+        reactors: vec![Arc::new(Processor::new(ctx))],
     }
-    Ok(())
 }
 
-/// Processes a chunk of raw events after `done` (the checkpoint, kept in memory by
-/// the caller: this processor is its only writer) and moves `done` forward.
-async fn handle_chunk(ctx: &Ctx, events: Vec<StoredEvent>, done: &mut u64) -> anyhow::Result<()> {
-    let events: Vec<StoredEvent> = events.into_iter().filter(|e| e.seq > *done).collect();
-    let Some(last) = events.last().map(|e| e.seq) else {
-        return Ok(());
-    };
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match process_chunk(ctx, &events).await {
-            Ok(outcome) => {
-                for (event, reason) in &outcome.unparsable {
-                    record_dead_letter(&*ctx.log, NAME, event, reason, 1).await?;
-                }
-                commit(ctx, last, &outcome.keys).await?;
-                *done = last;
-                return Ok(());
+#[async_trait::async_trait]
+impl Reactor for Processor {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    /// Splits, routes and appends the items of every body (appends dedup by each
+    /// item's natural key, so running this again is harmless).
+    async fn stage(&self, batch: &[StoredEvent]) -> anyhow::Result<Staged> {
+        let outcome = process_chunk(&self.ctx, batch).await?;
+        for (event, reason) in &outcome.unparsable {
+            if self.strict {
+                anyhow::bail!("{reason}");
             }
-            Err(e) if attempt < MAX_ATTEMPTS => {
-                tracing::warn!(first = events[0].seq, last, attempt, error = %format!("{e:#}"), "webhook processing failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-            }
-            Err(e) if events.len() == 1 => {
-                record_dead_letter(&*ctx.log, NAME, &events[0], &format!("{e:#}"), attempt).await?;
-                commit(ctx, last, &[]).await?;
-                *done = last;
-                return Ok(());
-            }
-            Err(_) => {
-                // Isolate the failing body: one event at a time.
-                for event in events {
-                    Box::pin(handle_chunk(ctx, vec![event], done)).await?;
-                }
-                return Ok(());
-            }
+            record_dead_letter(&*self.ctx.log, NAME, event, reason, 1).await?;
         }
+        Ok(Staged::new(outcome.keys))
+    }
+
+    /// Records the natural keys handled, with the checkpoint.
+    async fn record(
+        &self,
+        tx: &mut AnyConnection,
+        batch: &[StoredEvent],
+        staged: Staged,
+    ) -> anyhow::Result<()> {
+        let keys: Vec<String> = staged.take().unwrap_or_default();
+        let last = batch.last().map_or(0, |e| e.seq);
+        record_processed(tx, &keys, last).await
     }
 }
 
@@ -132,16 +114,6 @@ pub async fn record_processed(
             .execute(&mut *conn)
             .await?;
     }
-    Ok(())
-}
-
-async fn commit(ctx: &Ctx, seq: u64, keys: &[String]) -> anyhow::Result<()> {
-    let mut tx = ctx.store.pool.begin().await?;
-    record_processed(&mut tx, keys, seq).await?;
-    if checkpoint::advance(&mut tx, NAME, seq).await? {
-        tx.commit().await?;
-    }
-    ctx.progress.set(NAME, seq);
     Ok(())
 }
 
@@ -222,16 +194,6 @@ async fn process_chunk<'a>(
     })
 }
 
-/// Splits and appends one raw webhook's items; returns the natural keys handled.
-/// Safe to run again for the same event (redrive).
-pub async fn process(ctx: &Ctx, raw: &StoredEvent) -> anyhow::Result<Vec<String>> {
-    let outcome = process_chunk(ctx, std::slice::from_ref(raw)).await?;
-    if let Some((_, reason)) = outcome.unparsable.first() {
-        anyhow::bail!("{reason}");
-    }
-    Ok(outcome.keys)
-}
-
 /// The workspaces an item goes to (`None` = unrouted), each with its natural key.
 async fn targets(
     ctx: &Ctx,
@@ -258,32 +220,6 @@ async fn targets(
         .collect()
 }
 
-fn parts<T: EventData>(
-    data: &T,
-) -> anyhow::Result<(&'static str, u16, &'static str, String, serde_json::Value)> {
-    Ok((
-        T::TYPE,
-        T::VERSION,
-        T::CATEGORY,
-        data.aggregate(),
-        serde_json::to_value(data)?,
-    ))
-}
-
-/// Type, version, category, aggregate and JSON data of a webhook-derived event.
-fn event_parts(
-    event: &DomainEvent,
-) -> anyhow::Result<(&'static str, u16, &'static str, String, serde_json::Value)> {
-    match event {
-        DomainEvent::MessageReceived(d) => parts(d),
-        DomainEvent::MessageStatusUpdated(d) => parts(d),
-        DomainEvent::ContactMarketingPreference(d) => parts(d),
-        DomainEvent::TemplateStatusUpdated(d) => parts(d),
-        DomainEvent::AccountUpdated(d) => parts(d),
-        other => anyhow::bail!("not a webhook item: {other:?}"),
-    }
-}
-
 fn actor() -> Actor {
     Actor::system(NAME)
 }
@@ -295,20 +231,15 @@ fn routed_event(
     ws: &Slug,
     key: &str,
 ) -> anyhow::Result<NewEvent> {
-    let (ty, v, category, aggregate, data) = event_parts(&item.event)?;
-    let envelope = Envelope::new(ty, v, Some(ws.clone()), actor())
+    let mut new = item
+        .event
+        .to_new_event(ctx.log.namespace(), Some(ws.clone()), actor());
+    new.envelope = new
+        .envelope
         .caused_by(&raw.envelope)
         .occurred(item.occurred_at);
-    Ok(NewEvent {
-        subject: ctx
-            .log
-            .namespace()
-            .domain_subject(Some(ws), category, &aggregate),
-        envelope,
-        payload: serde_json::to_vec(&data)?.into(),
-        msg_id: Some(key.to_string()),
-        expected_last_subject_seq: None,
-    })
+    new.msg_id = Some(key.to_string());
+    Ok(new)
 }
 
 fn unrouted_event(
@@ -317,7 +248,11 @@ fn unrouted_event(
     item: &WebhookItem,
     key: &str,
 ) -> anyhow::Result<NewEvent> {
-    let (ty, v, _, _, data) = event_parts(&item.event)?;
+    let (ty, v, data) = (
+        item.event.event_type(),
+        item.event.version(),
+        item.event.data_json(),
+    );
     let (phone_number_id, waba_id) = match &item.route {
         Route::PhoneNumber(id) => (id.clone(), source_waba(&data)),
         Route::Waba(id) => (String::new(), id.clone()),

@@ -1,6 +1,5 @@
 //! API keys (hashes only) and their `last_used_at`.
 
-use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 use wabridge_events::{DomainEvent, StoredEvent};
 
@@ -9,13 +8,12 @@ use crate::{Projection, Store};
 /// The `api_keys` projection.
 pub struct ApiKeys;
 
-/// A key as the read model holds it (no secret).
-#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+/// A key as the read model holds it (its hash, never the key).
+#[derive(Clone, Debug)]
 pub struct ApiKeyRow {
     /// Key id.
     pub id: String,
     /// Workspace (none for operator keys).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub workspace: Option<String>,
     /// Name.
     pub name: String,
@@ -30,10 +28,8 @@ pub struct ApiKeyRow {
     /// Last use, to the minute.
     pub last_used_at: Option<String>,
     /// Hex SHA-256 of the key text.
-    #[serde(skip)]
     pub secret_hash: String,
     /// Sequence of the last event applied to this key.
-    #[serde(skip)]
     pub log_seq: u64,
 }
 
@@ -120,6 +116,21 @@ pub async fn list(
     let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE workspace = $1 AND key_id > $2 ORDER BY key_id LIMIT $3");
     let rows = sqlx::query(&sql)
         .bind(workspace)
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&store.reads)
+        .await?;
+    Ok(rows.into_iter().map(row).collect())
+}
+
+/// Operator keys after a cursor (id order).
+pub async fn list_operators(
+    store: &Store,
+    after: Option<&str>,
+    limit: i64,
+) -> anyhow::Result<Vec<ApiKeyRow>> {
+    let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE workspace IS NULL AND key_id > $1 ORDER BY key_id LIMIT $2");
+    let rows = sqlx::query(&sql)
         .bind(after.unwrap_or(""))
         .bind(limit)
         .fetch_all(&store.reads)

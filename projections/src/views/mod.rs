@@ -13,15 +13,40 @@ use std::sync::Arc;
 
 use wabridge_events::{DomainEvent, StoredEvent};
 
-use crate::Projection;
+use crate::{driver::Follower, projection, Projection};
+
+/// The consumer name of the projection follower.
+pub const CONSUMER: &str = "proj_group";
+
+/// Every read model on one subscription to the domain stream: each batch is applied
+/// to all of them in one transaction (each keeps its own checkpoint).
+pub fn follower(keys: &Keys) -> Follower {
+    Follower {
+        consumer: CONSUMER,
+        stream: wabridge_events::StreamKind::Domain,
+        reactors: projection::reactors(all(keys)),
+    }
+}
+
+/// The names of every projection (their checkpoints).
+pub fn names() -> Vec<&'static str> {
+    all(&Keys::default()).iter().map(|p| p.name()).collect()
+}
+
+/// What the projections need from the configuration.
+#[derive(Clone, Default)]
+pub struct Keys {
+    /// `AUDIT_SIGNING_KEY`, which keys the audit chain.
+    pub audit: Option<secrecy::SecretString>,
+}
 
 /// Every projection, in the order they are started.
-pub fn all() -> Vec<Arc<dyn Projection>> {
+pub fn all(keys: &Keys) -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(workspaces::Workspaces),
         Arc::new(api_keys::ApiKeys),
         Arc::new(phone_numbers::PhoneNumbers),
-        Arc::new(audit::Audit),
+        Arc::new(audit::Audit::new(keys.audit.as_ref())),
         Arc::new(dead_letters::DeadLetters),
         Arc::new(unrouted::Unrouted),
         Arc::new(tokens::Tokens),

@@ -39,6 +39,49 @@ pub struct CreatedKey {
     pub role: String,
 }
 
+/// A key as the API shows it (no secret, no hash).
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct ApiKey {
+    /// Key id.
+    pub id: String,
+    /// Workspace (absent for operator keys).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// Name.
+    pub name: String,
+    /// Role (`operator` for operator keys).
+    pub role: String,
+    /// Creation time.
+    pub created_at: String,
+    /// Expiry.
+    pub expires_at: Option<String>,
+    /// Revocation time.
+    pub revoked_at: Option<String>,
+    /// Last use, to the minute.
+    pub last_used_at: Option<String>,
+}
+
+impl From<ApiKeyRow> for ApiKey {
+    fn from(r: ApiKeyRow) -> Self {
+        ApiKey {
+            id: r.id,
+            workspace: r.workspace,
+            name: r.name,
+            role: r.role,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            revoked_at: r.revoked_at,
+            last_used_at: r.last_used_at,
+        }
+    }
+}
+
+/// A page of keys.
+pub fn key_page(rows: Vec<ApiKeyRow>, limit: i64) -> Page<ApiKey> {
+    let items: Vec<ApiKey> = rows.into_iter().map(ApiKey::from).collect();
+    Page::new(items, limit, |k| k.id.clone())
+}
+
 /// Creates a key.
 pub async fn create(
     State(app): State<App>,
@@ -47,13 +90,6 @@ pub async fn create(
 ) -> Result<(StatusCode, AxumJson<CreatedKey>), AppError> {
     let role = Role::parse(&body.role)
         .ok_or_else(|| AppError::validation("role must be owner, admin, agent or viewer"))?;
-    if role > auth.principal.role() {
-        return Err(AppError::forbidden(format!(
-            "a {} key cannot create {} keys",
-            auth.principal.role().as_str(),
-            role.as_str()
-        )));
-    }
     let expires_at = body
         .expires_at
         .as_deref()
@@ -84,16 +120,44 @@ pub async fn list(
     State(app): State<App>,
     auth: Authed,
     Query(page): Query<PageParams>,
-) -> Result<AxumJson<Page<ApiKeyRow>>, AppError> {
+) -> Result<AxumJson<Page<ApiKey>>, AppError> {
     let limit = page.limit()?;
-    let items = api_keys::list(
+    let rows = api_keys::list(
         &app.ctx.store,
         auth.ws().as_str(),
         page.cursor.as_deref(),
         limit,
     )
     .await?;
-    Ok(AxumJson(Page::new(items, limit, |k| k.id.clone())))
+    Ok(AxumJson(key_page(rows, limit)))
+}
+
+/// Lists operator keys (operators).
+pub async fn list_operators(
+    State(app): State<App>,
+    _auth: Authed,
+    Query(page): Query<PageParams>,
+) -> Result<AxumJson<Page<ApiKey>>, AppError> {
+    let limit = page.limit()?;
+    let rows = api_keys::list_operators(&app.ctx.store, page.cursor.as_deref(), limit).await?;
+    Ok(AxumJson(key_page(rows, limit)))
+}
+
+/// Path with a key id only.
+#[derive(Deserialize)]
+pub struct KeyOnly {
+    /// Key id.
+    pub id: String,
+}
+
+/// Revokes any key by id, operator or workspace (operators).
+pub async fn revoke_any(
+    State(app): State<App>,
+    auth: Authed,
+    Path(p): Path<KeyOnly>,
+) -> Result<StatusCode, AppError> {
+    cmd::revoke_any(&app.ctx, &auth.caller, &p.id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Path of a key.
@@ -111,6 +175,6 @@ pub async fn revoke(
     auth: Authed,
     Path(p): Path<KeyPath>,
 ) -> Result<StatusCode, AppError> {
-    cmd::revoke(&app.ctx, &auth.caller, auth.ws(), &p.id).await?;
+    cmd::revoke(&app.ctx, &auth.caller, Some(auth.ws()), &p.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

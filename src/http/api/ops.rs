@@ -40,7 +40,7 @@ pub struct Readiness {
 pub async fn lags(app: &App) -> anyhow::Result<Vec<(String, u64)>> {
     let mut heads = std::collections::HashMap::new();
     let mut out = vec![];
-    for p in views::all() {
+    for p in views::all(&app.projection_keys()) {
         let head = match heads.get(&p.stream()) {
             Some(h) => *h,
             None => {

@@ -126,6 +126,9 @@ pub struct TokenListItem {
     pub metadata: TokenMetadata,
 }
 
+/// The longest `expiring_within` accepted (ten years).
+const MAX_EXPIRING_WITHIN: std::time::Duration = std::time::Duration::from_secs(3650 * 86_400);
+
 /// Lists the workspace's tokens, optionally those expiring soon.
 pub async fn list(
     State(app): State<App>,
@@ -139,9 +142,13 @@ pub async fn list(
     .limit()?;
     let before = match &q.expiring_within {
         Some(d) => {
-            let d = crate::config::parse_duration(d).ok_or_else(|| {
-                AppError::validation("expiring_within must be a duration like 7d or 12h")
-            })?;
+            let d = crate::config::parse_duration(d)
+                .filter(|d| *d <= MAX_EXPIRING_WITHIN)
+                .ok_or_else(|| {
+                    AppError::validation(
+                        "expiring_within must be a duration like 7d or 12h, at most 3650d",
+                    )
+                })?;
             Some(Timestamp::now().plus(d).to_string())
         }
         None => None,

@@ -392,14 +392,13 @@ impl TestApp {
                 "webhook processor did not catch up"
             );
             let head = ctx.log.last_seq(StreamKind::Domain).await.expect("head");
-            for p in wabridge_projections::views::all() {
+            for name in wabridge_projections::views::names() {
                 assert!(
                     ctx.store
-                        .wait_for(&ctx.progress, p.name(), head, Duration::from_secs(20))
+                        .wait_for(&ctx.progress, name, head, Duration::from_secs(20))
                         .await
                         .expect("wait"),
-                    "{} did not catch up",
-                    p.name()
+                    "{name} did not catch up"
                 );
             }
         }

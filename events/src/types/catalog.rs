@@ -1,0 +1,364 @@
+//! The catalog: every domain event type, declared once.
+//!
+//! Each declaration gives the type name, the schema version, the subject category,
+//! whether its subject is global or per workspace, and the aggregate (the last subject
+//! token); the struct follows. Everything else — the [`EventData`](super::EventData)
+//! impl, the [`DomainEvent`](super::DomainEvent) variant, decoding, the JSON Schema and
+//! the registry [`ALL`](super::ALL) — is generated from it.
+
+use super::parts::{
+    ButtonReply, InteractiveReply, MetaError, MetaSource, SealedToken, UnroutedItem,
+};
+use crate::{Slug, Timestamp};
+
+super::events! {
+    // ----- workspaces, keys, numbers -----
+
+    /// A workspace was created.
+    #[event(type = "workspace.created", v = 1, category = "workspace", scope = Workspace, aggregate = |s| s.slug.to_string())]
+    pub struct WorkspaceCreated {
+        /// The immutable slug.
+        pub slug: Slug,
+        /// Display name.
+        pub name: String,
+    }
+
+    /// An API key was created. Only the SHA-256 of the key text is logged. Every key
+    /// event of a workspace (and every operator key event) is on one subject, so the
+    /// last-owner rule holds under races (optimistic concurrency).
+    #[event(type = "api_key.created", v = 1, category = "keys", scope = Workspace, aggregate = |_s| "all".to_string())]
+    pub struct ApiKeyCreated {
+        /// Public key id (part of the key text).
+        pub key_id: String,
+        /// The workspace, or none for an operator key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub workspace: Option<Slug>,
+        /// Display name.
+        pub name: String,
+        /// `owner`, `admin`, `agent`, `viewer`, or `operator`.
+        pub role: String,
+        /// Hex SHA-256 of the whole key text.
+        pub secret_hash: String,
+        /// Optional expiry.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub expires_at: Option<Timestamp>,
+    }
+
+    /// An API key was revoked.
+    #[event(type = "api_key.revoked", v = 1, category = "keys", scope = Workspace, aggregate = |_s| "all".to_string())]
+    pub struct ApiKeyRevoked {
+        /// The key id.
+        pub key_id: String,
+    }
+
+    /// A key was used (at most once a minute per key), for `last_used_at`.
+    #[event(type = "api_key.used", v = 1, category = "keyuse", scope = Workspace, aggregate = |s| s.key_id.clone())]
+    pub struct ApiKeyUsed {
+        /// The key id.
+        pub key_id: String,
+        /// The minute of use (seconds and below are zero).
+        pub minute: Timestamp,
+    }
+
+    /// The number's webhooks route to the workspace. Claims and releases of every
+    /// workspace share one global subject, the routing table.
+    #[event(type = "phone_number.claimed", v = 1, category = "routing", scope = Global, aggregate = |_s| "numbers".to_string())]
+    pub struct PhoneNumberClaimed {
+        /// Meta's phone number id.
+        pub phone_number_id: String,
+        /// The WABA id.
+        pub waba_id: String,
+        /// The number as displayed.
+        pub display_phone_number: String,
+    }
+
+    /// The workspace released the number.
+    #[event(type = "phone_number.released", v = 1, category = "routing", scope = Global, aggregate = |_s| "numbers".to_string())]
+    pub struct PhoneNumberReleased {
+        /// Meta's phone number id.
+        pub phone_number_id: String,
+    }
+
+    /// An operator attached the unrouted items of a number to a workspace (which gets
+    /// them as domain events).
+    #[event(type = "unrouted.assigned", v = 1, category = "unrouted", scope = Workspace, aggregate = |s| s.phone_number_id.clone())]
+    pub struct UnroutedAssigned {
+        /// The number.
+        pub phone_number_id: String,
+        /// The workspace receiving them.
+        pub workspace: Slug,
+        /// How many items were attached.
+        pub items: u64,
+    }
+
+    // ----- from Meta's webhooks (one event per item of a body) -----
+
+    /// An inbound message from a WhatsApp user.
+    #[event(type = "message.received", v = 1, category = "message", scope = Workspace, aggregate = |s| s.wamid.clone())]
+    pub struct MessageReceived {
+        /// Where it came from.
+        pub source: MetaSource,
+        /// The wamid (natural key).
+        pub wamid: String,
+        /// The sender's WhatsApp id.
+        pub from: String,
+        /// The sender's profile name, when Meta sent one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub profile_name: Option<String>,
+        /// Meta's type: text, button, interactive, image, audio, video, document,
+        /// sticker, location, contacts, reaction, unsupported, ...
+        pub message_type: String,
+        /// The text, for `text` messages.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub text: Option<String>,
+        /// `button.payload` / `button.text` for template quick-reply taps.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub button: Option<ButtonReply>,
+        /// For interactive replies: the kind (`button_reply`, `list_reply`) with id and title.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub interactive: Option<InteractiveReply>,
+        /// The wamid this message replies to (`context.id`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub context_wamid: Option<String>,
+        /// Errors Meta attached (e.g. for `unsupported`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub errors: Vec<MetaError>,
+        /// Meta's timestamp.
+        pub timestamp: Timestamp,
+        /// The whole message object as Meta sent it (media ids, location, ...).
+        pub raw: serde_json::Value,
+    }
+
+    /// A status for a message the business sent.
+    #[event(type = "message.status_updated", v = 1, category = "message", scope = Workspace, aggregate = |s| s.wamid.clone())]
+    pub struct MessageStatusUpdated {
+        /// Where it came from.
+        pub source: MetaSource,
+        /// The wamid of the outbound message.
+        pub wamid: String,
+        /// `sent`, `delivered`, `read`, `failed`, `played` (or a newer value).
+        pub status: String,
+        /// The recipient's WhatsApp id.
+        pub recipient_id: Option<String>,
+        /// Meta's timestamp.
+        pub timestamp: Timestamp,
+        /// Echo of `biz_opaque_callback_data`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub biz_opaque_callback_data: Option<String>,
+        /// `pricing.category`, when present.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub pricing_category: Option<String>,
+        /// Errors (for `failed`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub errors: Vec<MetaError>,
+    }
+
+    /// A `user_preferences` item: the user stopped or resumed marketing messages in
+    /// WhatsApp itself.
+    #[event(type = "contact.marketing_preference", v = 1, category = "contact", scope = Workspace, aggregate = |s| s.wa_id.clone())]
+    pub struct ContactMarketingPreference {
+        /// Where it came from.
+        pub source: MetaSource,
+        /// The user's WhatsApp id.
+        pub wa_id: String,
+        /// `marketing_messages` (the only category Meta sends today).
+        pub category: String,
+        /// `stop` or `resume`.
+        pub value: String,
+        /// Meta's detail text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub detail: Option<String>,
+        /// Meta's timestamp.
+        pub timestamp: Timestamp,
+    }
+
+    /// A `message_template_status_update` item.
+    #[event(type = "template.status_updated", v = 1, category = "template", scope = Workspace, aggregate = |s| s.template_id.clone())]
+    pub struct TemplateStatusUpdated {
+        /// Where it came from.
+        pub source: MetaSource,
+        /// The template id (Meta sends an integer; kept as text).
+        pub template_id: String,
+        /// Template name.
+        pub template_name: Option<String>,
+        /// Template language.
+        pub language: Option<String>,
+        /// `APPROVED`, `REJECTED`, `PAUSED`, `DISABLED`, ...
+        pub event: String,
+        /// Meta's reason, when given.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reason: Option<String>,
+        /// `entry[].time`.
+        pub timestamp: Timestamp,
+        /// The whole `value` object.
+        pub raw: serde_json::Value,
+    }
+
+    /// An `account_update` (or other account-level) item, kept whole.
+    #[event(type = "account.updated", v = 1, category = "account", scope = Workspace, aggregate = |s| s.source.waba_id.clone())]
+    pub struct AccountUpdated {
+        /// Where it came from.
+        pub source: MetaSource,
+        /// `value.event` (e.g. `PARTNER_APP_INSTALLED`), when present.
+        pub event: Option<String>,
+        /// `entry[].time`.
+        pub timestamp: Timestamp,
+        /// The whole `value` object.
+        pub raw: serde_json::Value,
+    }
+
+    /// Items for a phone number (or WABA) that no workspace holds. Kept in the log
+    /// and listed for the operator; never dropped.
+    #[event(type = "webhook.unrouted", v = 1, category = "unrouted", scope = Global, aggregate = |s| s.phone_number_id.clone())]
+    pub struct WebhookUnrouted {
+        /// The number nobody held (or the WABA id, for WABA-level items).
+        pub phone_number_id: String,
+        /// The WABA id.
+        pub waba_id: String,
+        /// The domain event that would have been appended, as `{type, v, data}`.
+        pub item: UnroutedItem,
+        /// The natural key of the item.
+        pub dedup_key: String,
+    }
+
+    // ----- operations -----
+
+    /// A consumer could not process an event.
+    #[event(type = "dead_letter.recorded", v = 1, category = "deadletter", scope = Global, aggregate = |s| s.id.clone())]
+    pub struct DeadLetterRecorded {
+        /// Id of the dead letter (`<consumer>:<stream>:<seq>`).
+        pub id: String,
+        /// The consumer that failed (a projection or reactor name).
+        pub consumer: String,
+        /// `domain` or `raw`.
+        pub stream: String,
+        /// Sequence of the failed event.
+        pub seq: u64,
+        /// Its type.
+        pub event_type: String,
+        /// Why it failed.
+        pub reason: String,
+        /// How many attempts were made.
+        pub attempts: u32,
+    }
+
+    /// The operator asked the consumer to try again.
+    #[event(type = "dead_letter.redriven", v = 1, category = "deadletter", scope = Global, aggregate = |s| s.id.clone())]
+    pub struct DeadLetterRedriven {
+        /// The dead letter id.
+        pub id: String,
+    }
+
+    /// A redrive succeeded.
+    #[event(type = "dead_letter.resolved", v = 1, category = "deadletter", scope = Global, aggregate = |s| s.id.clone())]
+    pub struct DeadLetterResolved {
+        /// The dead letter id.
+        pub id: String,
+    }
+
+    /// The operator gave up on a dead letter (kept in the log).
+    #[event(type = "dead_letter.discarded", v = 1, category = "deadletter", scope = Global, aggregate = |s| s.id.clone())]
+    pub struct DeadLetterDiscarded {
+        /// The dead letter id.
+        pub id: String,
+        /// Why.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reason: Option<String>,
+    }
+
+    /// A request with a valid key was refused: it lacked the permission, or it named
+    /// another workspace's resources (`path` then says what was tried).
+    #[event(type = "access.denied", v = 1, category = "security", scope = Workspace, aggregate = |s| s.permission.clone())]
+    pub struct AccessDenied {
+        /// The route's method and path template.
+        pub route: String,
+        /// The permission that was missing (`workspace` for another workspace's resources).
+        pub permission: String,
+        /// The client address (see `WABRIDGE_TRUSTED_PROXIES`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub ip: Option<String>,
+        /// The path requested, for a request on another workspace's resources.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub path: Option<String>,
+    }
+
+    /// Unauthenticated failures from one source in one minute, summarised so they
+    /// cannot flood the log.
+    #[event(type = "security.auth_failures", v = 1, category = "security", scope = Workspace, aggregate = |s| s.kind.clone())]
+    pub struct AuthFailuresSummarised {
+        /// The source address.
+        pub source: String,
+        /// `api_key` or `webhook_signature`.
+        pub kind: String,
+        /// The minute.
+        pub minute: Timestamp,
+        /// How many failures.
+        pub count: u64,
+    }
+
+    /// Audit entries up to `through_seq` leave the view; the hash at the boundary
+    /// keeps the chain verifiable.
+    #[event(type = "audit.retention_cut", v = 1, category = "audit", scope = Workspace, aggregate = |_s| "retention".to_string())]
+    pub struct AuditRetentionCut {
+        /// The last audit seq removed.
+        pub through_seq: u64,
+        /// The hash of that entry (the next entry's `prev_hash`).
+        pub boundary_hash: String,
+        /// Entries older than this left the view.
+        pub cutoff: Timestamp,
+        /// HMAC-SHA256 over `workspace|through_seq|boundary_hash` with `AUDIT_SIGNING_KEY`, hex.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub signature: Option<String>,
+    }
+
+    /// A marker appended by `wabridge debug append-loop` (durability tests); no
+    /// consumer acts on it.
+    #[event(type = "debug.appended", v = 1, category = "debug", scope = Global, aggregate = |_s| "loop".to_string())]
+    pub struct DebugAppended {
+        /// The loop counter.
+        pub i: u64,
+    }
+
+    // ----- the token vault (ciphertext only, never a token) -----
+
+    /// A token was sealed and stored.
+    #[event(type = "token.stored", v = 1, category = "token", scope = Workspace, aggregate = |s| s.phone_number_id.clone())]
+    pub struct TokenStored {
+        /// The number.
+        pub phone_number_id: String,
+        /// The sealed token.
+        pub sealed: SealedToken,
+        /// First 8 bytes of SHA-256 of the token, hex.
+        pub fingerprint: String,
+        /// Expiry, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub expires_at: Option<Timestamp>,
+    }
+
+    /// The same token sealed under a newer master key.
+    #[event(type = "token.rewrapped", v = 1, category = "token", scope = Workspace, aggregate = |s| s.phone_number_id.clone())]
+    pub struct TokenRewrapped {
+        /// The number.
+        pub phone_number_id: String,
+        /// The new sealed form.
+        pub sealed: SealedToken,
+        /// The key version it was under before.
+        pub from_key_version: String,
+    }
+
+    /// A token was revoked.
+    #[event(type = "token.revoked", v = 1, category = "token", scope = Workspace, aggregate = |s| s.phone_number_id.clone())]
+    pub struct TokenRevoked {
+        /// The number.
+        pub phone_number_id: String,
+    }
+
+    /// Meta rejected the token (OAuth error 190).
+    #[event(type = "token.invalidated", v = 1, category = "token", scope = Workspace, aggregate = |s| s.phone_number_id.clone())]
+    pub struct TokenInvalidated {
+        /// The number.
+        pub phone_number_id: String,
+        /// Why (e.g. Meta's error code and message).
+        pub reason: String,
+    }
+}

@@ -1,0 +1,531 @@
+//! The consumer driver: the one loop behind every follower of the log — the
+//! projections, the webhook processor, the redrive reactor and the reactors to come.
+//!
+//! A [`Reactor`] supplies only what it does with a batch of events: effects outside
+//! the read-model transaction ([`Reactor::stage`]: appends with dedup ids, calls to
+//! Meta; they may run again after a crash, so they must be idempotent) and the rows
+//! it writes inside it ([`Reactor::record`]). The driver owns the rest, once:
+//! following from the checkpoints, resubscribing after errors, batching, moving each
+//! reactor's checkpoint in the same transaction as its rows (so a crash or a
+//! redelivery never applies an event twice), one retry policy, and dead letters.
+//!
+//! Failures are of two kinds. Unavailability — the read-model database locked,
+//! restarting or unreachable, the log unreachable — only delays: the batch is retried
+//! with backoff for as long as it lasts, never skipped. Anything else is this event
+//! failing: the batch is retried per reactor, then one event at a time, and an event
+//! that still fails after [`MAX_ATTEMPTS`] becomes a `dead_letter.recorded` event and
+//! the reactor's checkpoint moves past it.
+
+use std::{any::Any, collections::HashMap, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use rand::Rng;
+use sqlx::AnyConnection;
+use wabridge_events::{
+    types::{new_event, DeadLetterRecorded},
+    Actor, AppendError, EventLog, LogError, ReadFrom, StoredEvent, StreamKind,
+};
+
+use crate::{checkpoint, Progress, Store};
+
+/// The most events handled in one transaction.
+pub const BATCH: usize = 500;
+
+/// How many times an event is tried before it becomes a dead letter.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// What [`Reactor::stage`] hands to [`Reactor::record`] (any type the reactor likes).
+pub struct Staged(Option<Box<dyn Any + Send>>);
+
+impl Staged {
+    /// Nothing staged.
+    pub fn none() -> Self {
+        Staged(None)
+    }
+
+    /// Wraps a reactor's staged value.
+    pub fn new<T: Any + Send>(value: T) -> Self {
+        Staged(Some(Box::new(value)))
+    }
+
+    /// The staged value, if it is a `T`.
+    pub fn take<T: Any>(self) -> Option<T> {
+        self.0.and_then(|b| b.downcast().ok()).map(|b| *b)
+    }
+}
+
+/// A follower of the log: what it does with a batch of events.
+#[async_trait::async_trait]
+pub trait Reactor: Send + Sync + 'static {
+    /// Stable name: its checkpoint, its dead letters.
+    fn name(&self) -> &'static str;
+
+    /// Effects outside the read-model transaction, for events after the checkpoint.
+    /// They run again when the transaction fails or the process dies before it
+    /// commits, so they must be idempotent (e.g. appends with natural dedup ids).
+    async fn stage(&self, _batch: &[StoredEvent]) -> anyhow::Result<Staged> {
+        Ok(Staged::none())
+    }
+
+    /// Rows written in the transaction that also moves the checkpoint past `batch`.
+    /// Must not commit.
+    async fn record(
+        &self,
+        tx: &mut AnyConnection,
+        batch: &[StoredEvent],
+        staged: Staged,
+    ) -> anyhow::Result<()>;
+}
+
+/// Reactors fed by one subscription to one stream.
+pub struct Follower {
+    /// The subscription's name (a durable consumer on JetStream).
+    pub consumer: &'static str,
+    /// The stream followed.
+    pub stream: StreamKind,
+    /// The reactors; each batch goes to all of them in one transaction.
+    pub reactors: Vec<Arc<dyn Reactor>>,
+}
+
+/// Exponential backoff with jitter.
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// Starts at `first`, doubling up to `max`.
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Backoff { next: first, max }
+    }
+
+    /// The policy for an unavailable database or log: 100 ms doubling to 10 s.
+    pub fn unavailable() -> Self {
+        Self::new(Duration::from_millis(100), Duration::from_secs(10))
+    }
+
+    /// The next pause: between half and all of the current step, which then doubles.
+    pub fn next_delay(&mut self) -> Duration {
+        let step = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let half = step / 2;
+        half + half.mul_f64(rand::thread_rng().gen::<f64>())
+    }
+}
+
+/// How a batch failed.
+#[derive(Debug)]
+enum Failure {
+    /// Another applier (a host command catching up) moved a checkpoint meanwhile.
+    Moved,
+    /// The database or the log is unavailable: retry, never skip.
+    Unavailable(anyhow::Error),
+    /// The events failed: isolate, retry, dead-letter.
+    Failed(anyhow::Error),
+}
+
+fn classify(e: impl Into<anyhow::Error>) -> Failure {
+    let e = e.into();
+    if is_unavailable(&e) {
+        Failure::Unavailable(e)
+    } else {
+        Failure::Failed(e)
+    }
+}
+
+/// Whether an error is the read-model database or the log being unavailable
+/// (retried for as long as it lasts) rather than the event failing.
+pub fn is_unavailable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        if c.downcast_ref::<LogError>().is_some()
+            || matches!(c.downcast_ref::<AppendError>(), Some(AppendError::Log(_)))
+        {
+            return true;
+        }
+        match c.downcast_ref::<sqlx::Error>() {
+            Some(
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            Some(sqlx::Error::Database(db)) => database_unavailable(&**db),
+            _ => false,
+        }
+    })
+}
+
+/// SQLite busy/locked/full/I-O errors; PostgreSQL connection, resource, shutdown,
+/// read-only (a standby during fail-over) and serialisation errors.
+fn database_unavailable(db: &dyn sqlx::error::DatabaseError) -> bool {
+    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        let code = pg.code();
+        return ["08", "53", "57P", "58"]
+            .iter()
+            .any(|class| code.starts_with(class))
+            || matches!(code, "25006" | "40001" | "40P01" | "55P03");
+    }
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // Primary result codes (the low byte of extended codes): BUSY, LOCKED,
+        // IOERR, CORRUPT is not one, FULL, CANTOPEN.
+        let primary = db
+            .code()
+            .and_then(|c| c.parse::<i64>().ok())
+            .map(|c| c & 0xff);
+        return matches!(primary, Some(5 | 6 | 10 | 13 | 14));
+    }
+    let msg = db.message();
+    msg.contains("database is locked") || msg.contains("database table is locked")
+}
+
+/// Splits a chunk of follow results into the events before the first error, and
+/// that error (after which the caller resubscribes).
+pub fn split_ready(
+    items: Vec<Result<StoredEvent, LogError>>,
+) -> (Vec<StoredEvent>, Option<LogError>) {
+    let mut events = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            Ok(e) => events.push(e),
+            Err(e) => return (events, Some(e)),
+        }
+    }
+    (events, None)
+}
+
+/// The events of a sorted batch after `done`.
+fn after(batch: &[StoredEvent], done: u64) -> &[StoredEvent] {
+    &batch[batch.partition_point(|e| e.seq <= done)..]
+}
+
+/// Runs followers against a log and a store.
+#[derive(Clone)]
+pub struct Driver {
+    /// The log.
+    pub log: Arc<dyn EventLog>,
+    /// The store.
+    pub store: Store,
+    /// This process's progress (read-your-writes).
+    pub progress: Progress,
+}
+
+type Positions = HashMap<&'static str, u64>;
+
+impl Driver {
+    /// Follows the stream for ever, from the lowest checkpoint of the reactors.
+    pub async fn run(&self, f: &Follower) -> anyhow::Result<()> {
+        loop {
+            let mut done = self.positions(f).await?;
+            let from = done.values().copied().min().unwrap_or(0) + 1;
+            let mut events = self
+                .log
+                .follow(f.stream, f.consumer, from)
+                .await?
+                .ready_chunks(BATCH);
+            while let Some(items) = events.next().await {
+                let (batch, failed) = split_ready(items);
+                self.handle(f, &mut done, &batch).await?;
+                if let Some(e) = failed {
+                    tracing::warn!(consumer = f.consumer, error = %e, "log read failed; resubscribing");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Applies events until every reactor has caught up with the log's head as it
+    /// was when called (host commands, tests, rebuilds). Returns that head.
+    pub async fn catch_up(&self, f: &Follower) -> anyhow::Result<u64> {
+        let head = self.log.last_seq(f.stream).await?;
+        let mut done = self.positions(f).await?;
+        loop {
+            let from = done.values().copied().min().unwrap_or(0) + 1;
+            if from > head {
+                return Ok(head);
+            }
+            let batch = self
+                .log
+                .read(f.stream, ReadFrom::Seq(from), None, BATCH)
+                .await?;
+            if batch.is_empty() {
+                return Ok(head);
+            }
+            self.handle(f, &mut done, &batch).await?;
+        }
+    }
+
+    /// Each reactor's checkpoint (also published as this process's progress).
+    async fn positions(&self, f: &Follower) -> anyhow::Result<Positions> {
+        let mut done = HashMap::new();
+        for r in &f.reactors {
+            let cp = self.store.checkpoint(r.name()).await?;
+            self.progress.set(r.name(), cp);
+            done.insert(r.name(), cp);
+        }
+        Ok(done)
+    }
+
+    /// Handles a batch for every reactor: in one transaction when all goes well;
+    /// else each reactor alone, then each event alone (see the module docs).
+    pub async fn handle(
+        &self,
+        f: &Follower,
+        done: &mut Positions,
+        batch: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if self
+            .retry_while_unavailable(f, &f.reactors, done, batch)
+            .await?
+            .is_none()
+        {
+            return Ok(());
+        }
+        for r in &f.reactors {
+            self.handle_alone(f, r, done, batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Tries a batch until it succeeds (`None`) or fails for a reason other than
+    /// unavailability (that failure).
+    async fn retry_while_unavailable(
+        &self,
+        f: &Follower,
+        reactors: &[Arc<dyn Reactor>],
+        done: &mut Positions,
+        batch: &[StoredEvent],
+    ) -> anyhow::Result<Option<anyhow::Error>> {
+        let mut backoff = Backoff::unavailable();
+        loop {
+            match self.apply(reactors, done, batch).await {
+                Ok(()) => return Ok(None),
+                Err(Failure::Moved) => *done = self.positions(f).await?,
+                Err(Failure::Unavailable(e)) => {
+                    let pause = backoff.next_delay();
+                    tracing::warn!(consumer = f.consumer, error = %format!("{e:#}"), ?pause, "unavailable; retrying");
+                    tokio::time::sleep(pause).await;
+                }
+                Err(Failure::Failed(e)) => {
+                    tracing::debug!(consumer = f.consumer, error = %format!("{e:#}"), "batch failed; isolating");
+                    return Ok(Some(e));
+                }
+            }
+        }
+    }
+
+    /// One reactor: the batch alone, then one event at a time with retries, then a
+    /// dead letter.
+    async fn handle_alone(
+        &self,
+        f: &Follower,
+        r: &Arc<dyn Reactor>,
+        done: &mut Positions,
+        batch: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        let reactors = std::slice::from_ref(r);
+        if batch.len() > 1
+            && self
+                .retry_while_unavailable(f, reactors, done, batch)
+                .await?
+                .is_none()
+        {
+            return Ok(());
+        }
+        for event in batch {
+            let one = std::slice::from_ref(event);
+            for attempt in 1..=MAX_ATTEMPTS {
+                if event.seq <= done.get(r.name()).copied().unwrap_or(0) {
+                    break;
+                }
+                let Some(e) = self.retry_while_unavailable(f, reactors, done, one).await? else {
+                    break;
+                };
+                tracing::warn!(consumer = r.name(), seq = event.seq, attempt, error = %format!("{e:#}"), "apply failed");
+                if attempt < MAX_ATTEMPTS {
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                } else {
+                    self.dead_letter(r.name(), event, &format!("{e:#}"), attempt)
+                        .await?;
+                    done.insert(r.name(), event.seq);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stages and records `batch` for `reactors` in one transaction, each from its
+    /// own checkpoint.
+    async fn apply(
+        &self,
+        reactors: &[Arc<dyn Reactor>],
+        done: &mut Positions,
+        batch: &[StoredEvent],
+    ) -> Result<(), Failure> {
+        let mut work = Vec::with_capacity(reactors.len());
+        for r in reactors {
+            let expected = done.get(r.name()).copied().unwrap_or(0);
+            let events = after(batch, expected);
+            if events.is_empty() {
+                continue;
+            }
+            let staged = r.stage(events).await.map_err(classify)?;
+            work.push((r, expected, events, staged));
+        }
+        if work.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.store.pool.begin().await.map_err(classify)?;
+        let mut moved = Vec::with_capacity(work.len());
+        for (r, expected, events, staged) in work {
+            let current = checkpoint::get(&mut tx, r.name()).await.map_err(classify)?;
+            if current != expected {
+                return Err(Failure::Moved);
+            }
+            r.record(&mut tx, events, staged).await.map_err(classify)?;
+            let last = events.last().expect("not empty").seq;
+            if !checkpoint::advance(&mut tx, r.name(), last)
+                .await
+                .map_err(classify)?
+            {
+                return Err(Failure::Moved);
+            }
+            moved.push((r.name(), last));
+        }
+        tx.commit().await.map_err(classify)?;
+        for (name, last) in moved {
+            done.insert(name, last);
+            self.progress.set(name, last);
+        }
+        Ok(())
+    }
+
+    /// Records a dead letter in the log, then moves the checkpoint past the event
+    /// (retrying while the database or the log is unavailable).
+    async fn dead_letter(
+        &self,
+        consumer: &'static str,
+        event: &StoredEvent,
+        reason: &str,
+        attempts: u32,
+    ) -> anyhow::Result<()> {
+        let mut backoff = Backoff::unavailable();
+        loop {
+            let result = async {
+                record_dead_letter(&*self.log, consumer, event, reason, attempts).await?;
+                let mut tx = self.store.pool.begin().await?;
+                checkpoint::advance(&mut tx, consumer, event.seq).await?;
+                tx.commit().await?;
+                anyhow::Ok(())
+            }
+            .await;
+            match result {
+                Ok(()) => break,
+                Err(e) if is_unavailable(&e) => tokio::time::sleep(backoff.next_delay()).await,
+                Err(e) => return Err(e),
+            }
+        }
+        self.progress.set(consumer, event.seq);
+        Ok(())
+    }
+
+    /// A redrive: `reactor` handles `event` again (it was dead-lettered, so its
+    /// checkpoint is past it), guarded in the same transaction by a record of the
+    /// redrive, so a crash after the commit never applies it twice. False when a
+    /// redrive had already applied it.
+    pub async fn redrive(
+        &self,
+        reactor: &dyn Reactor,
+        event: &StoredEvent,
+    ) -> anyhow::Result<bool> {
+        let one = std::slice::from_ref(event);
+        let staged = reactor.stage(one).await?;
+        let mut tx = self.store.pool.begin().await?;
+        let fresh = sqlx::query(
+            "INSERT INTO redrives_applied (consumer, stream, seq) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(reactor.name())
+        .bind(event.stream.as_str())
+        .bind(event.seq as i64)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if fresh {
+            reactor.record(&mut tx, one, staged).await?;
+        }
+        tx.commit().await?;
+        Ok(fresh)
+    }
+}
+
+/// Appends `dead_letter.recorded` for an event a consumer could not process. The id
+/// `<consumer>:<stream>:<seq>` doubles as the dedup id, so a retry records it once.
+pub async fn record_dead_letter(
+    log: &dyn EventLog,
+    consumer: &str,
+    event: &StoredEvent,
+    reason: &str,
+    attempts: u32,
+) -> anyhow::Result<()> {
+    let id = format!("{consumer}:{}:{}", event.stream.as_str(), event.seq);
+    tracing::error!(consumer, seq = event.seq, event_type = %event.envelope.event_type, reason, "dead letter");
+    let data = DeadLetterRecorded {
+        id: id.clone(),
+        consumer: consumer.to_string(),
+        stream: event.stream.as_str().to_string(),
+        seq: event.seq,
+        event_type: event.envelope.event_type.clone(),
+        reason: reason.chars().take(2000).collect(),
+        attempts,
+    };
+    let mut new = new_event(log.namespace(), None, Actor::system(consumer), &data);
+    new.envelope = new.envelope.caused_by(&event.envelope);
+    new.msg_id = Some(format!("dl:{id}:{attempts}"));
+    log.append(new).await.context("recording a dead letter")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
+        let delays: Vec<Duration> = (0..5).map(|_| b.next_delay()).collect();
+        let steps = [100, 200, 400, 400, 400];
+        for (d, step) in delays.iter().zip(steps) {
+            let step = Duration::from_millis(step);
+            assert!(*d >= step / 2 && *d <= step, "{d:?} for step {step:?}");
+        }
+    }
+
+    #[test]
+    fn unavailability_is_told_apart_from_failure() {
+        let io = anyhow::Error::new(sqlx::Error::Io(std::io::Error::other("reset")));
+        assert!(is_unavailable(&io.context("applying")));
+        assert!(is_unavailable(&anyhow::Error::new(
+            sqlx::Error::PoolTimedOut
+        )));
+        assert!(is_unavailable(&anyhow::Error::new(LogError(
+            anyhow::anyhow!("nats down")
+        ))));
+        let bad = anyhow::anyhow!("no such column");
+        assert!(!is_unavailable(&bad));
+        let decode = anyhow::Error::new(sqlx::Error::ColumnNotFound("x".into()));
+        assert!(!is_unavailable(&decode));
+    }
+
+    #[test]
+    fn staged_values_come_back_by_type() {
+        assert_eq!(Staged::new(vec![1u8]).take::<Vec<u8>>(), Some(vec![1]));
+        assert_eq!(Staged::new(1u8).take::<String>(), None);
+        assert_eq!(Staged::none().take::<u8>(), None);
+    }
+}

@@ -1,0 +1,80 @@
+//! Read models as reactors: a [`Projection`] folds events into its tables; the driver
+//! runs it in the transaction that also moves its checkpoint.
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use sqlx::AnyConnection;
+use wabridge_events::{StoredEvent, StreamKind};
+
+use crate::{
+    driver::{Reactor, Staged},
+    Store,
+};
+
+/// A read model: a fold over events into tables.
+#[async_trait::async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// Stable name (checkpoint key).
+    fn name(&self) -> &'static str;
+    /// The stream it folds (domain events by default).
+    fn stream(&self) -> StreamKind {
+        StreamKind::Domain
+    }
+    /// One SQL query returning one TEXT column per row, in a stable order: the
+    /// canonical dump that [`checksum`] hashes (the same on SQLite and PostgreSQL).
+    fn dump_sql(&self) -> &'static str;
+    /// Applies one event inside the caller's transaction. Events it does not care
+    /// about are a no-op. Must not commit.
+    async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()>;
+}
+
+/// SHA-256 (hex) of a projection's canonical dump.
+pub async fn checksum(store: &Store, projection: &dyn Projection) -> anyhow::Result<String> {
+    let rows: Vec<String> = sqlx::query_scalar(projection.dump_sql())
+        .fetch_all(&store.reads)
+        .await?;
+    let mut h = Sha256::new();
+    for row in rows {
+        h.update(row.as_bytes());
+        h.update(b"\n");
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// A projection run by the driver: no effects outside the transaction.
+pub struct AsReactor(pub Arc<dyn Projection>);
+
+#[async_trait::async_trait]
+impl Reactor for AsReactor {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    async fn record(
+        &self,
+        tx: &mut AnyConnection,
+        batch: &[StoredEvent],
+        _staged: Staged,
+    ) -> anyhow::Result<()> {
+        for event in batch {
+            self.0.apply(&mut *tx, event).await.map_err(|e| {
+                e.context(format!(
+                    "{}: applying {} #{}",
+                    self.0.name(),
+                    event.envelope.event_type,
+                    event.seq
+                ))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Projections as reactors, for one follower.
+pub fn reactors(projections: Vec<Arc<dyn Projection>>) -> Vec<Arc<dyn Reactor>> {
+    projections
+        .into_iter()
+        .map(|p| Arc::new(AsReactor(p)) as Arc<dyn Reactor>)
+        .collect()
+}
