@@ -208,6 +208,18 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let (started, _) = tokio::sync::oneshot::channel();
+    run_notify(app, listener, shutdown, started).await
+}
+
+/// As [`run`], telling `started` once the server serves (or why it will not: e.g.
+/// another instance holds the workers lease).
+pub async fn run_notify(
+    app: App,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    started: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
     let mut tasks = JoinSet::new();
     let ctx = app.ctx.clone();
     tasks.spawn(supervise("token_cache", move || {
@@ -215,10 +227,17 @@ pub async fn run(
         async move { ctx.tokens.run(ctx.store.clone(), ctx.log.clone()).await }
     }));
     let workers = if app.cfg.roles.workers {
-        Some(Workers::start(&app).await?)
+        match Workers::start(&app).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                let _ = started.send(Err(anyhow::anyhow!("{e:#}")));
+                return Err(e);
+            }
+        }
     } else {
         None
     };
+    let _ = started.send(Ok(()));
     if app.cfg.roles.api {
         tasks.spawn(crate::security::run(app.clone()));
         serve_http(&app, listener, shutdown).await;

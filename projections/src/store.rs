@@ -5,6 +5,11 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::{any::AnyPoolOptions, AnyPool, Executor};
 
+/// How long a SQLite statement waits for another writer's lock before failing with
+/// `database is locked` (which the driver then retries with backoff, for as long as
+/// the lock lasts).
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Which database the store runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -62,7 +67,14 @@ impl Store {
                 .after_connect(move |conn, _| {
                     Box::pin(async move {
                         if backend == Backend::Sqlite {
-                            conn.execute("PRAGMA busy_timeout = 10000").await?;
+                            conn.execute(
+                                format!(
+                                    "PRAGMA busy_timeout = {}",
+                                    SQLITE_BUSY_TIMEOUT.as_millis()
+                                )
+                                .as_str(),
+                            )
+                            .await?;
                             // Read models are rebuilt from the log, and each checkpoint
                             // commits with its rows: NORMAL (no fsync per commit in WAL
                             // mode) can lose the last commits on power loss, never

@@ -503,6 +503,52 @@ async fn tampering_is_detected(db: DbKind) {
         vec![8, 7, 6, 5, 3, 2, 1]
     );
     p.app.stop().await;
+
+    // (d) The newest entry deleted and the head rewritten to the one before: the
+    // stored chain is consistent in itself, but the log has one entry more.
+    let p = populated(db).await;
+    let app = &p.app;
+    let entries = all_entries(app, &p.owner).await;
+    let previous = to_entry(&entries[1]);
+    assert_eq!(previous.seq, n - 1);
+    exec(
+        app,
+        "DELETE FROM audit_entries WHERE workspace = $1 AND seq = $2",
+        &[Bind::Text("ws-a"), Bind::Int(n)],
+    )
+    .await;
+    exec(
+        app,
+        "UPDATE audit_heads SET seq = $1, hash = $2 WHERE workspace = $3",
+        &[
+            Bind::Int(n - 1),
+            Bind::Text(&previous.hash),
+            Bind::Text("ws-a"),
+        ],
+    )
+    .await;
+    let stored_only = audit::verify(
+        &app.app.ctx.store,
+        app.app.cfg.audit_signing_key.as_ref(),
+        "ws-a",
+    )
+    .await
+    .expect("verify");
+    assert!(
+        stored_only.ok,
+        "the truncated chain is consistent in itself"
+    );
+    let v = verify(app, &p.owner).await;
+    assert_eq!(v["ok"], json!(false), "{v}");
+    assert_eq!(v["first_bad_seq"], json!(n), "{v}");
+    // Also after a restart: reported, never silently repaired.
+    let again = p.app.restart().await;
+    let r = again
+        .get("/v1/workspaces/ws-a/audit/verify", &p.owner)
+        .await;
+    assert_eq!(r.json["ok"], json!(false), "{}", r.text);
+    assert_eq!(r.json["first_bad_seq"], json!(n), "{}", r.text);
+    again.stop().await;
 }
 
 #[tokio::test]

@@ -31,6 +31,77 @@ fn last_line(s: &str) -> String {
         .to_string()
 }
 
+/// The key id of a key text.
+fn key_id(key: &str) -> &str {
+    &key[4..20]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_keys_expire_and_any_key_is_revoked_from_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out) = wabridge(
+        dir.path(),
+        &["bootstrap", "--operator", "--expires-in", "90d"],
+    );
+    assert!(ok, "{out}");
+    let operator = last_line(&out);
+    assert!(operator.starts_with("wbo_"), "{out}");
+    for bad in ["999999999d", "soon", "0s"] {
+        let (ok, out) = wabridge(
+            dir.path(),
+            &["bootstrap", "--operator", "--expires-in", bad],
+        );
+        assert!(!ok, "--expires-in {bad} accepted: {out}");
+    }
+    let (ok, out) = wabridge(dir.path(), &["bootstrap", "--workspace", "acme"]);
+    assert!(ok, "{out}");
+    let owner = last_line(&out);
+    let app = spawn_app_with(TestOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        namespace: Some("wb".into()),
+        ..TestOptions::new(LogKind::Embedded, DbKind::Sqlite)
+    })
+    .await;
+    // The operator key expires in 90 days.
+    let r = app.get("/v1/admin/api-keys", &operator).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let mine = r.json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == key_id(&operator))
+        .cloned()
+        .expect("listed");
+    let expires = wabridge_events::Timestamp::parse(mine["expires_at"].as_str().unwrap()).unwrap();
+    let in_90d =
+        wabridge_events::Timestamp::now().plus(std::time::Duration::from_secs(90 * 86_400));
+    assert!(
+        (in_90d.unix_micros() - expires.unix_micros()).abs() < 120_000_000,
+        "{mine}"
+    );
+    // The host revokes any key by id: the operator key, then a workspace key.
+    let (ok, out) = wabridge(dir.path(), &["keys", "revoke", "--id", key_id(&operator)]);
+    assert!(ok, "{out}");
+    let r = app.get("/v1/admin/api-keys", &operator).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    let (ok, out) = wabridge(
+        dir.path(),
+        &["keys", "create", "--workspace", "acme", "--role", "agent"],
+    );
+    assert!(ok, "{out}");
+    let agent = last_line(&out);
+    let (ok, out) = wabridge(dir.path(), &["keys", "revoke", "--id", key_id(&agent)]);
+    assert!(ok, "{out}");
+    let r = app.get("/v1/workspaces/acme", &agent).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    // The last owner key stays, even from the host; unknown ids are refused.
+    let (ok, out) = wabridge(dir.path(), &["keys", "revoke", "--id", key_id(&owner)]);
+    assert!(!ok && out.contains("last valid owner"), "{out}");
+    let (ok, out) = wabridge(dir.path(), &["keys", "revoke", "--id", "0000000000000000"]);
+    assert!(!ok, "{out}");
+    app.stop().await;
+}
+
 // Multi-threaded: the host commands run as blocking child processes while the
 // server's tasks (e.g. an in-flight append holding the log's write lock) go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -353,6 +353,24 @@ fn malformed_or_missing_configuration_refuses_start_up_naming_the_variable() {
             vec![("WABRIDGE_DEDUP_WINDOW", "soon")],
             "WABRIDGE_DEDUP_WINDOW",
         ),
+        // Out of range: once started, then killed the embedded log's writer.
+        (
+            vec![("WABRIDGE_DEDUP_WINDOW", "999999999d")],
+            "WABRIDGE_DEDUP_WINDOW",
+        ),
+        (vec![("WABRIDGE_MAX_BODY", "99999MiB")], "WABRIDGE_MAX_BODY"),
+        (
+            vec![("WABRIDGE_AUDIT_RETENTION_DAYS", "99999999999")],
+            "WABRIDGE_AUDIT_RETENTION_DAYS",
+        ),
+        (
+            vec![("WABRIDGE_HEADER_TIMEOUT", "0s")],
+            "WABRIDGE_HEADER_TIMEOUT",
+        ),
+        (
+            vec![("WABRIDGE_MAX_CONNECTIONS", "-5")],
+            "WABRIDGE_MAX_CONNECTIONS",
+        ),
         (vec![("DATABASE_URL", "mysql://x")], "DATABASE_URL"),
         (vec![("TOKEN_MASTER_KEY", "abcd")], "TOKEN_MASTER_KEY"),
         (vec![("NATS_URL", "nats://127.0.0.1:1")], "META_APP_SECRET"),

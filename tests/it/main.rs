@@ -9,5 +9,6 @@ mod audit;
 mod cli;
 mod http;
 mod log_conformance;
+mod security;
 mod vault;
 mod webhooks;

@@ -68,6 +68,11 @@ pub struct TestOptions {
     pub audit_key: Option<String>,
     /// Duplicate window.
     pub dedup_window: Option<Duration>,
+    /// Adjusts the configuration after it is loaded (timeouts, limits).
+    pub configure: Option<fn(&mut Config)>,
+    /// Use this operator key instead of creating one (an instance that cannot make
+    /// a new key visible: no workers anywhere).
+    pub operator_key: Option<String>,
 }
 
 impl TestOptions {
@@ -84,6 +89,8 @@ impl TestOptions {
             meta_secrets: true,
             audit_key: Some("audit-signing-key".into()),
             dedup_window: None,
+            configure: None,
+            operator_key: None,
         }
     }
 }
@@ -128,8 +135,16 @@ pub async fn spawn_app(log: LogKind, db: DbKind) -> TestApp {
     spawn_app_with(TestOptions::new(log, db)).await
 }
 
+/// The workers lease period in tests: short, so a test that waits one out is quick.
+pub const TEST_LEASE_TTL: Duration = Duration::from_secs(4);
+
 /// Starts the server with options.
-pub async fn spawn_app_with(mut opts: TestOptions) -> TestApp {
+pub async fn spawn_app_with(opts: TestOptions) -> TestApp {
+    try_spawn_app_with(opts).await.expect("the server starts")
+}
+
+/// Starts the server with options; the error when it refuses to start.
+pub async fn try_spawn_app_with(mut opts: TestOptions) -> anyhow::Result<TestApp> {
     let (dir, data_dir) = match &opts.data_dir {
         Some(d) => (None, d.clone()),
         None => {
@@ -174,43 +189,64 @@ pub async fn spawn_app_with(mut opts: TestOptions) -> TestApp {
             js.duplicate_window = w;
         }
     }
-    let app = App::build(cfg).await.expect("app builds");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    cfg.lease_ttl = TEST_LEASE_TTL;
+    if let Some(f) = opts.configure {
+        f(&mut cfg);
+    }
+    let app = App::build(cfg).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
     let server_app = app.clone();
     let handle = tokio::spawn(async move {
-        wabridge::server::run(server_app, listener, async move {
-            let _ = rx.await;
-        })
-        .await
-        .expect("server runs");
+        let result = wabridge::server::run_notify(
+            server_app,
+            listener,
+            async move {
+                let _ = rx.await;
+            },
+            started_tx,
+        )
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "server stopped");
+        }
     });
-    let caller = Caller::cli("test");
-    let operator = commands::keys::create(&app.ctx, &caller, None, "test operator", None, None)
+    started_rx
         .await
-        .expect("operator key");
-    TestApp {
+        .map_err(|_| anyhow::anyhow!("the server task ended before starting"))??;
+    let caller = Caller::cli("test");
+    let operator = match &opts.operator_key {
+        Some(k) => k.clone(),
+        None => commands::keys::create(&app.ctx, &caller, None, "test operator", None, None)
+            .await?
+            .key
+            .expose_secret()
+            .to_string(),
+    };
+    Ok(TestApp {
         addr,
         app,
         opts,
-        operator: operator.key.expose_secret().to_string(),
+        operator,
         client: reqwest::Client::new(),
         _dir: dir,
         shutdown: Some(tx),
         handle: Some(handle),
-    }
+    })
 }
 
 /// Loads a config from arguments only. The test process sets no secret variables,
 /// so `Config::load` would refuse `NATS_URL`; load without it, then add JetStream.
 fn config_without_env_secrets(args: &ConfigArgs) -> Config {
-    let mut cfg = Config::load(&ConfigArgs {
-        nats_url: None,
-        ..args.clone()
-    })
+    let mut cfg = Config::load_with(
+        &ConfigArgs {
+            nats_url: None,
+            ..args.clone()
+        },
+        &wabridge::config::MapSecrets::default(),
+    )
     .expect("config");
     if let Some(url) = &args.nats_url {
         let mut js = wabridge_events::backends::jetstream::JetStreamConfig::new(url);
@@ -430,6 +466,20 @@ impl TestApp {
         all.into_iter()
             .filter(|e| e.envelope.event_type == event_type)
             .collect()
+    }
+
+    /// Stops the server (graceful) and starts it again on the same data, with the
+    /// same options and operator key.
+    pub async fn restart(mut self) -> TestApp {
+        let dir = self._dir.take();
+        let opts = TestOptions {
+            operator_key: Some(self.operator.clone()),
+            ..self.opts.clone()
+        };
+        self.stop().await;
+        let mut again = spawn_app_with(opts).await;
+        again._dir = dir;
+        again
     }
 
     /// Stops the server (graceful).
