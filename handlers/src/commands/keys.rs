@@ -33,6 +33,23 @@ pub fn keys_subject(ctx: &Ctx, workspace: Option<&Slug>) -> String {
     ApiKeyCreated::subject(ctx.log.namespace(), workspace, "all")
 }
 
+/// Appends a key event if the workspace's keys are still at `seq` (the state the
+/// decision was made on); false when they changed meanwhile (decide again).
+async fn append_keys_event<T: EventData>(
+    ctx: &Ctx,
+    caller: &Caller,
+    workspace: Option<&Slug>,
+    data: &T,
+    seq: u64,
+) -> Result<bool, CommandError> {
+    let mut ev = ctx.event(workspace, caller, data);
+    ev.expected_last_subject_seq = Some(seq);
+    Ok(ctx
+        .append_checked(ev, &["api_keys", "audit"])
+        .await?
+        .is_some())
+}
+
 fn concurrent() -> CommandError {
     CommandError::Conflict("the workspace's keys changed concurrently; retry".into())
 }
@@ -86,13 +103,7 @@ pub async fn create(
     let subject = keys_subject(ctx, workspace);
     for _ in 0..OCC_ATTEMPTS {
         let seq = ctx.fresh("api_keys", &subject).await?;
-        let mut ev = ctx.event(workspace, caller, &data);
-        ev.expected_last_subject_seq = Some(seq);
-        if ctx
-            .append_checked(ev, &["api_keys", "audit"])
-            .await?
-            .is_some()
-        {
+        if append_keys_event(ctx, caller, workspace, &data, seq).await? {
             return Ok(CreatedKey {
                 id: key.id,
                 key: key.text,
@@ -144,13 +155,7 @@ pub async fn revoke(
         let data = ApiKeyRevoked {
             key_id: key_id.to_string(),
         };
-        let mut ev = ctx.event(workspace, caller, &data);
-        ev.expected_last_subject_seq = Some(seq);
-        if ctx
-            .append_checked(ev, &["api_keys", "audit"])
-            .await?
-            .is_some()
-        {
+        if append_keys_event(ctx, caller, workspace, &data, seq).await? {
             return Ok(());
         }
     }
