@@ -39,7 +39,7 @@ pub struct AppState {
     /// Per key id, the last minute a use was recorded (`last_used_at` throttle).
     pub key_use: Arc<std::sync::Mutex<HashMap<String, i64>>>,
     /// Unauthenticated failures waiting to be summarised (see `security`).
-    pub auth_failures: Arc<crate::security::FailureCounts>,
+    pub auth_failures: Arc<crate::failures::FailureCounts>,
     /// Workspaces known to exist (they are never deleted).
     pub known_workspaces: Arc<std::sync::RwLock<std::collections::HashSet<wabridge_events::Slug>>>,
 }

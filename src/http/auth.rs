@@ -20,8 +20,21 @@ use wabridge_handlers::{
 };
 use wabridge_projections::views::api_keys::{self, ApiKeyRow};
 
-use super::{error::AppError, routes::Access};
+use super::error::AppError;
 use crate::app::App;
+
+/// Who may call a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone.
+    Public,
+    /// Meta (authenticated by signature or verify token, not by key).
+    Meta,
+    /// Operator keys only.
+    Operator,
+    /// Keys of the route's workspace holding the permission (and operator keys).
+    Workspace(wabridge_handlers::access::Permission),
+}
 
 /// Who is calling.
 #[derive(Clone, Debug)]
@@ -85,6 +98,9 @@ impl Authed {
     }
 }
 
+// The access rule, not the extractor, documents authentication (see `openapi`).
+impl aide::OperationInput for Authed {}
+
 impl<S: Send + Sync> FromRequestParts<S> for Authed {
     type Rejection = AppError;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AppError> {
@@ -136,7 +152,7 @@ async fn authenticate(app: &App, parts: &Parts, ip: Option<IpAddr>) -> Result<Pr
         app.metrics
             .auth_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        crate::security::record_failure(app, ip, "api_key");
+        app.auth_failures.record(ip, "api_key");
         AppError::unauthorized(why.to_string())
     };
     let header = parts

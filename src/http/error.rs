@@ -104,6 +104,33 @@ impl IntoResponse for AppError {
     }
 }
 
+impl aide::OperationOutput for AppError {
+    type Inner = Problem;
+
+    fn operation_response(
+        ctx: &mut aide::generate::GenContext,
+        _operation: &mut aide::openapi::Operation,
+    ) -> Option<aide::openapi::Response> {
+        Some(aide::openapi::Response {
+            description: "A problem document (RFC 9457).".into(),
+            content: [(
+                "application/problem+json".to_string(),
+                aide::openapi::MediaType {
+                    schema: Some(aide::openapi::SchemaObject {
+                        json_schema: ctx.schema.subschema_for::<Problem>(),
+                        example: None,
+                        external_docs: None,
+                    }),
+                    ..Default::default()
+                },
+            )]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        })
+    }
+}
+
 impl From<CommandError> for AppError {
     fn from(e: CommandError) -> Self {
         match e {

@@ -1,10 +1,12 @@
 //! Extractors whose rejections are problem documents (400 `validation_failed`)
 //! instead of axum's plain-text 415/422.
 
+use aide::{generate::GenContext, openapi::Operation, OperationInput};
 use axum::{
     extract::{rejection::JsonRejection, FromRequest, FromRequestParts, Request},
     http::request::Parts,
 };
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 
 use super::error::AppError;
@@ -55,6 +57,26 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
             .await
             .map(|p| Path(p.0))
             .map_err(|e| AppError::validation(e.body_text()))
+    }
+}
+
+// The OpenAPI document describes these extractors as axum's own: the body, query
+// and path schemas come from the handler's types.
+impl<T: JsonSchema> OperationInput for Json<T> {
+    fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
+        axum::Json::<T>::operation_input(ctx, operation);
+    }
+}
+
+impl<T: JsonSchema> OperationInput for Query<T> {
+    fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
+        axum::extract::Query::<T>::operation_input(ctx, operation);
+    }
+}
+
+impl<T: JsonSchema> OperationInput for Path<T> {
+    fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
+        axum::extract::Path::<T>::operation_input(ctx, operation);
     }
 }
 

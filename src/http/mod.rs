@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod openapi;
+pub mod respond;
 pub mod routes;
 
 use std::time::Duration;
@@ -24,7 +25,7 @@ use crate::app::App;
 /// What every route passes through: a tracing span named by the route template,
 /// authorisation ([`auth::authorize`]), and the response count in `/metrics`.
 async fn per_route(
-    State((app, access, route)): State<(App, routes::Access, &'static str)>,
+    State((app, access, route)): State<(App, auth::Access, &'static str)>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -48,18 +49,34 @@ async fn per_route(
     .await
 }
 
-/// The whole router.
+/// The whole router: every route of the table behind [`per_route`], the OpenAPI
+/// document at `/openapi.json`, problem documents for unknown paths and methods.
 pub fn router(app: App) -> Router {
-    let mut router = Router::new();
-    for route in routes::routes() {
-        let layered = route.handler.route_layer(middleware::from_fn_with_state(
-            (app.clone(), route.access, route.path),
+    let layer_app = app.clone();
+    let (router, doc) = openapi::build(routes::routes(), move |route, handler| {
+        handler.route_layer(middleware::from_fn_with_state(
+            (layer_app.clone(), route.access, route.path),
             per_route,
-        ));
-        router = router.route(route.path, layered);
-    }
+        ))
+    });
+    let doc: std::sync::Arc<str> =
+        (serde_json::to_string_pretty(&doc).expect("json") + "\n").into();
+    let serve_doc = axum::routing::get(move || {
+        let doc = doc.clone();
+        async move {
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                doc.to_string(),
+            )
+        }
+    })
+    .route_layer(middleware::from_fn_with_state(
+        (app.clone(), routes::Access::Public, openapi::DOCUMENT_PATH),
+        per_route,
+    ));
     let (unmatched, wrong_method) = (app.clone(), app.clone());
     router
+        .route(openapi::DOCUMENT_PATH, serve_doc)
         .fallback(move || async move {
             unmatched.metrics.count_http("unmatched", 404);
             error::fallback().await

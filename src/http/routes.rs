@@ -1,36 +1,29 @@
-//! The route table: every route with its access rule, documentation and handler.
-//! The router and the OpenAPI document are both built from it, so a route cannot
-//! exist without documentation or without an access rule.
+//! The route table: every route with its access rule, summary, the answers it can
+//! give beyond those its access rule implies, and its handler. The router, the
+//! OpenAPI document (request and success schemas derived by aide from the handler's
+//! types) and the permission test are all built from it, so a route cannot exist
+//! without documentation or without an access rule.
 
-use axum::{
-    http::Method,
-    routing::{delete, get, post, put, MethodRouter},
-};
-use schemars::{JsonSchema, Schema, SchemaGenerator};
+use aide::axum::routing::{delete, get, post, put, ApiMethodRouter};
+use axum::http::Method;
 use wabridge_handlers::access::Permission;
 
 use super::api::{admin, audit, keys, meta, numbers, ops, tokens, workspaces};
+pub use super::auth::Access;
 use crate::app::App;
 
-/// Who may call a route.
+/// An answer a route can give beyond the ones implied by its access rule (400 for
+/// malformed input; 401/403/404 and the fail-closed 503 for keyed routes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    /// Anyone.
-    Public,
-    /// Meta (authenticated by signature or verify token, not by key).
-    Meta,
-    /// Operator keys only.
-    Operator,
-    /// Keys of the route's workspace holding the permission (and operator keys).
-    Workspace(Permission),
-}
-
-/// A schema producer for the OpenAPI document.
-pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
-
-/// Schema of `T` (registered in the components).
-pub fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
-    g.subschema_for::<T>()
+pub enum Answer {
+    /// `409 conflict`: the state does not allow it, or it changed concurrently.
+    Conflict,
+    /// `413 payload_too_large`: over `WABRIDGE_MAX_BODY`.
+    TooLarge,
+    /// `503 log_unavailable`: the event log could not take the event.
+    LogUnavailable,
+    /// `503 not_configured`: a secret the route needs is not set.
+    NotConfigured,
 }
 
 /// One route.
@@ -43,44 +36,34 @@ pub struct RouteDef {
     pub access: Access,
     /// One-line summary.
     pub summary: &'static str,
-    /// Request body schema.
-    pub request: Option<SchemaFn>,
-    /// Success status and body schema.
-    pub response: (u16, Option<SchemaFn>),
-    /// Query parameters schema.
-    pub query: Option<SchemaFn>,
-    /// The handler.
-    pub handler: MethodRouter<App>,
+    /// Further answers it can give.
+    pub answers: &'static [Answer],
+    /// The handler (aide's method router: it documents the handler's types).
+    pub handler: ApiMethodRouter<App>,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn r(
     method: Method,
     path: &'static str,
     access: Access,
     summary: &'static str,
-    request: Option<SchemaFn>,
-    query: Option<SchemaFn>,
-    response: (u16, Option<SchemaFn>),
-    handler: MethodRouter<App>,
+    answers: &'static [Answer],
+    handler: ApiMethodRouter<App>,
 ) -> RouteDef {
     RouteDef {
         method,
         path,
         access,
         summary,
-        request,
-        response,
-        query,
+        answers,
         handler,
     }
 }
 
-/// Every route of the service.
+/// Every route of the service (`/openapi.json` is mounted by the router itself).
 pub fn routes() -> Vec<RouteDef> {
-    use crate::http::extract::{Page, PageParams};
-    use wabridge_projections::views;
     use Access::*;
+    use Answer::*;
     use Permission as P;
     vec![
         r(
@@ -88,19 +71,15 @@ pub fn routes() -> Vec<RouteDef> {
             "/healthz",
             Public,
             "Process is up.",
-            None,
-            None,
-            (200, None),
+            &[],
             get(ops::healthz),
         ),
         r(
             Method::GET,
             "/readyz",
             Public,
-            "Log and store reachable, projections caught up.",
-            None,
-            None,
-            (200, Some(schema::<ops::Readiness>)),
+            "Log and store reachable, projections caught up (503 otherwise).",
+            &[],
             get(ops::readyz),
         ),
         r(
@@ -108,32 +87,15 @@ pub fn routes() -> Vec<RouteDef> {
             "/metrics",
             Public,
             "Prometheus metrics.",
-            None,
-            None,
-            (200, None),
+            &[],
             get(ops::metrics),
-        ),
-        r(
-            Method::GET,
-            "/openapi.json",
-            Public,
-            "This document.",
-            None,
-            None,
-            (200, None),
-            get(ops::openapi),
         ),
         r(
             Method::GET,
             "/v1/permissions",
             Public,
             "The role × permission matrix.",
-            None,
-            None,
-            (
-                200,
-                Some(schema::<Vec<wabridge_handlers::access::permissions::MatrixRow>>),
-            ),
+            &[],
             get(ops::permissions),
         ),
         r(
@@ -141,9 +103,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/webhooks/meta",
             Meta,
             "Meta's verification handshake.",
-            None,
-            Some(schema::<meta::Handshake>),
-            (200, None),
+            &[NotConfigured],
             get(meta::verify),
         ),
         r(
@@ -151,9 +111,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/webhooks/meta",
             Meta,
             "A signed Meta webhook; 200 once durable.",
-            None,
-            None,
-            (200, None),
+            &[TooLarge, LogUnavailable, NotConfigured],
             post(meta::receive),
         ),
         r(
@@ -161,9 +119,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/workspaces",
             Operator,
             "Create a workspace.",
-            Some(schema::<workspaces::CreateWorkspace>),
-            None,
-            (201, Some(schema::<views::workspaces::Workspace>)),
+            &[Conflict, TooLarge],
             post(workspaces::create),
         ),
         r(
@@ -171,9 +127,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/workspaces",
             Operator,
             "List workspaces.",
-            None,
-            Some(schema::<PageParams>),
-            (200, Some(schema::<Page<views::workspaces::Workspace>>)),
+            &[],
             get(workspaces::list),
         ),
         r(
@@ -181,9 +135,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/workspaces/{ws}",
             Workspace(P::WorkspaceRead),
             "Read a workspace.",
-            None,
-            None,
-            (200, Some(schema::<views::workspaces::Workspace>)),
+            &[],
             get(workspaces::get),
         ),
         r(
@@ -191,9 +143,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/workspaces/{ws}/api-keys",
             Workspace(P::KeysManage),
             "Create an API key (shown once).",
-            Some(schema::<keys::CreateKey>),
-            None,
-            (201, Some(schema::<keys::CreatedKey>)),
+            &[Conflict, TooLarge],
             post(keys::create),
         ),
         r(
@@ -201,19 +151,15 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/workspaces/{ws}/api-keys",
             Workspace(P::KeysRead),
             "List API keys.",
-            None,
-            Some(schema::<PageParams>),
-            (200, Some(schema::<Page<keys::ApiKey>>)),
+            &[],
             get(keys::list),
         ),
         r(
             Method::DELETE,
             "/v1/workspaces/{ws}/api-keys/{id}",
             Workspace(P::KeysManage),
-            "Revoke an API key.",
-            None,
-            None,
-            (204, None),
+            "Revoke an API key (204 once the revocation is visible).",
+            &[Conflict],
             delete(keys::revoke),
         ),
         r(
@@ -221,9 +167,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/workspaces/{ws}/phone-numbers/{phone_number_id}",
             Workspace(P::PhoneNumbersManage),
             "Claim a phone number.",
-            Some(schema::<numbers::ClaimNumber>),
-            None,
-            (200, Some(schema::<views::phone_numbers::PhoneNumber>)),
+            &[Conflict, TooLarge],
             put(numbers::claim),
         ),
         r(
@@ -231,9 +175,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/workspaces/{ws}/phone-numbers",
             Workspace(P::PhoneNumbersRead),
             "List phone numbers.",
-            None,
-            Some(schema::<PageParams>),
-            (200, Some(schema::<Page<views::phone_numbers::PhoneNumber>>)),
+            &[],
             get(numbers::list),
         ),
         r(
@@ -241,9 +183,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/workspaces/{ws}/phone-numbers/{phone_number_id}",
             Workspace(P::PhoneNumbersManage),
             "Release a phone number.",
-            None,
-            None,
-            (204, None),
+            &[Conflict],
             delete(numbers::release),
         ),
         r(
@@ -251,9 +191,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/workspaces/{ws}/phone-numbers/{phone_number_id}/token",
             Workspace(P::TokensWrite),
             "Store a Meta access token (encrypted).",
-            Some(schema::<tokens::PutToken>),
-            None,
-            (204, None),
+            &[Conflict, TooLarge, NotConfigured],
             put(tokens::put),
         ),
         r(
@@ -261,9 +199,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/workspaces/{ws}/phone-numbers/{phone_number_id}/token",
             Workspace(P::TokensReadMetadata),
             "Read token metadata.",
-            None,
-            None,
-            (200, Some(schema::<tokens::TokenMetadata>)),
+            &[],
             get(tokens::get),
         ),
         r(
@@ -271,9 +207,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/workspaces/{ws}/phone-numbers/{phone_number_id}/token",
             Workspace(P::TokensRevoke),
             "Revoke a token.",
-            None,
-            None,
-            (204, None),
+            &[Conflict],
             delete(tokens::revoke),
         ),
         r(
@@ -281,9 +215,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/workspaces/{ws}/tokens",
             Workspace(P::TokensReadMetadata),
             "List tokens, e.g. expiring soon.",
-            None,
-            Some(schema::<tokens::ListTokens>),
-            (200, Some(schema::<Page<tokens::TokenListItem>>)),
+            &[],
             get(tokens::list),
         ),
         r(
@@ -291,19 +223,15 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/workspaces/{ws}/audit",
             Workspace(P::AuditRead),
             "Audit entries, newest first.",
-            None,
-            Some(schema::<audit::AuditParams>),
-            (200, Some(schema::<Page<views::audit::AuditEntry>>)),
+            &[],
             get(audit::list),
         ),
         r(
             Method::GET,
             "/v1/workspaces/{ws}/audit/verify",
             Workspace(P::AuditVerify),
-            "Verify the audit hash chain.",
-            None,
-            None,
-            (200, Some(schema::<views::audit::Verification>)),
+            "Verify the audit chain (keyed hashes, and against the log).",
+            &[],
             get(audit::verify),
         ),
         r(
@@ -311,9 +239,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/workspaces/{ws}/audit/export",
             Workspace(P::AuditExport),
             "Export audit entries as JSON lines.",
-            None,
-            Some(schema::<audit::ExportParams>),
-            (200, None),
+            &[],
             get(audit::export),
         ),
         r(
@@ -321,9 +247,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/admin/api-keys",
             Operator,
             "List operator keys.",
-            None,
-            Some(schema::<PageParams>),
-            (200, Some(schema::<Page<keys::ApiKey>>)),
+            &[],
             get(keys::list_operators),
         ),
         r(
@@ -331,9 +255,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/admin/api-keys/{id}",
             Operator,
             "Revoke any key (operator or workspace) by id.",
-            None,
-            None,
-            (204, None),
+            &[Conflict],
             delete(keys::revoke_any),
         ),
         r(
@@ -341,9 +263,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/admin/unrouted",
             Operator,
             "Numbers with webhooks nobody held.",
-            None,
-            Some(schema::<PageParams>),
-            (200, Some(schema::<Page<views::unrouted::UnroutedNumber>>)),
+            &[],
             get(admin::unrouted),
         ),
         r(
@@ -351,9 +271,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/admin/unrouted/{phone_number_id}/assign",
             Operator,
             "Attach a number's unrouted webhooks to a workspace.",
-            Some(schema::<admin::Assign>),
-            None,
-            (200, Some(schema::<admin::Assigned>)),
+            &[TooLarge],
             post(admin::assign),
         ),
         r(
@@ -361,9 +279,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/admin/dead-letters",
             Operator,
             "List dead letters.",
-            None,
-            Some(schema::<admin::DeadLetterParams>),
-            (200, Some(schema::<Page<views::dead_letters::DeadLetter>>)),
+            &[],
             get(admin::dead_letters),
         ),
         r(
@@ -371,9 +287,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/admin/dead-letters/{id}",
             Operator,
             "Show a dead letter.",
-            None,
-            None,
-            (200, Some(schema::<views::dead_letters::DeadLetter>)),
+            &[],
             get(admin::dead_letter),
         ),
         r(
@@ -381,9 +295,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/admin/dead-letters/{id}/redrive",
             Operator,
             "Process a dead letter again.",
-            None,
-            None,
-            (202, None),
+            &[Conflict],
             post(admin::redrive),
         ),
         r(
@@ -391,9 +303,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/v1/admin/dead-letters/{id}/discard",
             Operator,
             "Give up on a dead letter.",
-            Some(schema::<admin::Discard>),
-            None,
-            (204, None),
+            &[Conflict, TooLarge],
             post(admin::discard),
         ),
     ]

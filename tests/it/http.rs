@@ -124,6 +124,92 @@ async fn openapi_documents_every_route_and_schemas_do_not_drift() {
     );
 }
 
+/// The validator `./scripts/test` installs (`OPENAPI_SPEC_VALIDATOR`, else the tools
+/// venv): a check of the document by an implementation that is not ours.
+fn openapi_validator() -> std::path::PathBuf {
+    std::env::var_os("OPENAPI_SPEC_VALIDATOR")
+        .map(Into::into)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(".tools/venv/bin/openapi-spec-validator")
+        })
+}
+
+#[tokio::test]
+async fn the_openapi_document_passes_an_independent_validator() {
+    let app = spawn_app(LogKind::Embedded, DbKind::Sqlite).await;
+    let served = app.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(served.status, StatusCode::OK);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("openapi.json");
+    std::fs::write(&path, &served.text).unwrap();
+    let validator = openapi_validator();
+    let out = std::process::Command::new(&validator)
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} ({e}); run ./scripts/test, which installs it",
+                validator.display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator refused the document:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every status a route can answer is documented, with its codes.
+    let doc = served.json;
+    let op = |path: &str, method: &str| doc["paths"][path][method].clone();
+    let post_webhook = op("/webhooks/meta", "post");
+    for status in ["200", "400", "401", "413", "503"] {
+        assert!(
+            post_webhook["responses"][status].is_object(),
+            "POST /webhooks/meta {status}"
+        );
+    }
+    let desc = post_webhook["responses"]["503"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(
+        desc.contains("log_unavailable") && desc.contains("not_configured"),
+        "{desc}"
+    );
+    let create_key = op("/v1/workspaces/{ws}/api-keys", "post");
+    assert!(create_key["responses"]["201"]["content"]["application/json"].is_object());
+    assert!(create_key["responses"]["409"].is_object());
+    assert_eq!(create_key["x-permission"], "keys.manage");
+    let revoke = op("/v1/workspaces/{ws}/api-keys/{id}", "delete");
+    assert!(revoke["responses"]["204"].is_object(), "{revoke}");
+    assert!(revoke["responses"]["503"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("workers_unavailable"));
+    // Roles are an enum, times date-times, in request bodies.
+    let schemas = &doc["components"]["schemas"];
+    let role = &schemas["Role"];
+    let roles: Vec<&str> = role["enum"]
+        .as_array()
+        .or_else(|| role["oneOf"].as_array())
+        .map(|v| {
+            v.iter()
+                .filter_map(|r| r.as_str().or(r["const"].as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(roles, ["viewer", "agent", "admin", "owner"], "{role}");
+    let expires = &schemas["CreateKey"]["properties"]["expires_at"];
+    assert!(
+        expires
+            .to_string()
+            .contains("#/components/schemas/Timestamp"),
+        "{expires}"
+    );
+    assert_eq!(schemas["Timestamp"]["format"], "date-time");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn metrics_and_readiness() {
     let app = spawn_app(LogKind::Embedded, DbKind::Sqlite).await;

@@ -2,11 +2,21 @@
 //! extractor, `GET /v1/permissions` serves the matrix, and the README's table is
 //! generated from [`matrix_markdown`].
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A workspace role. Higher roles hold every permission of the lower ones.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Role {

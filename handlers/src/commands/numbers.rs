@@ -12,7 +12,7 @@ use wabridge_events::{
 use wabridge_projections::views::{phone_numbers, unrouted};
 
 use super::{Caller, CommandError, Ctx};
-use crate::webhooks::processor::{item_key, record_processed};
+use wabridge_projections::views::webhook_items::{self, item_key};
 
 /// Meta ids are digits; keep them to a sane length.
 pub fn validate_id(what: &str, id: &str) -> Result<(), CommandError> {
@@ -26,7 +26,7 @@ pub fn validate_id(what: &str, id: &str) -> Result<(), CommandError> {
 
 /// The subject of the routing table (every claim and release).
 pub fn routing_subject(ctx: &Ctx) -> String {
-    PhoneNumberClaimed::subject(ctx.log.namespace(), None, "numbers")
+    phone_numbers::routing_subject(ctx.log.namespace())
 }
 
 fn event_for<T: EventData>(
@@ -170,7 +170,7 @@ pub async fn assign_unrouted(
             .acquire()
             .await
             .map_err(|e| CommandError::Internal(e.into()))?;
-        record_processed(&mut conn, std::slice::from_ref(&key), 0).await?;
+        webhook_items::record(&mut conn, std::slice::from_ref(&key), 0).await?;
         count += 1;
     }
     let data = UnroutedAssigned {

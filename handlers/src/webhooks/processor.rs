@@ -7,10 +7,7 @@
 //! twice (a redelivery after the duplicate window) or processed twice (a crash
 //! between append and commit) yields each domain event once.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use anyhow::Context;
 use futures_util::future::join_all;
@@ -21,7 +18,10 @@ use wabridge_events::{
 };
 use wabridge_projections::{
     driver::{record_dead_letter, Follower, Reactor, Staged},
-    views::phone_numbers,
+    views::{
+        phone_numbers,
+        webhook_items::{self, item_key},
+    },
 };
 
 use super::split::{split_webhook, Route, WebhookItem};
@@ -90,49 +90,8 @@ impl Reactor for Processor {
     ) -> anyhow::Result<()> {
         let keys: Vec<String> = staged.take().unwrap_or_default();
         let last = batch.last().map_or(0, |e| e.seq);
-        record_processed(tx, &keys, last).await
+        webhook_items::record(tx, &keys, last).await
     }
-}
-
-/// The natural key of an item in a workspace (`None`: unrouted). The processor, the
-/// operator's assignment and a redrive all record and dedup items by this key.
-pub fn item_key(workspace: Option<&str>, dedup_key: &str) -> String {
-    format!("{}|{dedup_key}", workspace.unwrap_or("unrouted"))
-}
-
-/// Records items as processed (`raw_seq`: the raw event they came from, 0 when
-/// attached by the operator).
-pub async fn record_processed(
-    conn: &mut sqlx::AnyConnection,
-    keys: &[String],
-    raw_seq: u64,
-) -> anyhow::Result<()> {
-    for key in keys {
-        sqlx::query("INSERT INTO webhook_items (dedup_key, raw_seq) VALUES ($1, $2) ON CONFLICT (dedup_key) DO NOTHING")
-            .bind(key)
-            .bind(raw_seq as i64)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Which of `keys` were processed before (one query per 500 keys).
-async fn processed_keys(ctx: &Ctx, keys: &[&str]) -> anyhow::Result<HashSet<String>> {
-    let mut found = HashSet::new();
-    for chunk in keys.chunks(500) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "SELECT dedup_key FROM webhook_items WHERE dedup_key IN ({})",
-            placeholders.join(", ")
-        );
-        let mut q = sqlx::query_scalar::<_, String>(&sql);
-        for k in chunk {
-            q = q.bind(*k);
-        }
-        found.extend(q.fetch_all(&ctx.store.reads).await?);
-    }
-    Ok(found)
 }
 
 /// What a chunk produced.
@@ -150,7 +109,7 @@ async fn process_chunk<'a>(
     // Route against every claim made up to now.
     ctx.fresh(
         "phone_numbers",
-        &crate::commands::numbers::routing_subject(ctx),
+        &phone_numbers::routing_subject(ctx.log.namespace()),
     )
     .await?;
     let mut unparsable = vec![];
@@ -175,7 +134,7 @@ async fn process_chunk<'a>(
         }
     }
     let keys: Vec<&str> = planned.iter().map(|(k, _)| k.as_str()).collect();
-    let mut skip = processed_keys(ctx, &keys).await?;
+    let mut skip = webhook_items::processed(&ctx.store, &keys).await?;
     let mut appends = vec![];
     for (key, new) in &planned {
         // A body stored twice in one chunk yields its items once.

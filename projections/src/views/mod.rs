@@ -7,6 +7,7 @@ pub mod messages;
 pub mod phone_numbers;
 pub mod tokens;
 pub mod unrouted;
+pub mod webhook_items;
 pub mod workspaces;
 
 use std::sync::Arc;

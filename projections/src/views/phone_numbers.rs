@@ -105,3 +105,9 @@ pub async fn workspaces_of_waba(store: &Store, waba_id: &str) -> anyhow::Result<
     .fetch_all(&store.reads)
     .await?)
 }
+
+/// The subject of the routing table: every claim and release, of every workspace.
+pub fn routing_subject(ns: &wabridge_events::Namespace) -> String {
+    use wabridge_events::types::EventData;
+    wabridge_events::types::PhoneNumberClaimed::subject(ns, None, "numbers")
+}

@@ -1,6 +1,6 @@
 //! Operator routes: unrouted webhooks and dead letters.
 
-use axum::{extract::State, http::StatusCode, Json as AxumJson};
+use axum::{extract::State, Json as AxumJson};
 use serde::{Deserialize, Serialize};
 use wabridge_events::Slug;
 use wabridge_handlers::commands::{dead_letters as dl_cmd, numbers};
@@ -15,6 +15,7 @@ use crate::{
         auth::Authed,
         error::AppError,
         extract::{Json, Page, PageParams, Path, Query},
+        respond::{Accepted, NoContent},
     },
 };
 
@@ -36,7 +37,7 @@ pub async fn unrouted(
 #[serde(deny_unknown_fields)]
 pub struct Assign {
     /// The workspace receiving the items.
-    pub workspace: String,
+    pub workspace: Slug,
 }
 
 /// The assignment result.
@@ -47,7 +48,7 @@ pub struct Assigned {
 }
 
 /// Path with a phone number id.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct NumberOnly {
     /// Meta's phone number id.
     pub phone_number_id: String,
@@ -60,8 +61,9 @@ pub async fn assign(
     Path(p): Path<NumberOnly>,
     Json(body): Json<Assign>,
 ) -> Result<AxumJson<Assigned>, AppError> {
-    let ws = Slug::parse(&body.workspace).map_err(|e| AppError::validation(e.to_string()))?;
-    let items = numbers::assign_unrouted(&app.ctx, &auth.caller, &p.phone_number_id, &ws).await?;
+    let items =
+        numbers::assign_unrouted(&app.ctx, &auth.caller, &p.phone_number_id, &body.workspace)
+            .await?;
     Ok(AxumJson(Assigned { items }))
 }
 
@@ -69,8 +71,8 @@ pub async fn assign(
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterParams {
-    /// `open`, `redriving`, `resolved` or `discarded`.
-    pub status: Option<String>,
+    /// Only dead letters in this state.
+    pub status: Option<DeadLetterStatus>,
     /// Cursor.
     pub cursor: Option<String>,
     /// Page size.
@@ -90,7 +92,7 @@ pub async fn dead_letters(
     .limit()?;
     let items = dead_letters::list(
         &app.ctx.store,
-        p.status.as_deref(),
+        p.status.map(DeadLetterStatus::as_str),
         p.cursor.as_deref(),
         limit,
     )
@@ -98,8 +100,34 @@ pub async fn dead_letters(
     Ok(AxumJson(Page::new(items, limit, |d| d.id.clone())))
 }
 
+/// The state of a dead letter.
+#[derive(Clone, Copy, Debug, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterStatus {
+    /// Waiting for the operator.
+    Open,
+    /// A redrive was requested.
+    Redriving,
+    /// A redrive succeeded.
+    Resolved,
+    /// The operator gave up on it.
+    Discarded,
+}
+
+impl DeadLetterStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterStatus::Open => "open",
+            DeadLetterStatus::Redriving => "redriving",
+            DeadLetterStatus::Resolved => "resolved",
+            DeadLetterStatus::Discarded => "discarded",
+        }
+    }
+}
+
 /// Path with a dead-letter id.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct DeadLetterPath {
     /// The id.
     pub id: String,
@@ -122,9 +150,21 @@ pub async fn redrive(
     State(app): State<App>,
     auth: Authed,
     Path(p): Path<DeadLetterPath>,
-) -> Result<StatusCode, AppError> {
+) -> Result<Accepted<RedriveRequested>, AppError> {
     dl_cmd::redrive(&app.ctx, &auth.caller, &p.id).await?;
-    Ok(StatusCode::ACCEPTED)
+    Ok(Accepted(RedriveRequested {
+        id: p.id,
+        status: "redriving",
+    }))
+}
+
+/// A redrive was requested; the dead letter's status shows the outcome.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct RedriveRequested {
+    /// The dead letter.
+    pub id: String,
+    /// `redriving` until the consumer tried again.
+    pub status: &'static str,
 }
 
 /// Discard body.
@@ -141,7 +181,7 @@ pub async fn discard(
     auth: Authed,
     Path(p): Path<DeadLetterPath>,
     Json(body): Json<Discard>,
-) -> Result<StatusCode, AppError> {
+) -> Result<NoContent, AppError> {
     dl_cmd::discard(&app.ctx, &auth.caller, &p.id, body.reason).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }

@@ -28,24 +28,14 @@ pub struct AuditParams {
     pub actor: Option<String>,
     /// Only this action (event type).
     pub action: Option<String>,
-    /// At or after (RFC 3339).
-    pub since: Option<String>,
-    /// Before (RFC 3339).
-    pub until: Option<String>,
+    /// At or after.
+    pub since: Option<Timestamp>,
+    /// Before.
+    pub until: Option<Timestamp>,
     /// Cursor.
     pub cursor: Option<String>,
     /// Page size (default 50, at most 500).
     pub limit: Option<i64>,
-}
-
-fn time_param(name: &str, v: &Option<String>) -> Result<Option<String>, AppError> {
-    v.as_deref()
-        .map(|s| {
-            Timestamp::parse(s)
-                .map(|t| t.to_string())
-                .map_err(|_| AppError::validation(format!("{name} must be an RFC 3339 time")))
-        })
-        .transpose()
 }
 
 /// Entries newest first.
@@ -70,8 +60,8 @@ pub async fn list(
     let q = AuditQuery {
         actor: p.actor.clone(),
         action: p.action.clone(),
-        since: time_param("since", &p.since)?,
-        until: time_param("until", &p.until)?,
+        since: p.since.map(|t| t.to_string()),
+        until: p.until.map(|t| t.to_string()),
         before_seq,
         limit,
     };
@@ -98,8 +88,8 @@ pub async fn verify(
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportParams {
-    /// Entries at or after (RFC 3339); default: everything retained.
-    pub since: Option<String>,
+    /// Entries at or after; default: everything retained.
+    pub since: Option<Timestamp>,
 }
 
 /// Entries in chain order as JSON lines (for a SIEM).
@@ -108,7 +98,7 @@ pub async fn export(
     auth: Authed,
     Query(p): Query<ExportParams>,
 ) -> Result<Response, AppError> {
-    let since = time_param("since", &p.since)?.unwrap_or_default();
+    let since = p.since.map(|t| t.to_string()).unwrap_or_default();
     let mut out = String::new();
     let mut after = 0;
     loop {

@@ -1,6 +1,6 @@
 //! API keys of a workspace.
 
-use axum::{extract::State, http::StatusCode, Json as AxumJson};
+use axum::{extract::State, Json as AxumJson};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use wabridge_events::Timestamp;
@@ -13,6 +13,7 @@ use crate::{
         auth::Authed,
         error::AppError,
         extract::{Json, Page, PageParams, Path, Query},
+        respond::{Created, NoContent},
     },
 };
 
@@ -22,10 +23,10 @@ use crate::{
 pub struct CreateKey {
     /// Display name.
     pub name: String,
-    /// `owner`, `admin`, `agent` or `viewer` (at most the caller's own role).
-    pub role: String,
-    /// Optional expiry (RFC 3339).
-    pub expires_at: Option<String>,
+    /// At most the caller's own role.
+    pub role: Role,
+    /// Optional expiry.
+    pub expires_at: Option<Timestamp>,
 }
 
 /// The created key; `key` is shown only here.
@@ -36,7 +37,7 @@ pub struct CreatedKey {
     /// The key text. Store it now: only its hash is kept.
     pub key: String,
     /// Role.
-    pub role: String,
+    pub role: Role,
 }
 
 /// A key as the API shows it (no secret, no hash).
@@ -87,32 +88,21 @@ pub async fn create(
     State(app): State<App>,
     auth: Authed,
     Json(body): Json<CreateKey>,
-) -> Result<(StatusCode, AxumJson<CreatedKey>), AppError> {
-    let role = Role::parse(&body.role)
-        .ok_or_else(|| AppError::validation("role must be owner, admin, agent or viewer"))?;
-    let expires_at = body
-        .expires_at
-        .as_deref()
-        .map(Timestamp::parse)
-        .transpose()
-        .map_err(|_| AppError::validation("expires_at must be an RFC 3339 time"))?;
+) -> Result<Created<CreatedKey>, AppError> {
     let k = cmd::create(
         &app.ctx,
         &auth.caller,
         Some(auth.ws()),
         &body.name,
-        Some(role),
-        expires_at,
+        Some(body.role),
+        body.expires_at,
     )
     .await?;
-    Ok((
-        StatusCode::CREATED,
-        AxumJson(CreatedKey {
-            id: k.id,
-            key: k.key.expose_secret().to_string(),
-            role: k.role,
-        }),
-    ))
+    Ok(Created(CreatedKey {
+        id: k.id,
+        key: k.key.expose_secret().to_string(),
+        role: body.role,
+    }))
 }
 
 /// Lists keys (no secrets).
@@ -144,7 +134,7 @@ pub async fn list_operators(
 }
 
 /// Path with a key id only.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct KeyOnly {
     /// Key id.
     pub id: String,
@@ -155,13 +145,13 @@ pub async fn revoke_any(
     State(app): State<App>,
     auth: Authed,
     Path(p): Path<KeyOnly>,
-) -> Result<StatusCode, AppError> {
+) -> Result<NoContent, AppError> {
     cmd::revoke_any(&app.ctx, &auth.caller, &p.id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }
 
 /// Path of a key.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct KeyPath {
     /// Workspace.
     pub ws: String,
@@ -174,7 +164,7 @@ pub async fn revoke(
     State(app): State<App>,
     auth: Authed,
     Path(p): Path<KeyPath>,
-) -> Result<StatusCode, AppError> {
+) -> Result<NoContent, AppError> {
     cmd::revoke(&app.ctx, &auth.caller, Some(auth.ws()), &p.id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }

@@ -81,7 +81,7 @@ pub async fn receive(State(app): State<App>, req: Request) -> Result<StatusCode,
         app.metrics
             .signature_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        crate::security::record_failure(&app, ip, "webhook_signature");
+        app.auth_failures.record(ip, "webhook_signature");
         return Err(AppError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_signature",

@@ -1,6 +1,6 @@
 //! Phone numbers of a workspace (webhook routing).
 
-use axum::{extract::State, http::StatusCode, Json as AxumJson};
+use axum::{extract::State, Json as AxumJson};
 use serde::Deserialize;
 use wabridge_handlers::commands::numbers as cmd;
 use wabridge_projections::views::phone_numbers::{self, PhoneNumber};
@@ -11,6 +11,7 @@ use crate::{
         auth::Authed,
         error::AppError,
         extract::{Json, Page, PageParams, Path, Query},
+        respond::NoContent,
     },
 };
 
@@ -25,7 +26,7 @@ pub struct ClaimNumber {
 }
 
 /// Path of a number.
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub struct NumberPath {
     /// Workspace.
     pub ws: String,
@@ -76,7 +77,7 @@ pub async fn release(
     State(app): State<App>,
     auth: Authed,
     Path(p): Path<NumberPath>,
-) -> Result<StatusCode, AppError> {
+) -> Result<NoContent, AppError> {
     cmd::release(&app.ctx, &auth.caller, auth.ws(), &p.phone_number_id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }

@@ -121,11 +121,6 @@ pub async fn metrics(State(app): State<App>) -> Result<Response, AppError> {
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }
 
-/// `GET /openapi.json`.
-pub async fn openapi() -> Json<serde_json::Value> {
-    Json(crate::http::openapi::document())
-}
-
 /// `GET /v1/permissions`: the role × permission matrix.
 pub async fn permissions() -> Json<Vec<MatrixRow>> {
     Json(matrix())

@@ -1,7 +1,7 @@
 //! The token vault's routes. The token is deserialised straight into a
 //! `SecretString` and never answered, logged or appended in plain text.
 
-use axum::{extract::State, http::StatusCode, Json as AxumJson};
+use axum::{extract::State, Json as AxumJson};
 use serde::{Deserialize, Serialize};
 use wabridge_events::Timestamp;
 use wabridge_handlers::commands::tokens as cmd;
@@ -14,6 +14,7 @@ use crate::{
         auth::Authed,
         error::AppError,
         extract::{Json, Page, Path, Query},
+        respond::NoContent,
     },
 };
 
@@ -24,8 +25,8 @@ pub struct PutToken {
     /// The Meta access token (write-only).
     #[schemars(with = "String")]
     pub access_token: secrecy::SecretString,
-    /// Expiry, when known (RFC 3339).
-    pub expires_at: Option<String>,
+    /// Expiry, when known.
+    pub expires_at: Option<Timestamp>,
 }
 
 /// Token metadata.
@@ -61,13 +62,7 @@ pub async fn put(
     auth: Authed,
     Path(p): Path<NumberPath>,
     Json(body): Json<PutToken>,
-) -> Result<StatusCode, AppError> {
-    let expires_at = body
-        .expires_at
-        .as_deref()
-        .map(Timestamp::parse)
-        .transpose()
-        .map_err(|_| AppError::validation("expires_at must be an RFC 3339 time"))?;
+) -> Result<NoContent, AppError> {
     cmd::store(
         &app.ctx,
         app.cfg.token_keys.as_ref(),
@@ -75,10 +70,10 @@ pub async fn put(
         auth.ws(),
         &p.phone_number_id,
         &body.access_token,
-        expires_at,
+        body.expires_at,
     )
     .await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }
 
 /// Reads a token's metadata.
@@ -99,9 +94,9 @@ pub async fn revoke(
     State(app): State<App>,
     auth: Authed,
     Path(p): Path<NumberPath>,
-) -> Result<StatusCode, AppError> {
+) -> Result<NoContent, AppError> {
     cmd::revoke(&app.ctx, &auth.caller, auth.ws(), &p.phone_number_id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(NoContent)
 }
 
 /// `GET …/tokens` parameters.

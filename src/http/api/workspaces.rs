@@ -1,6 +1,6 @@
 //! Workspaces (operator).
 
-use axum::{extract::State, http::StatusCode, Json as AxumJson};
+use axum::{extract::State, Json as AxumJson};
 use serde::Deserialize;
 use wabridge_events::Slug;
 use wabridge_handlers::commands::workspaces as cmd;
@@ -12,6 +12,7 @@ use crate::{
         auth::Authed,
         error::AppError,
         extract::{Json, Page, PageParams, Query},
+        respond::Created,
     },
 };
 
@@ -19,8 +20,8 @@ use crate::{
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkspace {
-    /// Immutable slug `[a-z0-9-]{1,40}`.
-    pub slug: String,
+    /// Immutable slug.
+    pub slug: Slug,
     /// Display name.
     pub name: String,
 }
@@ -30,10 +31,9 @@ pub async fn create(
     State(app): State<App>,
     auth: Authed,
     Json(body): Json<CreateWorkspace>,
-) -> Result<(StatusCode, AxumJson<Workspace>), AppError> {
-    let slug = Slug::parse(&body.slug).map_err(|e| AppError::validation(e.to_string()))?;
-    let ws = cmd::create(&app.ctx, &auth.caller, &slug, &body.name).await?;
-    Ok((StatusCode::CREATED, AxumJson(ws)))
+) -> Result<Created<Workspace>, AppError> {
+    let ws = cmd::create(&app.ctx, &auth.caller, &body.slug, &body.name).await?;
+    Ok(Created(ws))
 }
 
 /// Lists workspaces.

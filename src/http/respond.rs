@@ -1,0 +1,60 @@
+//! Success answers other than `200 OK` with a JSON body, typed so the OpenAPI
+//! document derives each route's success status from its handler.
+
+use aide::{
+    generate::GenContext,
+    openapi::{Operation, Response, StatusCode as DocStatus},
+    OperationOutput,
+};
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response as HttpResponse},
+};
+use schemars::JsonSchema;
+use serde::Serialize;
+
+pub use axum::response::NoContent;
+
+macro_rules! json_status {
+    ($name:ident, $status:expr, $code:literal, $doc:literal) => {
+        #[doc = $doc]
+        pub struct $name<T>(pub T);
+
+        impl<T: Serialize> IntoResponse for $name<T> {
+            fn into_response(self) -> HttpResponse {
+                ($status, axum::Json(self.0)).into_response()
+            }
+        }
+
+        impl<T: JsonSchema> OperationOutput for $name<T> {
+            type Inner = T;
+
+            fn operation_response(ctx: &mut GenContext, op: &mut Operation) -> Option<Response> {
+                axum::Json::<T>::operation_response(ctx, op)
+            }
+
+            fn inferred_responses(
+                ctx: &mut GenContext,
+                op: &mut Operation,
+            ) -> Vec<(Option<DocStatus>, Response)> {
+                Self::operation_response(ctx, op)
+                    .map(|r| (Some(DocStatus::Code($code)), r))
+                    .into_iter()
+                    .collect()
+            }
+        }
+    };
+}
+
+json_status!(
+    Created,
+    StatusCode::CREATED,
+    201,
+    "`201 Created` with a JSON body."
+);
+json_status!(
+    Accepted,
+    StatusCode::ACCEPTED,
+    202,
+    "`202 Accepted` with a JSON body."
+);
