@@ -90,6 +90,8 @@ impl App {
         .await
         .map_err(|_| anyhow::anyhow!("timed out connecting to DATABASE_URL"))??;
         let projections_local = cfg.roles.workers;
+        let metrics = Arc::new(Metrics::default());
+        let log: Arc<dyn EventLog> = Arc::new(crate::metrics::TimedLog::new(log, metrics.clone()));
         Ok(App(Arc::new(AppState {
             cfg: Arc::new(cfg),
             ctx: Ctx {
@@ -99,7 +101,7 @@ impl App {
                 tokens: Arc::default(),
                 projections_local,
             },
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             key_use: Arc::default(),
             known_workspaces: Arc::default(),
             auth_failures: Arc::default(),

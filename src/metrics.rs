@@ -1,176 +1,307 @@
-//! Process metrics in Prometheus text format (no exporter dependency).
+//! Process metrics for `/metrics`, through `prometheus-client`: every family has
+//! HELP and TYPE, label values are escaped, latencies are real histograms.
+//!
+//! Counters are exposed with the `_total` suffix; gauges that describe the read
+//! models (projection lag, open dead letters) are set when `/metrics` is scraped.
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Mutex,
+use std::{sync::Arc, time::Duration};
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
     },
+    registry::Registry,
+};
+use wabridge_events::{
+    AppendError, Appended, EventLog, EventStream, Lease, LogError, Namespace, NewEvent, ReadFrom,
+    StoredEvent, StreamKind,
 };
 
-/// A fixed-bucket latency histogram.
-pub struct Histogram {
-    bounds: &'static [f64],
-    counts: Vec<AtomicU64>,
-    sum_micros: AtomicU64,
-    count: AtomicU64,
+/// A response, by matched route and status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route template (`/v1/workspaces/{ws}/…`), never the raw path.
+    pub route: &'static str,
+    /// The status code.
+    pub status: u16,
 }
 
-const LATENCY_BOUNDS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-];
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Histogram {
-            bounds: LATENCY_BOUNDS,
-            counts: LATENCY_BOUNDS.iter().map(|_| AtomicU64::new(0)).collect(),
-            sum_micros: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
+/// A projection or reactor, by name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabels {
+    /// Its name (its checkpoint).
+    pub projection: String,
 }
 
-impl Histogram {
-    /// Records one observation.
-    pub fn observe(&self, d: std::time::Duration) {
-        let secs = d.as_secs_f64();
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            if secs <= *b {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.sum_micros
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
+/// A stream of the log.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    /// `domain` or `raw`.
+    pub stream: &'static str,
+}
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (b, c) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{b}\"}} {}",
-                c.load(Ordering::Relaxed)
-            );
-        }
-        let n = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count {n}");
-    }
+fn latency_histogram() -> Histogram {
+    // 100 µs to ~13 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
 
 /// Every metric the process keeps.
-#[derive(Default)]
 pub struct Metrics {
+    registry: Registry,
     /// Webhooks appended (new).
-    pub webhooks_ingested: AtomicU64,
+    pub webhooks_ingested: Counter,
     /// Webhooks that were duplicates inside the window.
-    pub webhooks_duplicate: AtomicU64,
+    pub webhooks_duplicate: Counter,
     /// Webhooks refused for their signature.
-    pub signature_failures: AtomicU64,
+    pub signature_failures: Counter,
     /// Requests refused for a missing, malformed, expired or revoked key.
-    pub auth_failures: AtomicU64,
-    /// Requests denied for a missing permission.
-    pub access_denied: AtomicU64,
-    /// Rate-limit rejections (sending, later issue).
-    pub rate_limited: AtomicU64,
+    pub auth_failures: Counter,
+    /// Requests denied for a missing permission (or another workspace's resource).
+    pub access_denied: Counter,
+    /// Connections closed at accept because `WABRIDGE_MAX_CONNECTIONS` were open.
+    pub connections_refused: Counter,
     /// Time from request to durable append of a webhook.
     pub ingest_latency: Histogram,
+    /// Time of one append to the log, by stream.
+    pub append_latency: Family<StreamLabels, Histogram, fn() -> Histogram>,
     /// Responses by route and status.
-    pub http: Mutex<BTreeMap<(&'static str, u16), u64>>,
-    /// Connections closed at accept because `WABRIDGE_MAX_CONNECTIONS` were open.
-    pub connections_refused: AtomicU64,
+    pub http: Family<HttpLabels, Counter>,
+    /// Events a projection or reactor is behind the log's head.
+    pub projection_lag: Family<ConsumerLabels, Gauge>,
+    /// Dead letters waiting for the operator.
+    pub dead_letters_open: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            webhooks_ingested: Counter::default(),
+            webhooks_duplicate: Counter::default(),
+            signature_failures: Counter::default(),
+            auth_failures: Counter::default(),
+            access_denied: Counter::default(),
+            connections_refused: Counter::default(),
+            ingest_latency: latency_histogram(),
+            append_latency: Family::new_with_constructor(latency_histogram),
+            http: Family::default(),
+            projection_lag: Family::default(),
+            dead_letters_open: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "wabridge_webhooks_ingested",
+            "Meta webhooks appended to the log",
+            m.webhooks_ingested.clone(),
+        );
+        registry.register(
+            "wabridge_webhooks_duplicate",
+            "Meta webhooks already in the log (duplicate window)",
+            m.webhooks_duplicate.clone(),
+        );
+        registry.register(
+            "wabridge_webhook_signature_failures",
+            "Meta webhooks refused for a missing, malformed or wrong signature",
+            m.signature_failures.clone(),
+        );
+        registry.register(
+            "wabridge_auth_failures",
+            "Requests refused for a missing, malformed, expired or revoked key",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "wabridge_access_denied",
+            "Requests with a valid key denied (missing permission, another workspace)",
+            m.access_denied.clone(),
+        );
+        registry.register(
+            "wabridge_connections_refused",
+            "Connections closed at accept because WABRIDGE_MAX_CONNECTIONS were open",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "wabridge_webhook_ingest_seconds",
+            "Time from a webhook request to its durable append",
+            m.ingest_latency.clone(),
+        );
+        registry.register(
+            "wabridge_log_append_seconds",
+            "Time of one append to the event log, by stream",
+            m.append_latency.clone(),
+        );
+        registry.register(
+            "wabridge_http_responses",
+            "Responses by matched route and status",
+            m.http.clone(),
+        );
+        registry.register(
+            "wabridge_projection_lag_events",
+            "Events a projection or reactor is behind the log's head",
+            m.projection_lag.clone(),
+        );
+        registry.register(
+            "wabridge_dead_letters_open",
+            "Dead letters waiting for the operator",
+            m.dead_letters_open.clone(),
+        );
+        Metrics { registry, ..m }
+    }
 }
 
 impl Metrics {
     /// Counts a connection refused at accept.
     pub fn count_refused_connection(&self) {
-        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+        self.connections_refused.inc();
     }
 
     /// Counts one response.
     pub fn count_http(&self, route: &'static str, status: u16) {
-        *self
-            .http
-            .lock()
-            .expect("metrics lock")
-            .entry((route, status))
-            .or_default() += 1;
+        self.http.get_or_create(&HttpLabels { route, status }).inc();
     }
 
-    /// Renders the counters, plus gauges computed by the caller (`name`, labels, value).
-    pub fn render(&self, gauges: &[(&str, String, f64)]) -> String {
+    /// The text exposition (OpenMetrics).
+    pub fn render(&self) -> String {
         let mut out = String::new();
-        let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
-        };
-        counter(
-            &mut out,
-            "wabridge_webhooks_ingested_total",
-            "Meta webhooks appended to the log.",
-            &self.webhooks_ingested,
-        );
-        counter(
-            &mut out,
-            "wabridge_webhooks_duplicate_total",
-            "Meta webhooks already in the log (duplicate window).",
-            &self.webhooks_duplicate,
-        );
-        counter(
-            &mut out,
-            "wabridge_webhook_signature_failures_total",
-            "Meta webhooks refused for a missing, malformed or wrong signature.",
-            &self.signature_failures,
-        );
-        counter(
-            &mut out,
-            "wabridge_auth_failures_total",
-            "Requests refused for a missing, malformed, expired or revoked key.",
-            &self.auth_failures,
-        );
-        counter(
-            &mut out,
-            "wabridge_access_denied_total",
-            "Requests denied for a missing permission.",
-            &self.access_denied,
-        );
-        counter(
-            &mut out,
-            "wabridge_rate_limit_rejections_total",
-            "Sends refused by a workspace rate limit.",
-            &self.rate_limited,
-        );
-        self.ingest_latency.render(
-            &mut out,
-            "wabridge_webhook_ingest_seconds",
-            "Time from request to durable append of a webhook.",
-        );
-        let _ = writeln!(out, "# HELP wabridge_http_responses_total Responses by matched route and status.\n# TYPE wabridge_http_responses_total counter");
-        for ((route, status), n) in self.http.lock().expect("metrics lock").iter() {
-            let _ = writeln!(
-                out,
-                "wabridge_http_responses_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
-        }
-        let mut last = "";
-        for (name, labels, v) in gauges {
-            if *name != last {
-                let _ = writeln!(out, "# TYPE {name} gauge");
-                last = name;
-            }
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
+        encode(&mut out, &self.registry).expect("writing to a string");
         out
+    }
+}
+
+/// The event log with its appends timed into [`Metrics::append_latency`].
+pub struct TimedLog {
+    inner: Arc<dyn EventLog>,
+    metrics: Arc<Metrics>,
+}
+
+impl TimedLog {
+    /// Wraps a log.
+    pub fn new(inner: Arc<dyn EventLog>, metrics: Arc<Metrics>) -> Self {
+        TimedLog { inner, metrics }
+    }
+}
+
+#[async_trait::async_trait]
+impl EventLog for TimedLog {
+    async fn append(&self, event: NewEvent) -> Result<Appended, AppendError> {
+        let stream = match self.inner.namespace().stream_of(&event.subject) {
+            Some(StreamKind::Raw) => "raw",
+            _ => "domain",
+        };
+        let started = std::time::Instant::now();
+        let result = self.inner.append(event).await;
+        self.metrics
+            .append_latency
+            .get_or_create(&StreamLabels { stream })
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn read(
+        &self,
+        stream: StreamKind,
+        from: ReadFrom,
+        filter: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, LogError> {
+        self.inner.read(stream, from, filter, limit).await
+    }
+
+    async fn follow(
+        &self,
+        stream: StreamKind,
+        consumer: &str,
+        from_seq: u64,
+    ) -> Result<EventStream, LogError> {
+        self.inner.follow(stream, consumer, from_seq).await
+    }
+
+    async fn follow_ephemeral(
+        &self,
+        stream: StreamKind,
+        from_seq: u64,
+    ) -> Result<EventStream, LogError> {
+        self.inner.follow_ephemeral(stream, from_seq).await
+    }
+
+    async fn last_seq(&self, stream: StreamKind) -> Result<u64, LogError> {
+        self.inner.last_seq(stream).await
+    }
+
+    async fn last_subject_seq(&self, subject: &str) -> Result<u64, LogError> {
+        self.inner.last_subject_seq(subject).await
+    }
+
+    async fn acquire_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        replacing: Option<&str>,
+    ) -> Result<Lease, LogError> {
+        self.inner.acquire_lease(name, holder, ttl, replacing).await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), LogError> {
+        self.inner.release_lease(name, holder).await
+    }
+
+    async fn lease(&self, name: &str) -> Result<Option<Lease>, LogError> {
+        self.inner.lease(name).await
+    }
+
+    async fn ping(&self) -> Result<(), LogError> {
+        self.inner.ping().await
+    }
+
+    fn max_payload(&self) -> usize {
+        self.inner.max_payload()
+    }
+
+    fn namespace(&self) -> &Namespace {
+        self.inner.namespace()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_has_help_and_type_and_labels_are_escaped() {
+        let m = Metrics::default();
+        m.webhooks_ingested.inc();
+        m.count_http("/v1/x\"y\\z\n", 200);
+        m.ingest_latency.observe(0.002);
+        m.append_latency
+            .get_or_create(&StreamLabels { stream: "raw" })
+            .observe(0.001);
+        m.projection_lag
+            .get_or_create(&ConsumerLabels {
+                projection: "audit".into(),
+            })
+            .set(3);
+        let text = m.render();
+        for family in [
+            "wabridge_webhooks_ingested",
+            "wabridge_http_responses",
+            "wabridge_webhook_ingest_seconds",
+            "wabridge_projection_lag_events",
+            "wabridge_dead_letters_open",
+            "wabridge_log_append_seconds",
+        ] {
+            assert!(text.contains(&format!("# HELP {family} ")), "{family}: {text}");
+            assert!(text.contains(&format!("# TYPE {family} ")), "{family}: {text}");
+        }
+        assert!(text.contains("wabridge_webhooks_ingested_total 1"), "{text}");
+        assert!(
+            text.contains(r#"route="/v1/x\"y\\z\n""#),
+            "label not escaped: {text}"
+        );
+        assert!(text.contains("wabridge_webhook_ingest_seconds_bucket{le="), "{text}");
+        assert!(text.contains(r#"wabridge_projection_lag_events{projection="audit"} 3"#), "{text}");
     }
 }

@@ -151,7 +151,7 @@ async fn authenticate(app: &App, parts: &Parts, ip: Option<IpAddr>) -> Result<Pr
     let fail = |why: &str| {
         app.metrics
             .auth_failures
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            .inc();
         app.auth_failures.record(ip, "api_key");
         AppError::unauthorized(why.to_string())
     };
@@ -247,7 +247,7 @@ async fn record_denial(
 ) {
     app.metrics
         .access_denied
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            .inc();
     let ws = match principal {
         Principal::Workspace { workspace, .. } => Some(workspace.clone()),
         Principal::Operator { .. } => None,

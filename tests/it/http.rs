@@ -223,12 +223,17 @@ async fn metrics_and_readiness() {
     )
     .await;
     let m = app.call(Method::GET, "/metrics", None, None).await.text;
+    assert!(
+        !m.contains("rate_limit"),
+        "a metric nothing increments is exported:\n{m}"
+    );
     for name in [
         "wabridge_webhooks_ingested_total",
         "wabridge_webhook_signature_failures_total 1",
         "wabridge_projection_lag_events{projection=\"audit\"}",
         "wabridge_dead_letters_open",
-        "wabridge_rate_limit_rejections_total",
+        "# HELP wabridge_projection_lag_events ",
+        "wabridge_log_append_seconds_bucket{le=",
         "wabridge_webhook_ingest_seconds_bucket",
         // counted by route template, not by raw path
         "wabridge_http_responses_total{route=\"/v1/permissions\",status=\"200\"} 1",

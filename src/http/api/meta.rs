@@ -80,7 +80,7 @@ pub async fn receive(State(app): State<App>, req: Request) -> Result<StatusCode,
     if let Err(e) = verify_signature(&app.cfg.meta_app_secrets, sig, &body) {
         app.metrics
             .signature_failures
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            .inc();
         app.auth_failures.record(ip, "webhook_signature");
         return Err(AppError::new(
             StatusCode::UNAUTHORIZED,
@@ -104,8 +104,10 @@ pub async fn receive(State(app): State<App>, req: Request) -> Result<StatusCode,
             } else {
                 &app.metrics.webhooks_ingested
             };
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            app.metrics.ingest_latency.observe(started.elapsed());
+            counter.inc();
+            app.metrics
+                .ingest_latency
+                .observe(started.elapsed().as_secs_f64());
             Ok(StatusCode::OK)
         }
         Err(e @ AppendError::PayloadTooLarge { .. }) => Err(AppError::new(

@@ -102,23 +102,29 @@ pub async fn readyz(State(app): State<App>) -> Response {
         .into_response()
 }
 
-/// `GET /metrics`: Prometheus text.
+/// `GET /metrics`: the OpenMetrics text exposition (Prometheus reads it), with the
+/// read-model gauges set as of now.
 pub async fn metrics(State(app): State<App>) -> Result<Response, AppError> {
-    let mut gauges = vec![];
     if let Ok(lags) = lags(&app).await {
-        for (name, lag) in lags {
-            gauges.push((
-                "wabridge_projection_lag_events",
-                format!("{{projection=\"{name}\"}}"),
-                lag as f64,
-            ));
+        for (projection, lag) in lags {
+            app.metrics
+                .projection_lag
+                .get_or_create(&crate::metrics::ConsumerLabels { projection })
+                .set(lag as i64);
         }
     }
     if let Ok(n) = dead_letters::count_open(&app.ctx.store).await {
-        gauges.push(("wabridge_dead_letters_open", String::new(), n as f64));
+        app.metrics.dead_letters_open.set(n);
     }
-    let body = app.metrics.render(&gauges);
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
+    let body = app.metrics.render();
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
 }
 
 /// `GET /v1/permissions`: the role × permission matrix.
