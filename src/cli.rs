@@ -20,12 +20,12 @@ use crate::{
 };
 
 /// wabridge: between your apps and the WhatsApp Business Cloud API.
+///
+/// Host commands read their configuration from the environment (the same variables
+/// as `serve`, e.g. WABRIDGE_DATA_DIR, NATS_URL, DATABASE_URL).
 #[derive(Parser, Debug)]
 #[command(name = "wabridge", version)]
 pub struct Cli {
-    /// Configuration (flags or environment).
-    #[command(flatten)]
-    pub config: ConfigArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server (API and/or workers, per WABRIDGE_ROLES).
-    Serve,
+    Serve(ConfigArgs),
     /// Create a workspace with its first owner key, or an operator key.
     Bootstrap {
         /// The workspace slug to create.
@@ -99,8 +99,8 @@ pub enum KeysCommand {
         #[arg(long)]
         workspace: String,
         /// Role.
-        #[arg(long)]
-        role: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
         /// Name.
         #[arg(long, default_value = "created on the host")]
         name: String,
@@ -142,9 +142,9 @@ pub enum AuditCommand {
 pub enum DeadLetterCommand {
     /// List (open ones by default).
     List {
-        /// `open`, `redriving`, `resolved`, `discarded` or `all`.
-        #[arg(long, default_value = "open")]
-        status: String,
+        /// Which ones.
+        #[arg(long, value_enum, default_value_t = DeadLetterStatusArg::Open)]
+        status: DeadLetterStatusArg,
     },
     /// Show one, with the failed event.
     Show {
@@ -173,6 +173,63 @@ pub enum EventsCommand {
     Tail(EventFilter),
     /// Print events from a time (or the start) up to now.
     Export(EventFilter),
+    /// Re-prove a stored webhook: its bytes against the signature Meta sent, with
+    /// the app secret(s) in META_APP_SECRET.
+    VerifyWebhook {
+        /// The raw stream sequence of the `webhook.received` event.
+        #[arg(long)]
+        seq: u64,
+    },
+}
+
+/// A workspace role.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum RoleArg {
+    /// Everything in the workspace.
+    Owner,
+    /// Everything but the owner-only operations.
+    Admin,
+    /// Reads, sends, manages consent.
+    Agent,
+    /// Reads.
+    Viewer,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Owner => Role::Owner,
+            RoleArg::Admin => Role::Admin,
+            RoleArg::Agent => Role::Agent,
+            RoleArg::Viewer => Role::Viewer,
+        }
+    }
+}
+
+/// A dead letter's state, or all of them.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadLetterStatusArg {
+    /// Waiting for the operator.
+    Open,
+    /// A redrive was requested.
+    Redriving,
+    /// A redrive succeeded.
+    Resolved,
+    /// The operator gave up on it.
+    Discarded,
+    /// Every state.
+    All,
+}
+
+/// Which stream(s) of the log.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamArg {
+    /// Domain events.
+    Domain,
+    /// Meta's raw webhook bodies.
+    Raw,
+    /// Both, each in its own sequence order (domain first).
+    All,
 }
 
 /// Filters for `events`.
@@ -187,9 +244,12 @@ pub struct EventFilter {
     /// From this time (RFC 3339).
     #[arg(long)]
     pub since: Option<String>,
-    /// `domain` (default) or `raw`.
-    #[arg(long, default_value = "domain")]
-    pub stream: String,
+    /// Until this time (RFC 3339), for export.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Which stream.
+    #[arg(long, value_enum, default_value_t = StreamArg::Domain)]
+    pub stream: StreamArg,
 }
 
 /// `schemas` subcommands.
@@ -252,11 +312,12 @@ fn slug(s: &str) -> anyhow::Result<Slug> {
     Slug::parse(s).with_context(|| format!("--workspace {s:?}"))
 }
 
-/// Runs a host command.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs a host command (configured from the environment).
+pub async fn run(command: Command) -> anyhow::Result<()> {
     let out = &mut std::io::stdout();
-    match cli.command {
-        Command::Serve => unreachable!("serve is handled by main"),
+    let config = ConfigArgs::from_env();
+    match command {
+        Command::Serve(_) => unreachable!("serve is handled by main"),
         Command::Keys {
             action: KeysCommand::Generate,
         } => {
@@ -282,7 +343,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Debug {
             action: DebugCommand::AppendLoop { count },
         } => {
-            let cfg = Config::load(&cli.config)?;
+            let cfg = Config::load(&config)?;
             let log = crate::app::open_log(&cfg).await?;
             for i in 0..count {
                 let ev = wabridge_events::types::new_event(
@@ -297,7 +358,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         command => {
-            let (app, fresh) = host_app(&cli.config).await?;
+            let (app, fresh) = host_app(&config).await?;
             let result = host_command(&app, command, out).await;
             fresh.abort();
             result?;
@@ -363,8 +424,7 @@ async fn host_command(app: &App, command: Command, out: &mut impl Write) -> anyh
                     name,
                 },
         } => {
-            let role =
-                Role::parse(&role).context("--role must be owner, admin, agent or viewer")?;
+            let role = Role::from(role);
             let key = commands::keys::create(
                 ctx,
                 &Caller::cli("keys create"),
@@ -462,7 +522,7 @@ async fn host_command(app: &App, command: Command, out: &mut impl Write) -> anyh
         }
         Command::DeadLetters { action } => dead_letters(app, action, out).await?,
         Command::Events { action } => events(app, action, out).await?,
-        Command::Serve
+        Command::Serve(_)
         | Command::Schemas { .. }
         | Command::Debug { .. }
         | Command::Keys {
@@ -483,10 +543,12 @@ async fn dead_letters(
     let caller = Caller::cli("dead-letters");
     match action {
         DeadLetterCommand::List { status } => {
-            let status = if status == "all" {
-                None
-            } else {
-                Some(status.as_str())
+            let status = match status {
+                DeadLetterStatusArg::All => None,
+                DeadLetterStatusArg::Open => Some("open"),
+                DeadLetterStatusArg::Redriving => Some("redriving"),
+                DeadLetterStatusArg::Resolved => Some("resolved"),
+                DeadLetterStatusArg::Discarded => Some("discarded"),
             };
             let mut after: Option<String> = None;
             loop {
@@ -527,15 +589,47 @@ async fn dead_letters(
     Ok(())
 }
 
-/// One event as a JSON line: stream, seq, subject, envelope and data (JSON when the
-/// payload is JSON, else hex).
+/// One event as a JSON line: stream, seq, subject, envelope, and the payload
+/// exactly as stored — `data` (the JSON text as it was written) for domain events,
+/// `body` (the exact text) or `body_base64` (bytes that are not UTF-8) for raw
+/// webhooks, so an exported webhook can be verified against its signature again.
 pub fn event_json(ev: &wabridge_events::StoredEvent) -> String {
-    let mut v = serde_json::json!({"stream": ev.stream.as_str(), "seq": ev.seq, "subject": ev.subject, "envelope": ev.envelope});
-    match serde_json::from_slice::<serde_json::Value>(&ev.payload) {
-        Ok(data) => v["data"] = data,
-        Err(_) => v["payload_hex"] = serde_json::json!(hex::encode(&ev.payload)),
+    use serde_json::value::RawValue;
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        stream: &'a str,
+        seq: u64,
+        subject: &'a str,
+        envelope: &'a wabridge_events::Envelope,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<Box<RawValue>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        body: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        body_base64: Option<String>,
     }
-    v.to_string()
+    let text = std::str::from_utf8(&ev.payload).ok();
+    // Domain data is our own one-line JSON: spliced in verbatim.
+    let data = match (ev.stream, text) {
+        (StreamKind::Domain, Some(t)) if !t.contains('\n') => {
+            RawValue::from_string(t.to_string()).ok()
+        }
+        _ => None,
+    };
+    let body_base64 = text.is_none().then(|| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(&ev.payload)
+    });
+    let line = Line {
+        stream: ev.stream.as_str(),
+        seq: ev.seq,
+        subject: &ev.subject,
+        envelope: &ev.envelope,
+        body: if data.is_none() { text } else { None },
+        data,
+        body_base64,
+    };
+    serde_json::to_string(&line).expect("an event line serialises")
 }
 
 async fn events(app: &App, action: EventsCommand, out: &mut impl Write) -> anyhow::Result<()> {
@@ -543,39 +637,106 @@ async fn events(app: &App, action: EventsCommand, out: &mut impl Write) -> anyho
     let (filter, tail) = match action {
         EventsCommand::Tail(f) => (f, true),
         EventsCommand::Export(f) => (f, false),
+        EventsCommand::VerifyWebhook { seq } => return verify_webhook(app, seq, out).await,
     };
-    let stream = StreamKind::parse(&filter.stream).context("--stream must be domain or raw")?;
-    let subject = match &filter.workspace {
-        Some(ws) => Some(log.namespace().workspace_filter(&slug(ws)?)),
-        None => None,
+    let streams = match filter.stream {
+        StreamArg::Domain => vec![StreamKind::Domain],
+        StreamArg::Raw => vec![StreamKind::Raw],
+        StreamArg::All if tail => {
+            anyhow::bail!("`events tail` follows one stream; give --stream domain or raw")
+        }
+        StreamArg::All => vec![StreamKind::Domain, StreamKind::Raw],
     };
+    let workspace = filter.workspace.as_deref().map(slug).transpose()?;
+    let until = filter
+        .until
+        .as_deref()
+        .map(Timestamp::parse)
+        .transpose()
+        .context("--until must be RFC 3339")?;
+    let since = filter
+        .since
+        .as_deref()
+        .map(Timestamp::parse)
+        .transpose()
+        .context("--since must be RFC 3339")?;
+    // By the envelope (a claim's subject is the global routing table, yet it is the
+    // workspace's event), in constant memory: one page at a time.
     let keep = |ev: &wabridge_events::StoredEvent| {
         filter
             .event_type
             .as_deref()
             .is_none_or(|t| t == ev.envelope.event_type)
+            && workspace
+                .as_ref()
+                .is_none_or(|w| ev.envelope.workspace.as_ref() == Some(w))
+            && until.is_none_or(|u| ev.envelope.recorded_at < u)
     };
-    let mut from = match &filter.since {
-        Some(s) => ReadFrom::Time(Timestamp::parse(s).context("--since must be RFC 3339")?),
-        None if tail => ReadFrom::Seq(log.last_seq(stream).await? + 1),
-        None => ReadFrom::Seq(1),
-    };
-    let head = log.last_seq(stream).await?;
-    loop {
-        let page = log.read(stream, from, subject.as_deref(), 500).await?;
-        let last = page.last().map(|e| e.seq);
-        for ev in page.iter().filter(|e| keep(e)) {
-            writeln!(out, "{}", event_json(ev))?;
-        }
-        out.flush()?;
-        match last {
-            Some(seq) => from = ReadFrom::Seq(seq + 1),
-            None if tail => tokio::time::sleep(Duration::from_millis(200)).await,
-            None => break,
-        }
-        if !tail && last.is_some_and(|s| s >= head) {
-            break;
+    for stream in streams {
+        let mut from = match since {
+            Some(t) => ReadFrom::Time(t),
+            None if tail => ReadFrom::Seq(log.last_seq(stream).await? + 1),
+            None => ReadFrom::Seq(1),
+        };
+        let head = log.last_seq(stream).await?;
+        loop {
+            let page = log.read(stream, from, None, 500).await?;
+            let last = page.last().map(|e| e.seq);
+            for ev in page.iter().filter(|e| keep(e)) {
+                writeln!(out, "{}", event_json(ev))?;
+            }
+            out.flush()?;
+            match last {
+                Some(seq) => from = ReadFrom::Seq(seq + 1),
+                None if tail => tokio::time::sleep(Duration::from_millis(200)).await,
+                None => break,
+            }
+            let past_until =
+                until.is_some_and(|u| page.last().is_some_and(|e| e.envelope.recorded_at >= u));
+            if !tail && (last.is_some_and(|s| s >= head) || past_until) {
+                break;
+            }
         }
     }
+    Ok(())
+}
+
+/// `events verify-webhook --seq N`: the stored bytes against the stored signature,
+/// with every app secret configured.
+async fn verify_webhook(app: &App, seq: u64, out: &mut impl Write) -> anyhow::Result<()> {
+    let ev = app
+        .ctx
+        .log
+        .read(StreamKind::Raw, ReadFrom::Seq(seq), None, 1)
+        .await?
+        .into_iter()
+        .find(|e| e.seq == seq)
+        .with_context(|| {
+            format!("raw event {seq} is not in the log (retention may have removed it)")
+        })?;
+    anyhow::ensure!(
+        !app.cfg.meta_app_secrets.is_empty(),
+        "META_APP_SECRET is not set: nothing to verify with"
+    );
+    let signature = ev.envelope.signature.clone();
+    let ok = wabridge_handlers::webhooks::verify_signature(
+        &app.cfg.meta_app_secrets,
+        signature.as_deref().map(str::as_bytes),
+        &ev.payload,
+    )
+    .is_ok();
+    let sha256 = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&ev.payload))
+    };
+    writeln!(
+        out,
+        "{}",
+        serde_json::json!({"seq": seq, "verified": ok, "signature": signature, "body_sha256": sha256, "received_at": ev.envelope.recorded_at})
+    )?;
+    anyhow::ensure!(
+        ok,
+        "raw event {seq} does not match its signature with any configured app secret"
+    );
     Ok(())
 }

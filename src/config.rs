@@ -9,76 +9,95 @@ use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
 use wabridge_handlers::vault::KeyRing;
 
-/// Settings given as flags or environment variables.
+/// Settings given as `serve` flags or environment variables (host commands read
+/// the environment only, so their `--help` shows their own options).
 #[derive(Args, Clone, Debug, Default)]
 pub struct ConfigArgs {
     /// Where the embedded log, the SQLite read models and the development key live.
-    #[arg(long, env = "WABRIDGE_DATA_DIR", global = true)]
+    #[arg(long, env = "WABRIDGE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Listen address.
-    #[arg(long, env = "WABRIDGE_LISTEN", global = true)]
+    #[arg(long, env = "WABRIDGE_LISTEN")]
     pub listen: Option<String>,
     /// `sqlite://…` or `postgres://…` (default: SQLite under the data dir).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// JetStream servers; unset means the embedded log.
-    #[arg(long, env = "NATS_URL", global = true)]
+    #[arg(long, env = "NATS_URL")]
     pub nats_url: Option<String>,
     /// NATS credentials file.
-    #[arg(long, env = "NATS_CREDS", global = true)]
+    #[arg(long, env = "NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
     /// CA certificates for NATS TLS.
-    #[arg(long, env = "NATS_TLS_CA", global = true)]
+    #[arg(long, env = "NATS_TLS_CA")]
     pub nats_tls_ca: Option<PathBuf>,
     /// Client certificate for NATS TLS.
-    #[arg(long, env = "NATS_TLS_CERT", global = true)]
+    #[arg(long, env = "NATS_TLS_CERT")]
     pub nats_tls_cert: Option<PathBuf>,
     /// Client key for NATS TLS.
-    #[arg(long, env = "NATS_TLS_KEY", global = true)]
+    #[arg(long, env = "NATS_TLS_KEY")]
     pub nats_tls_key: Option<PathBuf>,
     /// Require TLS to NATS (`true`/`false`).
-    #[arg(long, env = "NATS_TLS_REQUIRED", global = true)]
+    #[arg(long, env = "NATS_TLS_REQUIRED")]
     pub nats_tls_required: Option<String>,
     /// Stream replicas on JetStream (default 1).
-    #[arg(long, env = "WABRIDGE_NATS_REPLICAS", global = true)]
+    #[arg(long, env = "WABRIDGE_NATS_REPLICAS")]
     pub nats_replicas: Option<String>,
     /// Subject and stream namespace (default `wb`).
-    #[arg(long, env = "WABRIDGE_NAMESPACE", global = true)]
+    #[arg(long, env = "WABRIDGE_NAMESPACE")]
     pub namespace: Option<String>,
     /// `api`, `workers` or `api,workers` (default both).
-    #[arg(long, env = "WABRIDGE_ROLES", global = true)]
+    #[arg(long, env = "WABRIDGE_ROLES")]
     pub roles: Option<String>,
     /// Request body limit: bytes, or with a KiB/MiB suffix (default 4MiB).
-    #[arg(long, env = "WABRIDGE_MAX_BODY", global = true)]
+    #[arg(long, env = "WABRIDGE_MAX_BODY")]
     pub max_body: Option<String>,
     /// The log's duplicate window (e.g. `10m`, `600s`, `2h`; default 10m).
-    #[arg(long, env = "WABRIDGE_DEDUP_WINDOW", global = true)]
+    #[arg(long, env = "WABRIDGE_DEDUP_WINDOW")]
     pub dedup_window: Option<String>,
     /// Audit retention in days (default 90).
-    #[arg(long, env = "WABRIDGE_AUDIT_RETENTION_DAYS", global = true)]
+    #[arg(long, env = "WABRIDGE_AUDIT_RETENTION_DAYS")]
     pub audit_retention_days: Option<String>,
     /// Proxies whose X-Forwarded-For is believed (comma-separated IPs).
-    #[arg(long, env = "WABRIDGE_TRUSTED_PROXIES", global = true)]
+    #[arg(long, env = "WABRIDGE_TRUSTED_PROXIES")]
     pub trusted_proxies: Option<String>,
     /// Base URL of the Graph API.
-    #[arg(long, env = "META_GRAPH_URL", global = true)]
+    #[arg(long, env = "META_GRAPH_URL")]
     pub meta_graph_url: Option<String>,
     /// Meta app id (Embedded Signup).
-    #[arg(long, env = "META_APP_ID", global = true)]
+    #[arg(long, env = "META_APP_ID")]
     pub meta_app_id: Option<String>,
     /// How long a client may take to send a request's headers; also closes idle
     /// keep-alive connections (default 10s).
-    #[arg(long, env = "WABRIDGE_HEADER_TIMEOUT", global = true)]
+    #[arg(long, env = "WABRIDGE_HEADER_TIMEOUT")]
     pub header_timeout: Option<String>,
     /// Most connections open at once; more are closed at accept (default 1024).
-    #[arg(long, env = "WABRIDGE_MAX_CONNECTIONS", global = true)]
+    #[arg(long, env = "WABRIDGE_MAX_CONNECTIONS")]
     pub max_connections: Option<String>,
     /// How long shutdown waits for open connections (default 30s).
-    #[arg(long, env = "WABRIDGE_SHUTDOWN_TIMEOUT", global = true)]
+    #[arg(long, env = "WABRIDGE_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<String>,
     /// How long the workers lease lasts unless renewed (default 15s).
-    #[arg(long, env = "WABRIDGE_LEASE_TTL", global = true)]
+    #[arg(long, env = "WABRIDGE_LEASE_TTL")]
     pub lease_ttl: Option<String>,
+}
+
+impl ConfigArgs {
+    /// The settings from the environment alone (for host commands).
+    pub fn from_env() -> ConfigArgs {
+        use clap::{FromArgMatches, Parser};
+        #[derive(Parser)]
+        struct EnvOnly {
+            #[command(flatten)]
+            args: ConfigArgs,
+        }
+        let matches = <EnvOnly as clap::CommandFactory>::command()
+            .no_binary_name(true)
+            .get_matches_from(std::iter::empty::<String>());
+        EnvOnly::from_arg_matches(&matches)
+            .map(|e| e.args)
+            .unwrap_or_default()
+    }
 }
 
 /// Which parts this instance runs.

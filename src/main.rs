@@ -20,8 +20,8 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve => serve(cli).await,
-            _ => cli::run(cli).await,
+            Command::Serve(args) => serve(args).await,
+            command => cli::run(command).await,
         }
     });
     if let Err(e) = result {
@@ -30,8 +30,8 @@ fn main() {
     }
 }
 
-async fn serve(cli: Cli) -> anyhow::Result<()> {
-    let mut cfg = Config::load(&cli.config)?;
+async fn serve(args: wabridge::config::ConfigArgs) -> anyhow::Result<()> {
+    let mut cfg = Config::load(&args)?;
     cfg.ensure_dev_keys()?;
     let listen = cfg.listen;
     let backend = if cfg.nats.is_some() {

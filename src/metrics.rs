@@ -293,15 +293,30 @@ mod tests {
             "wabridge_dead_letters_open",
             "wabridge_log_append_seconds",
         ] {
-            assert!(text.contains(&format!("# HELP {family} ")), "{family}: {text}");
-            assert!(text.contains(&format!("# TYPE {family} ")), "{family}: {text}");
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "{family}: {text}"
+            );
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{family}: {text}"
+            );
         }
-        assert!(text.contains("wabridge_webhooks_ingested_total 1"), "{text}");
+        assert!(
+            text.contains("wabridge_webhooks_ingested_total 1"),
+            "{text}"
+        );
         assert!(
             text.contains(r#"route="/v1/x\"y\\z\n""#),
             "label not escaped: {text}"
         );
-        assert!(text.contains("wabridge_webhook_ingest_seconds_bucket{le="), "{text}");
-        assert!(text.contains(r#"wabridge_projection_lag_events{projection="audit"} 3"#), "{text}");
+        assert!(
+            text.contains("wabridge_webhook_ingest_seconds_bucket{le="),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"wabridge_projection_lag_events{projection="audit"} 3"#),
+            "{text}"
+        );
     }
 }

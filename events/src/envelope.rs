@@ -122,6 +122,10 @@ pub struct Envelope {
     /// The client address of the request that caused it, for the audit log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ip: Option<String>,
+    /// For a raw webhook: Meta's `X-Hub-Signature-256` as received, kept as evidence
+    /// that Meta sent exactly these bytes (`wabridge events verify-webhook`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 impl Envelope {
@@ -140,6 +144,7 @@ impl Envelope {
             correlation_id: id,
             causation_id: None,
             source_ip: None,
+            signature: None,
         }
     }
 

@@ -149,9 +149,7 @@ fn ct_eq(a: &str, b: &str) -> bool {
 /// expired or revoked keys.
 async fn authenticate(app: &App, parts: &Parts, ip: Option<IpAddr>) -> Result<Principal, AppError> {
     let fail = |why: &str| {
-        app.metrics
-            .auth_failures
-            .inc();
+        app.metrics.auth_failures.inc();
         app.auth_failures.record(ip, "api_key");
         AppError::unauthorized(why.to_string())
     };
@@ -245,9 +243,7 @@ async fn record_denial(
     permission: &str,
     path: Option<String>,
 ) {
-    app.metrics
-        .access_denied
-            .inc();
+    app.metrics.access_denied.inc();
     let ws = match principal {
         Principal::Workspace { workspace, .. } => Some(workspace.clone()),
         Principal::Operator { .. } => None,

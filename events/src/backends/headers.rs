@@ -27,6 +27,8 @@ pub const CORRELATION: &str = "Wb-Correlation-Id";
 pub const CAUSATION: &str = "Wb-Causation-Id";
 /// Source address.
 pub const SOURCE_IP: &str = "Wb-Source-Ip";
+/// A raw webhook's `X-Hub-Signature-256`.
+pub const SIGNATURE: &str = "Wb-Signature";
 
 /// The envelope as (name, value) pairs. Values are ASCII without control characters.
 pub fn encode(env: &Envelope) -> Vec<(&'static str, String)> {
@@ -47,6 +49,9 @@ pub fn encode(env: &Envelope) -> Vec<(&'static str, String)> {
     }
     if let Some(ip) = &env.source_ip {
         h.push((SOURCE_IP, sanitize(ip)));
+    }
+    if let Some(sig) = &env.signature {
+        h.push((SIGNATURE, sanitize(sig)));
     }
     h
 }
@@ -83,6 +88,7 @@ pub fn decode(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Envelope> 
             .transpose()
             .context("Wb-Causation-Id")?,
         source_ip: get(SOURCE_IP),
+        signature: get(SIGNATURE),
     })
 }
 

@@ -78,9 +78,7 @@ pub async fn receive(State(app): State<App>, req: Request) -> Result<StatusCode,
         .get("x-hub-signature-256")
         .map(|v| v.as_bytes());
     if let Err(e) = verify_signature(&app.cfg.meta_app_secrets, sig, &body) {
-        app.metrics
-            .signature_failures
-            .inc();
+        app.metrics.signature_failures.inc();
         app.auth_failures.record(ip, "webhook_signature");
         return Err(AppError::new(
             StatusCode::UNAUTHORIZED,
@@ -90,6 +88,10 @@ pub async fn receive(State(app): State<App>, req: Request) -> Result<StatusCode,
     }
     let mut envelope = Envelope::new(WEBHOOK_RECEIVED, 1, None, Actor::meta());
     envelope.source_ip = ip.map(|i| i.to_string());
+    // Verified above: exactly `sha256=` and 64 lowercase hex digits.
+    envelope.signature = sig
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .map(str::to_string);
     let event = NewEvent {
         subject: app.ctx.log.namespace().raw_webhook_subject(),
         envelope,
