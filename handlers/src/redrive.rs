@@ -134,6 +134,7 @@ impl Redrive {
                     event_type: dl.event_type.clone(),
                     reason: format!("{e:#}").chars().take(2000).collect(),
                     attempts: 1,
+                    item: None,
                 };
                 new_event(self.ctx.log.namespace(), None, actor, &data)
             }

@@ -473,8 +473,35 @@ pub async fn record_dead_letter(
     reason: &str,
     attempts: u32,
 ) -> anyhow::Result<()> {
-    let id = format!("{consumer}:{}:{}", event.stream.as_str(), event.seq);
-    tracing::error!(consumer, seq = event.seq, event_type = %event.envelope.event_type, reason, "dead letter");
+    record(log, consumer, event, None, reason, attempts).await
+}
+
+/// Appends `dead_letter.recorded` for one item of an event (a part of a webhook body
+/// that cannot be understood, at `item`, its path in the body); the event's other
+/// items went on. Its id is `<consumer>:<stream>:<seq>:<item>`.
+pub async fn record_item_dead_letter(
+    log: &dyn EventLog,
+    consumer: &str,
+    event: &StoredEvent,
+    item: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    record(log, consumer, event, Some(item), reason, 1).await
+}
+
+async fn record(
+    log: &dyn EventLog,
+    consumer: &str,
+    event: &StoredEvent,
+    item: Option<&str>,
+    reason: &str,
+    attempts: u32,
+) -> anyhow::Result<()> {
+    let mut id = format!("{consumer}:{}:{}", event.stream.as_str(), event.seq);
+    if let Some(item) = item {
+        id = format!("{id}:{item}");
+    }
+    tracing::error!(consumer, seq = event.seq, item, event_type = %event.envelope.event_type, reason, "dead letter");
     let data = DeadLetterRecorded {
         id: id.clone(),
         consumer: consumer.to_string(),
@@ -483,6 +510,7 @@ pub async fn record_dead_letter(
         event_type: event.envelope.event_type.clone(),
         reason: reason.chars().take(2000).collect(),
         attempts,
+        item: item.map(str::to_owned),
     };
     let mut new = new_event(log.namespace(), None, Actor::system(consumer), &data);
     new.envelope = new.envelope.caused_by(&event.envelope);

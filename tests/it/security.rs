@@ -669,6 +669,7 @@ async fn an_unreadable_redrive_never_blocks_later_ones(log: LogKind) {
         event_type: "workspace.created".into(),
         reason: "forged".into(),
         attempts: 1,
+        item: None,
     };
     ctx.log
         .append(new_event(

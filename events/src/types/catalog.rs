@@ -7,7 +7,8 @@
 //! the registry [`ALL`](super::ALL) — is generated from it.
 
 use super::parts::{
-    ButtonReply, InteractiveReply, MetaError, MetaSource, SealedToken, UnroutedItem,
+    ButtonReply, ContactRef, InteractiveReply, Media, MetaError, MetaSource, Reaction, SealedToken,
+    SystemChange, UnroutedItem,
 };
 use crate::{Slug, Timestamp};
 
@@ -79,6 +80,17 @@ super::events! {
         pub phone_number_id: String,
     }
 
+    /// A WABA was placed in a workspace (an operator, or Embedded Signup's proof of
+    /// ownership): its account-level webhooks go there, and only its owner's keys may
+    /// claim its numbers.
+    #[event(type = "waba.assigned", v = 1, category = "routing", scope = Global, aggregate = |_s| "numbers".to_string())]
+    pub struct WabaAssigned {
+        /// The WABA id.
+        pub waba_id: String,
+        /// Its owner from now on.
+        pub workspace: Slug,
+    }
+
     /// An operator attached the unrouted items of a number to a workspace (which gets
     /// them as domain events).
     #[event(type = "unrouted.assigned", v = 1, category = "unrouted", scope = Workspace, aggregate = |s| s.phone_number_id.clone())]
@@ -93,30 +105,42 @@ super::events! {
 
     // ----- from Meta's webhooks (one event per item of a body) -----
 
-    /// An inbound message from a WhatsApp user.
-    #[event(type = "message.received", v = 1, category = "message", scope = Workspace, aggregate = |s| s.wamid.clone())]
+    /// An inbound message from a WhatsApp user (v2: the sender is a [`ContactRef`],
+    /// so a user Meta names only by a business-scoped user id is a sender too).
+    #[event(type = "message.received", v = 2, category = "message", scope = Workspace, aggregate = |s| format!("{}:{}", s.source.phone_number_id.as_deref().unwrap_or("-"), s.wamid))]
     pub struct MessageReceived {
         /// Where it came from.
         pub source: MetaSource,
-        /// The wamid (natural key).
+        /// The wamid (unique per business number).
         pub wamid: String,
-        /// The sender's WhatsApp id.
-        pub from: String,
-        /// The sender's profile name, when Meta sent one.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub profile_name: Option<String>,
+        /// Who sent it: wa_id and/or business-scoped user id, with profile and username.
+        pub contact: ContactRef,
         /// Meta's type: text, button, interactive, image, audio, video, document,
-        /// sticker, location, contacts, reaction, unsupported, ...
+        /// sticker, location, contacts, reaction, order, system, unsupported, ...
         pub message_type: String,
-        /// The text, for `text` messages.
+        /// The text, for `text` messages (and a media caption).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub text: Option<String>,
         /// `button.payload` / `button.text` for template quick-reply taps.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub button: Option<ButtonReply>,
-        /// For interactive replies: the kind (`button_reply`, `list_reply`) with id and title.
+        /// For interactive replies: the kind (`button_reply`, `list_reply`, `nfm_reply`,
+        /// `call_permission_reply`, ...) with id, title and a Flow's parsed response.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub interactive: Option<InteractiveReply>,
+        /// For reactions: the message reacted to and the emoji (none: removed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reaction: Option<Reaction>,
+        /// For media messages: the media object (id, MIME type, caption, ...).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub media: Option<Media>,
+        /// For `system` messages: what changed (`user_changed_number`,
+        /// `user_changed_user_id`, ...).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub system: Option<SystemChange>,
+        /// A click-to-WhatsApp ad referral (`ctwa_clid`, source, headline, ...), whole.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub referral: Option<serde_json::Value>,
         /// The wamid this message replies to (`context.id`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub context_wamid: Option<String>,
@@ -125,12 +149,12 @@ super::events! {
         pub errors: Vec<MetaError>,
         /// Meta's timestamp.
         pub timestamp: Timestamp,
-        /// The whole message object as Meta sent it (media ids, location, ...).
+        /// The whole message object as Meta sent it (locations, contacts, orders, ...).
         pub raw: serde_json::Value,
     }
 
     /// A status for a message the business sent.
-    #[event(type = "message.status_updated", v = 1, category = "message", scope = Workspace, aggregate = |s| s.wamid.clone())]
+    #[event(type = "message.status_updated", v = 1, category = "message", scope = Workspace, aggregate = |s| format!("{}:{}", s.source.phone_number_id.as_deref().unwrap_or("-"), s.wamid))]
     pub struct MessageStatusUpdated {
         /// Where it came from.
         pub source: MetaSource,
@@ -138,8 +162,15 @@ super::events! {
         pub wamid: String,
         /// `sent`, `delivered`, `read`, `failed`, `played` (or a newer value).
         pub status: String,
-        /// The recipient's WhatsApp id.
+        /// The recipient's WhatsApp id (absent when the message went to a user id
+        /// and the phone number cannot be shared).
         pub recipient_id: Option<String>,
+        /// The recipient's business-scoped user id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub recipient_user_id: Option<String>,
+        /// The recipient's parent user id (Meta also spelled it `parent_recipient_user_id`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub recipient_parent_user_id: Option<String>,
         /// Meta's timestamp.
         pub timestamp: Timestamp,
         /// Echo of `biz_opaque_callback_data`.
@@ -148,23 +179,56 @@ super::events! {
         /// `pricing.category`, when present.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub pricing_category: Option<String>,
+        /// The whole `pricing` object.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub pricing: Option<serde_json::Value>,
+        /// The whole `conversation` object (Meta omits it from v24.0 on).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub conversation: Option<serde_json::Value>,
         /// Errors (for `failed`).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         pub errors: Vec<MetaError>,
     }
 
     /// A `user_preferences` item: the user stopped or resumed marketing messages in
-    /// WhatsApp itself.
-    #[event(type = "contact.marketing_preference", v = 1, category = "contact", scope = Workspace, aggregate = |s| s.wa_id.clone())]
+    /// WhatsApp itself (v2: the user is a [`ContactRef`]).
+    #[event(type = "contact.marketing_preference", v = 2, category = "contact", scope = Workspace, aggregate = |s| s.contact.key())]
     pub struct ContactMarketingPreference {
         /// Where it came from.
         pub source: MetaSource,
-        /// The user's WhatsApp id.
-        pub wa_id: String,
+        /// The user.
+        pub contact: ContactRef,
         /// `marketing_messages` (the only category Meta sends today).
         pub category: String,
         /// `stop` or `resume`.
         pub value: String,
+        /// Meta's detail text.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub detail: Option<String>,
+        /// Meta's timestamp.
+        pub timestamp: Timestamp,
+    }
+
+    /// The same person got a new business-scoped user id (the `user_id_update` field,
+    /// or a `user_changed_user_id` system message).
+    #[event(type = "contact.user_id_changed", v = 1, category = "contact", scope = Workspace, aggregate = |s| s.current_user_id.clone())]
+    pub struct ContactUserIdChanged {
+        /// Where it came from.
+        pub source: MetaSource,
+        /// The id before (absent in a system message that names only the new one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub previous_user_id: Option<String>,
+        /// The id now.
+        pub current_user_id: String,
+        /// The parent user id before and now, when enabled.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub previous_parent_user_id: Option<String>,
+        /// The parent user id now.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub current_parent_user_id: Option<String>,
+        /// The phone number, when Meta shares it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub wa_id: Option<String>,
         /// Meta's detail text.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub detail: Option<String>,
@@ -189,6 +253,48 @@ super::events! {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub reason: Option<String>,
         /// `entry[].time`.
+        pub timestamp: Timestamp,
+        /// The whole `value` object.
+        pub raw: serde_json::Value,
+    }
+
+    /// A `message_template_quality_update` item (also understood when Meta sends it
+    /// under `message_template_status_update` without an `event`).
+    #[event(type = "template.quality_updated", v = 1, category = "template", scope = Workspace, aggregate = |s| s.template_id.clone())]
+    pub struct TemplateQualityUpdated {
+        /// Where it came from.
+        pub source: MetaSource,
+        /// The template id.
+        pub template_id: String,
+        /// Template name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub template_name: Option<String>,
+        /// Template language.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub language: Option<String>,
+        /// `GREEN`, `YELLOW`, `RED`, `UNKNOWN`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub previous_quality_score: Option<String>,
+        /// The new score.
+        pub new_quality_score: String,
+        /// `entry[].time`.
+        pub timestamp: Timestamp,
+        /// The whole `value` object.
+        pub raw: serde_json::Value,
+    }
+
+    /// A change of one business number that wabridge keeps whole: quality, name,
+    /// security, username, throughput, history and app-state syncs, message echoes,
+    /// calls, automatic events, groups, account alerts about the number, and any
+    /// number-level field Meta adds.
+    #[event(type = "number.updated", v = 1, category = "numberevent", scope = Workspace, aggregate = |s| s.source.phone_number_id.clone().unwrap_or_default())]
+    pub struct NumberUpdated {
+        /// Where it came from (`field` says what kind of change).
+        pub source: MetaSource,
+        /// `value.event`, when present.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub event: Option<String>,
+        /// `entry[].time`, or the item's own time when it has one.
         pub timestamp: Timestamp,
         /// The whole `value` object.
         pub raw: serde_json::Value,
@@ -240,6 +346,9 @@ super::events! {
         pub reason: String,
         /// How many attempts were made.
         pub attempts: u32,
+        /// For one item of a webhook body: its path in the body (`entry[0].changes[1]`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub item: Option<String>,
     }
 
     /// The operator asked the consumer to try again.

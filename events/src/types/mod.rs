@@ -202,17 +202,54 @@ pub fn schema_of(event_type: &str) -> Option<schemars::Schema> {
         .map(|t| (t.schema)())
 }
 
-/// Brings older versions of an event's data up to the current version. Every type is
-/// at v1 today; a v2 adds its conversion here, keyed by (type, version).
+/// Brings older versions of an event's data up to the current version, keyed by
+/// (type, version). Data at the current version passes through.
 pub fn upcast(
     event_type: &str,
     v: u16,
     data: serde_json::Value,
 ) -> Result<serde_json::Value, DecodeError> {
-    match (event_type, v) {
-        (_, 1) => Ok(data),
-        _ => Err(DecodeError::UnknownType(event_type.to_string(), v)),
+    let current = ALL
+        .iter()
+        .find(|t| t.name == event_type)
+        .map(|t| t.version)
+        .ok_or_else(|| DecodeError::UnknownType(event_type.to_string(), v))?;
+    let mut data = data;
+    let mut v = v;
+    while v < current {
+        data = match (event_type, v) {
+            // v2 names the sender as a contact (wa_id and/or user id).
+            ("message.received", 1) => sender_to_contact(data, "from", "profile_name"),
+            ("contact.marketing_preference", 1) => sender_to_contact(data, "wa_id", ""),
+            _ => return Err(DecodeError::UnknownType(event_type.to_string(), v)),
+        };
+        v += 1;
     }
+    if v == current {
+        Ok(data)
+    } else {
+        // A newer writer than this build.
+        Err(DecodeError::UnknownType(event_type.to_string(), v))
+    }
+}
+
+/// Moves a v1 sender (`wa_id_field`, and `name_field` when given) into `contact`.
+fn sender_to_contact(
+    mut data: serde_json::Value,
+    wa_id_field: &str,
+    name_field: &str,
+) -> serde_json::Value {
+    if let Some(obj) = data.as_object_mut() {
+        let mut contact = serde_json::Map::new();
+        if let Some(w) = obj.remove(wa_id_field) {
+            contact.insert("wa_id".into(), w);
+        }
+        if let Some(n) = obj.remove(name_field).filter(|n| !n.is_null()) {
+            contact.insert("profile_name".into(), n);
+        }
+        obj.insert("contact".into(), serde_json::Value::Object(contact));
+    }
+    data
 }
 
 /// Decodes an event's payload as `T`, upcasting older versions.
@@ -289,6 +326,40 @@ mod tests {
         let event = claim.clone().into_event();
         assert_eq!(event.subject(&ns, Some(&ws)), ev.subject);
         assert_eq!(event.event_type(), "phone_number.claimed");
+    }
+
+    #[test]
+    fn old_versions_are_upcast() {
+        let v1 = serde_json::json!({
+            "source": {"waba_id": "1", "phone_number_id": "2", "field": "messages", "raw_seq": 3},
+            "wamid": "wamid.A", "from": "447700900123", "profile_name": "Ana",
+            "message_type": "text", "text": "hi", "timestamp": "2026-01-01T00:00:00.000000Z",
+            "raw": {}
+        });
+        let DomainEvent::MessageReceived(m) =
+            DomainEvent::from_parts("message.received", 1, v1).unwrap()
+        else {
+            panic!("not a message")
+        };
+        assert_eq!(m.contact.wa_id.as_deref(), Some("447700900123"));
+        assert_eq!(m.contact.profile_name.as_deref(), Some("Ana"));
+        assert_eq!(m.contact.user_id, None);
+        let v1 = serde_json::json!({
+            "source": {"waba_id": "1", "field": "user_preferences", "raw_seq": 3},
+            "wa_id": "447700900126", "category": "marketing_messages", "value": "stop",
+            "timestamp": "2026-01-01T00:00:00.000000Z"
+        });
+        let DomainEvent::ContactMarketingPreference(p) =
+            DomainEvent::from_parts("contact.marketing_preference", 1, v1).unwrap()
+        else {
+            panic!("not a preference")
+        };
+        assert_eq!(p.contact.key(), "447700900126");
+        // A version newer than this build is refused, not guessed.
+        assert!(matches!(
+            upcast("message.received", 3, serde_json::json!({})),
+            Err(DecodeError::UnknownType(..))
+        ));
     }
 
     #[test]

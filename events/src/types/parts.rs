@@ -30,15 +30,98 @@ pub struct ButtonReply {
     pub text: Option<String>,
 }
 
-/// An interactive (reply button or list) answer.
+/// An interactive answer: a reply button, a list row, a Flow's response, a call
+/// permission, ...
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InteractiveReply {
-    /// `button_reply` or `list_reply` (or another Meta kind).
+    /// `button_reply`, `list_reply`, `nfm_reply`, `call_permission_reply` (or another).
     pub kind: String,
     /// The id the business set.
     pub id: Option<String>,
     /// The title shown.
     pub title: Option<String>,
+    /// A Flow's `response_json`, parsed (Meta sends it as a JSON string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<serde_json::Value>,
+}
+
+/// Who a message or preference is from: Meta names a user by phone number (`wa_id`),
+/// by business-scoped user id, or both. A user id is scoped to one business
+/// portfolio, so it is only ever used within its workspace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ContactRef {
+    /// The WhatsApp id (phone number digits), when Meta shares it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wa_id: Option<String>,
+    /// The business-scoped user id (`US.1349…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// The parent user id (`US.ENT.…`), for enrolled businesses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_user_id: Option<String>,
+    /// The username, when the user has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The profile name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile_name: Option<String>,
+}
+
+impl ContactRef {
+    /// One identifier for subjects and keys: the wa_id when known, else the user id.
+    pub fn key(&self) -> String {
+        self.wa_id
+            .clone()
+            .or_else(|| self.user_id.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A reaction to a message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Reaction {
+    /// The wamid reacted to.
+    pub message_id: Option<String>,
+    /// The emoji; absent when the reaction was removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
+}
+
+/// A media object of an inbound message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Media {
+    /// `image`, `document`, `audio`, `video`, `sticker`.
+    pub kind: String,
+    /// Meta's media id (downloadable for 7 days).
+    pub id: Option<String>,
+    /// MIME type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mime_type: Option<String>,
+    /// SHA-256 as Meta gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// A document's file name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    /// A voice note (`audio.voice`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voice: Option<bool>,
+}
+
+/// What a `system` message says changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct SystemChange {
+    /// `user_changed_number`, `user_changed_user_id`, `customer_identity_changed`, ...
+    pub kind: String,
+    /// Meta's text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// The new wa_id (a number change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wa_id: Option<String>,
+    /// The new user id (a user id change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
 }
 
 /// One error object from Meta.

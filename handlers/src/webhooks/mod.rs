@@ -1,12 +1,13 @@
 //! Meta webhooks: signature verification ([`signature`]) and splitting a verified body
 //! into domain items ([`split`]).
 
+pub mod node;
 pub mod processor;
 pub mod signature;
 pub mod split;
 
 pub use signature::{sign, verify_signature, SignatureError};
-pub use split::{split_webhook, Route, SplitError, WebhookItem};
+pub use split::{split_webhook, ItemFailure, Route, Split, SplitError, WebhookItem};
 
 /// The shared Meta webhook fixtures (`shared/fixtures/meta`, beside the workspace), for tests.
 #[cfg(test)]

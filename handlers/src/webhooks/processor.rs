@@ -17,7 +17,7 @@ use wabridge_events::{
     Actor, NewEvent, Slug, StoredEvent, StreamKind,
 };
 use wabridge_projections::{
-    driver::{record_dead_letter, Follower, Reactor, Staged},
+    driver::{record_dead_letter, record_item_dead_letter, Follower, Reactor, Staged},
     views::{
         phone_numbers,
         webhook_items::{self, item_key},
@@ -72,11 +72,19 @@ impl Reactor for Processor {
     /// item's natural key, so running this again is harmless).
     async fn stage(&self, batch: &[StoredEvent]) -> anyhow::Result<Staged> {
         let outcome = process_chunk(&self.ctx, batch).await?;
-        for (event, reason) in &outcome.unparsable {
+        for (event, item, reason) in &outcome.unparsable {
             if self.strict {
-                anyhow::bail!("{reason}");
+                match item {
+                    Some(path) => anyhow::bail!("{path}: {reason}"),
+                    None => anyhow::bail!("{reason}"),
+                }
             }
-            record_dead_letter(&*self.ctx.log, NAME, event, reason, 1).await?;
+            match item {
+                Some(path) => {
+                    record_item_dead_letter(&*self.ctx.log, NAME, event, path, reason).await?
+                }
+                None => record_dead_letter(&*self.ctx.log, NAME, event, reason, 1).await?,
+            }
         }
         Ok(Staged::new(outcome.keys))
     }
@@ -98,8 +106,9 @@ impl Reactor for Processor {
 struct ChunkOutcome<'a> {
     /// Natural keys handled (appended now or before).
     keys: Vec<String>,
-    /// Bodies that do not parse, with the reason: dead letters.
-    unparsable: Vec<(&'a StoredEvent, String)>,
+    /// Bodies that are not JSON (no path), and items that cannot be understood (their
+    /// path), with the reason: dead letters.
+    unparsable: Vec<(&'a StoredEvent, Option<String>, String)>,
 }
 
 async fn process_chunk<'a>(
@@ -116,14 +125,17 @@ async fn process_chunk<'a>(
     let mut planned: Vec<(String, NewEvent)> = vec![];
     let mut routes = HashMap::new();
     for raw in events {
-        let items = match split_webhook(&raw.payload, raw.seq) {
-            Ok(items) => items,
+        let split = match split_webhook(&raw.payload, raw.seq) {
+            Ok(split) => split,
             Err(e) => {
-                unparsable.push((raw, e.to_string()));
+                unparsable.push((raw, None, e.to_string()));
                 continue;
             }
         };
-        for item in items {
+        for failure in split.failures {
+            unparsable.push((raw, Some(failure.path), failure.reason));
+        }
+        for item in split.items {
             for (ws, key) in targets(ctx, &item, &mut routes).await? {
                 let new = match &ws {
                     Some(ws) => routed_event(ctx, raw, &item, ws, &key)?,
@@ -166,7 +178,17 @@ async fn targets(
                 .map(|p| p.workspace)
                 .into_iter()
                 .collect(),
-            Route::Waba(id) => phone_numbers::workspaces_of_waba(&ctx.store, id).await?,
+            Route::DisplayNumber { waba_id, digits } => {
+                phone_numbers::by_display(&ctx.store, waba_id, digits)
+                    .await?
+                    .map(|p| p.workspace)
+                    .into_iter()
+                    .collect()
+            }
+            Route::Waba(id) => phone_numbers::owner_of_waba(&ctx.store, id)
+                .await?
+                .into_iter()
+                .collect(),
         };
         routes.insert(item.route.clone(), wss);
     }
@@ -212,9 +234,13 @@ fn unrouted_event(
         item.event.version(),
         item.event.data_json(),
     );
+    // The operator assigns waiting items by number (or by WABA, for items that name
+    // none, or only a display number nobody holds).
     let (phone_number_id, waba_id) = match &item.route {
         Route::PhoneNumber(id) => (id.clone(), source_waba(&data)),
-        Route::Waba(id) => (String::new(), id.clone()),
+        Route::DisplayNumber { waba_id, .. } | Route::Waba(waba_id) => {
+            (String::new(), waba_id.clone())
+        }
     };
     let unrouted = WebhookUnrouted {
         phone_number_id: if phone_number_id.is_empty() {

@@ -1,21 +1,33 @@
-//! Splitting one Meta webhook body into domain items, one per message, status,
-//! preference, template or account change.
+//! Splitting one Meta webhook body into domain items: one per message, status,
+//! preference, user-id change, template change, and one per change of every other
+//! field (kept whole).
 //!
-//! Nothing is dropped silently: a change with an unknown `field`, or a value carrying
-//! nothing recognisable, becomes an [`AccountUpdated`] routed by WABA with the raw value
-//! kept. A malformed item fails the whole split (the caller dead-letters the body).
+//! Routing follows what the value names: a change whose value names a phone number
+//! (`metadata.phone_number_id`, `entity_id` of a phone-number alert) goes to the
+//! workspace holding that number and nowhere else; one that names only a display
+//! number (quality, name, security, username updates) goes to the number with that
+//! display number within the WABA; only a change that names no number goes to the
+//! WABA's owner.
 //!
-//! Meta's type quirks are absorbed here: message and status timestamps are strings of
-//! Unix seconds, while `user_preferences[].timestamp`, `entry[].time` and
-//! `message_template_id` are integers. Both spellings are accepted everywhere.
+//! One odd item never sinks its neighbours: an item that cannot be understood is a
+//! [`ItemFailure`] with its path in the body, and the body's other items go on. Only a
+//! body that is not JSON at all fails as a whole ([`SplitError`]). Unknown fields and
+//! unknown message types are kept, never fatal.
+//!
+//! Natural keys include the phone number id (a wamid is unique per business number
+//! only) and are stable across Meta's redeliveries, so a body stored twice yields each
+//! domain event once.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use wabridge_events::types::{
-    AccountUpdated, ButtonReply, ContactMarketingPreference, InteractiveReply, MessageReceived,
-    MessageStatusUpdated, MetaError, MetaSource, TemplateStatusUpdated,
+    AccountUpdated, ButtonReply, ContactMarketingPreference, ContactRef, ContactUserIdChanged,
+    InteractiveReply, Media, MessageReceived, MessageStatusUpdated, MetaError, MetaSource,
+    NumberUpdated, Reaction, SystemChange, TemplateQualityUpdated, TemplateStatusUpdated,
 };
 use wabridge_events::{DomainEvent, Timestamp};
+
+use super::node::{non_empty_array, text, Node, Problem};
 
 /// The only `object` a WhatsApp Business Account webhook carries.
 const WABA_OBJECT: &str = "whatsapp_business_account";
@@ -23,9 +35,17 @@ const WABA_OBJECT: &str = "whatsapp_business_account";
 /// Where an item must be routed.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Route {
-    /// To the workspace holding this phone number id (`value.metadata.phone_number_id`).
+    /// To the workspace holding this phone number id.
     PhoneNumber(String),
-    /// To the workspace holding this WABA id (`entry[].id`).
+    /// To the workspace holding the number of this WABA whose display number has
+    /// these digits (fields that carry only `display_phone_number`).
+    DisplayNumber {
+        /// The WABA (`entry[].id`).
+        waba_id: String,
+        /// The display number, digits only.
+        digits: String,
+    },
+    /// To the WABA's owner (fields that name no number).
     Waba(String),
 }
 
@@ -40,47 +60,103 @@ pub struct WebhookItem {
     pub occurred_at: Timestamp,
     /// The domain event the item becomes.
     pub event: DomainEvent,
+    /// Its path in the body (`entry[0].changes[0].value.messages[1]`).
+    pub path: String,
 }
 
-/// Why a webhook body could not be split.
+/// An item that could not be understood: its path and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ItemFailure {
+    /// Its path in the body.
+    pub path: String,
+    /// What is wrong (names the offending member).
+    pub reason: String,
+}
+
+/// What a body split into.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Split {
+    /// The items, in body order.
+    pub items: Vec<WebhookItem>,
+    /// The items that could not be understood.
+    pub failures: Vec<ItemFailure>,
+}
+
+impl Split {
+    fn fail(&mut self, path: &str, problem: Problem) {
+        self.failures.push(ItemFailure {
+            path: if path.is_empty() {
+                "$".into()
+            } else {
+                path.to_owned()
+            },
+            reason: problem.0,
+        });
+    }
+
+    fn push(&mut self, path: &str, item: Result<WebhookItem, Problem>) {
+        match item {
+            Ok(item) => self.items.push(item),
+            Err(p) => self.fail(path, p),
+        }
+    }
+}
+
+/// Why a webhook body could not be split at all.
 #[derive(Debug, thiserror::Error)]
 pub enum SplitError {
     /// The body does not parse as JSON.
     #[error("body is not JSON: {0}")]
     NotJson(serde_json::Error),
-    /// The body is JSON but not a well-formed WhatsApp Business Account webhook; the text
-    /// names the offending path (e.g. `entry[0].changes[0].value.messages[1].id`).
-    #[error("not a WhatsApp Business Account webhook: {0}")]
-    Unexpected(String),
 }
 
-/// Splits one webhook body into items, in body order. `raw_seq` is the sequence of the
+/// Splits one webhook body, in body order. `raw_seq` is the sequence of the
 /// `webhook.received` event holding the body; it is copied into every item's source.
-pub fn split_webhook(body: &[u8], raw_seq: u64) -> Result<Vec<WebhookItem>, SplitError> {
+pub fn split_webhook(body: &[u8], raw_seq: u64) -> Result<Split, SplitError> {
     let root: Value = serde_json::from_slice(body).map_err(SplitError::NotJson)?;
-    let root = Node::root(&root)?;
-    check_object(&root)?;
-    let mut items = Vec::new();
-    for entry in root.req_list("entry")? {
-        split_entry(&entry, raw_seq, &mut items)?;
-    }
-    Ok(items)
-}
-
-/// Refuses bodies whose `object` is not `whatsapp_business_account`.
-fn check_object(root: &Node) -> Result<(), SplitError> {
+    let mut out = Split::default();
+    let root = match Node::new(&root, String::new()) {
+        Ok(root) => root,
+        Err(p) => {
+            out.fail("", p);
+            return Ok(out);
+        }
+    };
     match root.get("object").and_then(Value::as_str) {
-        Some(WABA_OBJECT) => Ok(()),
-        Some(other) => Err(unexpected(format!(
-            "`object` is {other:?}, not {WABA_OBJECT:?}"
-        ))),
-        None => Err(root.missing("object", "a string")),
+        Some(WABA_OBJECT) => {}
+        Some(other) => {
+            out.fail(
+                "object",
+                Problem(format!("`object` is {other:?}, not {WABA_OBJECT:?}")),
+            );
+            return Ok(out);
+        }
+        None => {
+            out.fail("object", root.missing("object", "a string"));
+            return Ok(out);
+        }
     }
+    if root.get("entry").is_none() {
+        out.fail("entry", root.missing("entry", "an array"));
+        return Ok(out);
+    }
+    match root.list("entry") {
+        Err(p) => out.fail("entry", p),
+        Ok(entries) => {
+            for (i, entry) in entries.into_iter().enumerate() {
+                match entry {
+                    Ok(entry) => split_entry(&entry, raw_seq, &mut out),
+                    Err(p) => out.fail(&format!("entry[{i}]"), p),
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// What every item of one `entry[]` shares.
 struct EntryCtx {
-    /// `entry[].id`.
+    /// `entry[].id` (the WABA; the portfolio for `partner_solutions`).
     waba_id: String,
     /// `entry[].time`, when present.
     time: Option<Timestamp>,
@@ -89,12 +165,12 @@ struct EntryCtx {
 }
 
 impl EntryCtx {
-    /// A source for a change of this entry, without number metadata.
-    fn source(&self, field: &str) -> MetaSource {
+    /// A source for a change of this entry.
+    fn source(&self, field: &str, metadata: Option<&Node>) -> MetaSource {
         MetaSource {
             waba_id: self.waba_id.clone(),
-            phone_number_id: None,
-            display_phone_number: None,
+            phone_number_id: metadata.and_then(|m| m.opt_text("phone_number_id")),
+            display_phone_number: metadata.and_then(|m| m.opt_text("display_phone_number")),
             field: field.to_owned(),
             raw_seq: self.raw_seq,
         }
@@ -106,197 +182,274 @@ impl EntryCtx {
             .map_or_else(|| "-".to_owned(), |t| unix_seconds(&t).to_string())
     }
 
-    /// When a WABA-level item happened: `entry[].time`, or now as a last resort.
+    /// When a change happened: `entry[].time`, or now as a last resort.
     fn occurred_at(&self) -> Timestamp {
         self.time.unwrap_or_else(Timestamp::now)
     }
 }
 
 /// Splits every change of one `entry[]`.
-fn split_entry(entry: &Node, raw_seq: u64, out: &mut Vec<WebhookItem>) -> Result<(), SplitError> {
-    let ctx = EntryCtx {
-        waba_id: entry.req_text("id")?,
-        time: entry.opt_time("time")?,
-        raw_seq,
+fn split_entry(entry: &Node, raw_seq: u64, out: &mut Split) {
+    let ctx = match (entry.req_text("id"), entry.opt_time("time")) {
+        (Ok(waba_id), Ok(time)) => EntryCtx {
+            waba_id,
+            time,
+            raw_seq,
+        },
+        (Err(p), _) | (_, Err(p)) => return out.fail(&entry.path, p),
     };
-    for change in entry.req_list("changes")? {
-        split_change(&ctx, &change, out)?;
+    let changes = match entry.list("changes") {
+        Ok(c) if entry.get("changes").is_some() => c,
+        Ok(_) => return out.fail(&entry.path, entry.missing("changes", "an array")),
+        Err(p) => return out.fail(&entry.path, p),
+    };
+    for (i, change) in changes.into_iter().enumerate() {
+        let path = format!("{}.changes[{i}]", entry.path);
+        match change {
+            Ok(change) => split_change(&ctx, &change, out),
+            Err(p) => out.fail(&path, p),
+        }
     }
-    Ok(())
 }
 
 /// Splits one `changes[]` element according to its `field`.
-fn split_change(
-    ctx: &EntryCtx,
-    change: &Node,
-    out: &mut Vec<WebhookItem>,
-) -> Result<(), SplitError> {
-    let field = change.req_text("field")?;
-    let value = change
-        .map
-        .get("value")
-        .ok_or_else(|| unexpected(format!("`{}` is missing", join(&change.path, "value"))))?;
-    let path = join(&change.path, "value");
-    match field.as_str() {
-        "messages" | "user_preferences" => split_messaging(ctx, &field, value, path, out)?,
-        f if is_template_status(f, value) => {
-            out.push(template_item(ctx, &field, &Node::new(value, path)?)?)
+fn split_change(ctx: &EntryCtx, change: &Node, out: &mut Split) {
+    let field = match change.req_text("field") {
+        Ok(f) => f,
+        Err(p) => return out.fail(&change.path, p),
+    };
+    let Some(raw) = change.get("value") else {
+        return out.fail(&change.path, change.missing("value", "present"));
+    };
+    let value = match Node::new(raw, change.path_of("value")) {
+        Ok(v) => v,
+        // A value that is not an object: kept whole at the WABA.
+        Err(_) => {
+            return out.push(
+                &change.path,
+                Ok(account_item(ctx, &field, raw, &change.path)),
+            )
         }
-        _ => out.push(account_item(ctx.source(&field), ctx, value)),
-    }
-    Ok(())
-}
-
-/// Whether a change becomes a [`TemplateStatusUpdated`]: always for
-/// `message_template_status_update` (which must then be well formed), and for other
-/// template fields when the value fits (an `event` and a template id).
-fn is_template_status(field: &str, value: &Value) -> bool {
-    let template_field = field.starts_with("message_template_") || field.starts_with("template_");
-    field == "message_template_status_update" || (template_field && fits_template(value))
-}
-
-/// Whether a template-field value reads as a status change (an `event` and a template id).
-fn fits_template(value: &Value) -> bool {
-    let has = |key| value.get(key).and_then(text).is_some();
-    has("event") && has("message_template_id")
-}
-
-// ----- number-level items (`messages`, `user_preferences`) -----
-
-/// The array keys of a number-level value that hold items.
-const ITEM_ARRAYS: [&str; 3] = ["messages", "statuses", "user_preferences"];
-
-/// Splits a number-level value: every message, status and preference. A value with none
-/// of them, or with value-level `errors`, also yields an [`AccountUpdated`] so that
-/// nothing is lost.
-fn split_messaging(
-    ctx: &EntryCtx,
-    field: &str,
-    value: &Value,
-    path: String,
-    out: &mut Vec<WebhookItem>,
-) -> Result<(), SplitError> {
-    let Some(map) = value.as_object() else {
-        out.push(account_item(ctx.source(field), ctx, value));
-        return Ok(());
     };
-    let node = Node { path, map };
-    let has_items = ITEM_ARRAYS.iter().any(|key| non_empty_array(node.get(key)));
-    if has_items {
-        split_number_items(ctx, field, &node, out)?;
+    match field.as_str() {
+        "messages" => split_messaging(ctx, &field, &value, out),
+        "user_preferences" => split_preferences(ctx, &field, &value, out),
+        "user_id_update" => split_user_id_updates(ctx, &field, &value, out),
+        "message_template_status_update" | "message_template_quality_update" => {
+            out.push(&value.path, Ok(template_item(ctx, &field, &value)))
+        }
+        _ => out.push(&value.path, Ok(other_item(ctx, &field, &value))),
     }
-    if !has_items || non_empty_array(node.get("errors")) {
-        let source = number_source(ctx, field, &node, false)?;
-        out.push(account_item(source, ctx, value));
-    }
-    Ok(())
 }
 
-/// Pushes one item per `messages[]`, `statuses[]` and `user_preferences[]` element.
-fn split_number_items(
-    ctx: &EntryCtx,
-    field: &str,
-    value: &Node,
-    out: &mut Vec<WebhookItem>,
-) -> Result<(), SplitError> {
-    let source = number_source(ctx, field, value, true)?;
-    for message in value.list("messages")? {
-        out.push(message_item(&source, value, &message)?);
-    }
-    for status in value.list("statuses")? {
-        out.push(status_item(&source, &status)?);
-    }
-    for preference in value.list("user_preferences")? {
-        out.push(preference_item(&source, &preference)?);
-    }
-    Ok(())
-}
+// ----- number-level: messages, statuses, preferences, user-id changes -----
 
-/// The source of a number-level value; `value.metadata.phone_number_id` is required
-/// when `routed` (items are routed by it).
-fn number_source(
-    ctx: &EntryCtx,
-    field: &str,
-    value: &Node,
-    routed: bool,
-) -> Result<MetaSource, SplitError> {
-    let mut source = ctx.source(field);
-    let metadata = match value.sub("metadata") {
-        Some(metadata) => metadata,
-        None if routed => return Err(value.missing("metadata", "an object")),
-        None => return Ok(source),
+/// `value.metadata` and the route of a number-level value: by its phone number id,
+/// or by the WABA when it names none.
+fn number_of<'a>(ctx: &EntryCtx, value: &Node<'a>) -> (Option<Node<'a>>, Route) {
+    let metadata = value.sub("metadata");
+    let route = match metadata
+        .as_ref()
+        .and_then(|m| m.opt_text("phone_number_id"))
+    {
+        Some(id) => Route::PhoneNumber(id),
+        None => Route::Waba(ctx.waba_id.clone()),
     };
-    source.phone_number_id = match metadata.opt_text("phone_number_id") {
-        Some(id) => Some(id),
-        None if routed => return Err(metadata.missing("phone_number_id", "a string")),
-        None => None,
+    (metadata, route)
+}
+
+/// The number part of natural keys (`-` when the value names no number).
+fn number_key(source: &MetaSource) -> &str {
+    source.phone_number_id.as_deref().unwrap_or("-")
+}
+
+/// Every message and status of a `messages` value; value-level errors, or a value
+/// holding none of them, are kept whole as a [`NumberUpdated`].
+fn split_messaging(ctx: &EntryCtx, field: &str, value: &Node, out: &mut Split) {
+    let (metadata, route) = number_of(ctx, value);
+    let source = ctx.source(field, metadata.as_ref());
+    let mut any = false;
+    for key in ["messages", "statuses"] {
+        let elements = match value.list(key) {
+            Ok(e) => e,
+            Err(p) => {
+                out.fail(&value.path_of(key), p);
+                continue;
+            }
+        };
+        for (i, element) in elements.into_iter().enumerate() {
+            any = true;
+            let path = format!("{}[{i}]", value.path_of(key));
+            let element = match element {
+                Ok(e) => e,
+                Err(p) => {
+                    out.fail(&path, p);
+                    continue;
+                }
+            };
+            let made = if key == "messages" {
+                message_items(&source, &route, value, &element)
+            } else {
+                status_item(&source, &route, value, &element).map(|i| vec![i])
+            };
+            match made {
+                Ok(items) => out.items.extend(items),
+                Err(p) => out.fail(&path, p),
+            }
+        }
+    }
+    if !any || non_empty_array(value.get("errors")) {
+        out.push(&value.path, Ok(number_item(ctx, source, route, value)));
+    }
+}
+
+/// The sender of a message: its own fields, completed from the `contacts[]` element
+/// that names the same person (or the only one).
+fn sender(value: &Node, message: &Node) -> ContactRef {
+    let from = message.opt_text("from");
+    let from_user = message.opt_text("from_user_id");
+    let contacts: Vec<&Value> = value
+        .get("contacts")
+        .and_then(Value::as_array)
+        .map(|c| c.iter().collect())
+        .unwrap_or_default();
+    let same = |c: &&&Value| {
+        let wa = c.get("wa_id").and_then(text);
+        let user = c.get("user_id").and_then(text);
+        (from.is_some() && wa == from) || (from_user.is_some() && user == from_user)
     };
-    source.display_phone_number = metadata.opt_text("display_phone_number");
-    Ok(source)
+    let contact = contacts
+        .iter()
+        .find(same)
+        .or_else(|| (contacts.len() == 1).then(|| &contacts[0]))
+        .copied();
+    contact_ref(
+        contact,
+        from,
+        from_user,
+        message.opt_text("from_parent_user_id"),
+    )
 }
 
-/// The route of a number-level item.
-fn number_route(source: &MetaSource) -> Route {
-    Route::PhoneNumber(source.phone_number_id.clone().unwrap_or_default())
+/// A [`ContactRef`] from explicit ids and a `contacts[]`-style element.
+fn contact_ref(
+    contact: Option<&Value>,
+    wa_id: Option<String>,
+    user_id: Option<String>,
+    parent_user_id: Option<String>,
+) -> ContactRef {
+    let field = |key: &str| contact.and_then(|c| c.get(key)).and_then(text);
+    let profile = |key: &str| {
+        contact
+            .and_then(|c| c.get("profile"))
+            .and_then(|p| p.get(key))
+            .and_then(text)
+    };
+    ContactRef {
+        wa_id: wa_id.or_else(|| field("wa_id")),
+        user_id: user_id.or_else(|| field("user_id")),
+        parent_user_id: parent_user_id.or_else(|| field("parent_user_id")),
+        username: profile("username"),
+        profile_name: profile("name"),
+    }
+    .non_empty()
 }
 
-/// One `messages[]` element → [`MessageReceived`].
-fn message_item(
+trait NonEmpty {
+    fn non_empty(self) -> Self;
+}
+
+impl NonEmpty for ContactRef {
+    /// Empty strings are absent (Meta omits fields since 2026, older bodies sent "").
+    fn non_empty(self) -> Self {
+        let keep = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
+        ContactRef {
+            wa_id: keep(self.wa_id),
+            user_id: keep(self.user_id),
+            parent_user_id: keep(self.parent_user_id),
+            username: keep(self.username),
+            profile_name: keep(self.profile_name),
+        }
+    }
+}
+
+/// One `messages[]` element → [`MessageReceived`] (and, for a user-id change
+/// system message, a [`ContactUserIdChanged`] too).
+fn message_items(
     source: &MetaSource,
+    route: &Route,
     value: &Node,
     message: &Node,
-) -> Result<WebhookItem, SplitError> {
+) -> Result<Vec<WebhookItem>, Problem> {
     let wamid = message.req_text("id")?;
-    let from = message.req_text("from")?;
     let timestamp = message.req_time("timestamp")?;
-    let message_type = message.req_text("type")?;
+    let message_type = message.opt_text("type").unwrap_or_else(|| "unknown".into());
+    let contact = sender(value, message);
+    if contact.wa_id.is_none() && contact.user_id.is_none() {
+        return Err(Problem(format!(
+            "`{}` names no sender (no `from`, `from_user_id` or contact)",
+            message.path
+        )));
+    }
+    let system = system_change(message);
     let event = MessageReceived {
         source: source.clone(),
-        profile_name: profile_name(value, &from),
         text: message_text(message, &message_type),
-        button: button_reply(message, &message_type),
-        interactive: interactive_reply(message, &message_type),
+        button: button_reply(message),
+        interactive: interactive_reply(message),
+        reaction: reaction(message),
+        media: media(message, &message_type),
+        referral: message.get("referral").cloned(),
         context_wamid: message.sub("context").and_then(|c| c.opt_text("id")),
         errors: meta_errors(message)?,
         raw: message.to_value(),
+        system: system.clone(),
+        contact: contact.clone(),
         wamid,
-        from,
         message_type,
         timestamp,
     };
-    Ok(WebhookItem {
-        route: number_route(source),
-        dedup_key: format!("msg:{}", event.wamid),
+    let key = format!("msg:{}:{}", number_key(source), event.wamid);
+    let mut items = vec![WebhookItem {
+        route: route.clone(),
+        dedup_key: key.clone(),
         occurred_at: timestamp,
+        path: message.path.clone(),
         event: DomainEvent::MessageReceived(event),
-    })
-}
-
-/// The sender's profile name, from the `value.contacts[]` element whose `wa_id` is `from`.
-fn profile_name(value: &Node, from: &str) -> Option<String> {
-    let contacts = value.get("contacts")?.as_array()?;
-    let contact = contacts
-        .iter()
-        .find(|c| c.get("wa_id").and_then(text).as_deref() == Some(from))?;
-    contact
-        .get("profile")?
-        .get("name")?
-        .as_str()
-        .map(str::to_owned)
-}
-
-/// `text.body`, for `text` messages.
-fn message_text(message: &Node, message_type: &str) -> Option<String> {
-    (message_type == "text")
-        .then(|| message.sub("text")?.opt_text("body"))
-        .flatten()
-}
-
-/// `button.{payload,text}`, for template quick-reply taps (`button` messages).
-fn button_reply(message: &Node, message_type: &str) -> Option<ButtonReply> {
-    if message_type != "button" {
-        return None;
+    }];
+    if let Some(change) = system.filter(|s| s.kind == "user_changed_user_id") {
+        if let Some(current) = change.user_id.clone() {
+            items.push(WebhookItem {
+                route: route.clone(),
+                dedup_key: format!("{key}:user_id"),
+                occurred_at: timestamp,
+                path: message.path.clone(),
+                event: DomainEvent::ContactUserIdChanged(ContactUserIdChanged {
+                    source: source.clone(),
+                    previous_user_id: contact.user_id.clone(),
+                    current_user_id: current,
+                    previous_parent_user_id: contact.parent_user_id.clone(),
+                    current_parent_user_id: None,
+                    wa_id: contact.wa_id.clone().or(change.wa_id.clone()),
+                    detail: change.body.clone(),
+                    timestamp,
+                }),
+            });
+        }
     }
+    Ok(items)
+}
+
+/// `text.body` for text messages, the caption of a media message.
+fn message_text(message: &Node, message_type: &str) -> Option<String> {
+    match message_type {
+        "text" => message.sub("text")?.opt_text("body"),
+        _ => message.sub(message_type)?.opt_text("caption"),
+    }
+}
+
+/// `button.{payload,text}`, for template quick-reply taps.
+fn button_reply(message: &Node) -> Option<ButtonReply> {
     let button = message.sub("button")?;
     Some(ButtonReply {
         payload: button.opt_text("payload"),
@@ -304,126 +457,387 @@ fn button_reply(message: &Node, message_type: &str) -> Option<ButtonReply> {
     })
 }
 
-/// `interactive.type` with the `id` and `title` of the reply object of that kind.
-fn interactive_reply(message: &Node, message_type: &str) -> Option<InteractiveReply> {
-    if message_type != "interactive" {
-        return None;
-    }
+/// `interactive.type` with the reply object's id and title, and a Flow's
+/// `response_json` parsed.
+fn interactive_reply(message: &Node) -> Option<InteractiveReply> {
     let interactive = message.sub("interactive")?;
     let kind = interactive.opt_text("type")?;
     let reply = interactive.sub(&kind);
+    let response = reply
+        .as_ref()
+        .and_then(|r| r.get("response_json"))
+        .map(|v| match v {
+            Value::String(s) => serde_json::from_str(s).unwrap_or_else(|_| v.clone()),
+            other => other.clone(),
+        })
+        .or_else(|| {
+            // A call-permission reply: keep its fields.
+            (kind == "call_permission_reply")
+                .then(|| reply.as_ref().map(Node::to_value))
+                .flatten()
+        });
     Some(InteractiveReply {
         id: reply.as_ref().and_then(|r| r.opt_text("id")),
-        title: reply.as_ref().and_then(|r| r.opt_text("title")),
+        title: reply
+            .as_ref()
+            .and_then(|r| r.opt_text("title").or_else(|| r.opt_text("name"))),
+        response,
         kind,
     })
 }
 
-/// The `errors[]` of a message or status.
-fn meta_errors(node: &Node) -> Result<Vec<MetaError>, SplitError> {
-    node.list("errors")?.iter().map(meta_error).collect()
-}
-
-/// One Meta error object.
-fn meta_error(error: &Node) -> Result<MetaError, SplitError> {
-    Ok(MetaError {
-        code: error.req_int("code")?,
-        title: error.opt_text("title"),
-        message: error.opt_text("message"),
-        details: error.sub("error_data").and_then(|d| d.opt_text("details")),
+/// A reaction: the message reacted to and the emoji (absent or empty: removed).
+fn reaction(message: &Node) -> Option<Reaction> {
+    let r = message.sub("reaction")?;
+    Some(Reaction {
+        message_id: r.opt_text("message_id"),
+        emoji: r.opt_text("emoji"),
     })
 }
 
+/// The media object of an image, document, audio, video or sticker message.
+fn media(message: &Node, message_type: &str) -> Option<Media> {
+    if !matches!(
+        message_type,
+        "image" | "document" | "audio" | "video" | "sticker"
+    ) {
+        return None;
+    }
+    let m = message.sub(message_type)?;
+    Some(Media {
+        kind: message_type.to_owned(),
+        id: m.opt_text("id"),
+        mime_type: m.opt_text("mime_type"),
+        sha256: m.opt_text("sha256"),
+        filename: m.opt_text("filename"),
+        voice: m.get("voice").and_then(Value::as_bool),
+    })
+}
+
+/// What a `system` message says changed.
+fn system_change(message: &Node) -> Option<SystemChange> {
+    let s = message.sub("system")?;
+    Some(SystemChange {
+        kind: s.opt_text("type").unwrap_or_else(|| "unknown".into()),
+        body: s.opt_text("body"),
+        wa_id: s.opt_text("wa_id").or_else(|| s.opt_text("new_wa_id")),
+        user_id: s.opt_text("user_id"),
+    })
+}
+
+/// The `errors[]` of a message or status (an error without a code is kept with 0).
+fn meta_errors(node: &Node) -> Result<Vec<MetaError>, Problem> {
+    let mut errors = vec![];
+    for error in node.list("errors")? {
+        let error = error?;
+        errors.push(MetaError {
+            code: error.req_int("code").unwrap_or(0),
+            title: error.opt_text("title"),
+            message: error.opt_text("message"),
+            details: error.sub("error_data").and_then(|d| d.opt_text("details")),
+        });
+    }
+    Ok(errors)
+}
+
 /// One `statuses[]` element → [`MessageStatusUpdated`].
-fn status_item(source: &MetaSource, status: &Node) -> Result<WebhookItem, SplitError> {
+fn status_item(
+    source: &MetaSource,
+    route: &Route,
+    _value: &Node,
+    status: &Node,
+) -> Result<WebhookItem, Problem> {
     let timestamp = status.req_time("timestamp")?;
+    let pricing = status.get("pricing").cloned();
     let event = MessageStatusUpdated {
         source: source.clone(),
         wamid: status.req_text("id")?,
         status: status.req_text("status")?,
         recipient_id: status.opt_text("recipient_id"),
+        recipient_user_id: status.opt_text("recipient_user_id"),
+        recipient_parent_user_id: status
+            .opt_text("recipient_parent_user_id")
+            .or_else(|| status.opt_text("parent_recipient_user_id")),
         timestamp,
         biz_opaque_callback_data: status.opt_text("biz_opaque_callback_data"),
         pricing_category: status.sub("pricing").and_then(|p| p.opt_text("category")),
+        pricing,
+        conversation: status.get("conversation").cloned(),
         errors: meta_errors(status)?,
     };
     Ok(WebhookItem {
-        route: number_route(source),
-        dedup_key: format!("status:{}:{}", event.wamid, event.status),
+        route: route.clone(),
+        dedup_key: format!(
+            "status:{}:{}:{}",
+            number_key(source),
+            event.wamid,
+            event.status
+        ),
         occurred_at: timestamp,
+        path: status.path.clone(),
         event: DomainEvent::MessageStatusUpdated(event),
     })
 }
 
-/// One `user_preferences[]` element → [`ContactMarketingPreference`].
-fn preference_item(source: &MetaSource, preference: &Node) -> Result<WebhookItem, SplitError> {
+/// Every `user_preferences[]` element → [`ContactMarketingPreference`].
+fn split_preferences(ctx: &EntryCtx, field: &str, value: &Node, out: &mut Split) {
+    let (metadata, route) = number_of(ctx, value);
+    let source = ctx.source(field, metadata.as_ref());
+    let elements = match value.list("user_preferences") {
+        Ok(e) if !e.is_empty() => e,
+        Ok(_) => return out.push(&value.path, Ok(number_item(ctx, source, route, value))),
+        Err(p) => return out.fail(&value.path, p),
+    };
+    for (i, element) in elements.into_iter().enumerate() {
+        let path = format!("{}[{i}]", value.path_of("user_preferences"));
+        let item = element.and_then(|p| preference_item(&source, &route, value, &p));
+        out.push(&path, item);
+    }
+}
+
+fn preference_item(
+    source: &MetaSource,
+    route: &Route,
+    value: &Node,
+    preference: &Node,
+) -> Result<WebhookItem, Problem> {
     let timestamp = preference.req_time("timestamp")?;
+    let wa_id = preference.opt_text("wa_id");
+    let user_id = preference.opt_text("user_id");
+    let contacts = value.get("contacts").and_then(Value::as_array);
+    let contact = contacts.and_then(|cs| {
+        cs.iter().find(|c| {
+            (wa_id.is_some() && c.get("wa_id").and_then(text) == wa_id)
+                || (user_id.is_some() && c.get("user_id").and_then(text) == user_id)
+        })
+    });
+    let contact = contact_ref(
+        contact,
+        wa_id,
+        user_id,
+        preference.opt_text("parent_user_id"),
+    );
+    if contact.wa_id.is_none() && contact.user_id.is_none() {
+        return Err(preference.missing("wa_id", "a string (nor is `user_id`)"));
+    }
     let event = ContactMarketingPreference {
         source: source.clone(),
-        wa_id: preference.req_text("wa_id")?,
         category: preference.req_text("category")?,
         value: preference.req_text("value")?,
         detail: preference.opt_text("detail"),
+        contact,
         timestamp,
     };
     let dedup_key = format!(
-        "pref:{}:{}:{}:{}",
-        event.wa_id,
+        "pref:{}:{}:{}:{}:{}",
+        number_key(source),
+        event.contact.key(),
         event.category,
         event.value,
         unix_seconds(&timestamp)
     );
     Ok(WebhookItem {
-        route: number_route(source),
+        route: route.clone(),
         dedup_key,
         occurred_at: timestamp,
+        path: preference.path.clone(),
         event: DomainEvent::ContactMarketingPreference(event),
     })
 }
 
-// ----- WABA-level items -----
-
-/// A template status change → [`TemplateStatusUpdated`]. Without `entry[].time` the key
-/// ends in `-:<value hash>` so that distinct changes are not merged.
-fn template_item(ctx: &EntryCtx, field: &str, value: &Node) -> Result<WebhookItem, SplitError> {
-    let raw = value.to_value();
-    let event = TemplateStatusUpdated {
-        source: ctx.source(field),
-        template_id: value.req_text("message_template_id")?,
-        template_name: value.opt_text("message_template_name"),
-        language: value.opt_text("message_template_language"),
-        event: value.req_text("event")?,
-        reason: value.opt_text("reason"),
-        timestamp: ctx.occurred_at(),
-        raw,
+/// Every element of a `user_id_update` value → [`ContactUserIdChanged`].
+fn split_user_id_updates(ctx: &EntryCtx, field: &str, value: &Node, out: &mut Split) {
+    let (metadata, route) = number_of(ctx, value);
+    let source = ctx.source(field, metadata.as_ref());
+    let key = ["user_id_update", "user_id_updates"]
+        .into_iter()
+        .find(|k| value.get(k).is_some());
+    let elements = match key.map(|k| (k, value.list(k))) {
+        Some((_, Ok(e))) if !e.is_empty() => e,
+        Some((k, Err(p))) => return out.fail(&value.path_of(k), p),
+        _ => return out.push(&value.path, Ok(number_item(ctx, source, route, value))),
     };
-    let time_key = match ctx.time {
-        Some(_) => ctx.time_key(),
-        None => format!("-:{}", value_hash(&event.raw)),
-    };
-    Ok(WebhookItem {
-        route: Route::Waba(ctx.waba_id.clone()),
-        dedup_key: format!(
-            "template:{}:{}:{}",
-            event.template_id, event.event, time_key
-        ),
-        occurred_at: event.timestamp,
-        event: DomainEvent::TemplateStatusUpdated(event),
-    })
+    for element in elements {
+        let item = element.and_then(|u| {
+            let ids = |key: &str| u.sub(key);
+            let user = ids("user_id").ok_or_else(|| u.missing("user_id", "an object"))?;
+            let parent = ids("parent_user_id");
+            let timestamp = u
+                .opt_time("timestamp")?
+                .unwrap_or_else(|| ctx.occurred_at());
+            let event = ContactUserIdChanged {
+                source: source.clone(),
+                previous_user_id: user.opt_text("previous"),
+                current_user_id: user.req_text("current")?,
+                previous_parent_user_id: parent.as_ref().and_then(|p| p.opt_text("previous")),
+                current_parent_user_id: parent.as_ref().and_then(|p| p.opt_text("current")),
+                wa_id: u.opt_text("wa_id"),
+                detail: u.opt_text("detail"),
+                timestamp,
+            };
+            Ok(WebhookItem {
+                route: route.clone(),
+                dedup_key: format!(
+                    "uid:{}:{}:{}:{}",
+                    number_key(&source),
+                    event.previous_user_id.as_deref().unwrap_or("-"),
+                    event.current_user_id,
+                    unix_seconds(&timestamp)
+                ),
+                occurred_at: timestamp,
+                path: u.path.clone(),
+                event: DomainEvent::ContactUserIdChanged(event),
+            })
+        });
+        let path = value.path.clone();
+        out.push(&path, item);
+    }
 }
 
-/// Any other change (account-level, unknown, or unrecognisable) → [`AccountUpdated`],
-/// routed by WABA, keeping the whole value.
-fn account_item(source: MetaSource, ctx: &EntryCtx, value: &Value) -> WebhookItem {
+// ----- the other fields -----
+
+/// The route of a change that is not about messages: the number its value names,
+/// else the WABA.
+fn route_of(ctx: &EntryCtx, value: &Node) -> Route {
+    if let Some(id) = value
+        .sub("metadata")
+        .and_then(|m| m.opt_text("phone_number_id"))
+    {
+        return Route::PhoneNumber(id);
+    }
+    if value.opt_text("entity_type").as_deref() == Some("PHONE_NUMBER") {
+        if let Some(id) = value.opt_text("entity_id") {
+            return Route::PhoneNumber(id);
+        }
+    }
+    if let Some(display) = value.opt_text("display_phone_number") {
+        let digits: String = display.chars().filter(char::is_ascii_digit).collect();
+        if !digits.is_empty() {
+            return Route::DisplayNumber {
+                waba_id: ctx.waba_id.clone(),
+                digits,
+            };
+        }
+    }
+    Route::Waba(ctx.waba_id.clone())
+}
+
+/// Any other change: a [`NumberUpdated`] when its value names a number, else an
+/// [`AccountUpdated`]; kept whole either way.
+fn other_item(ctx: &EntryCtx, field: &str, value: &Node) -> WebhookItem {
+    match route_of(ctx, value) {
+        Route::Waba(_) => account_item(ctx, field, &value.to_value(), &value.path),
+        route => {
+            let metadata = value.sub("metadata");
+            let mut source = ctx.source(field, metadata.as_ref());
+            match &route {
+                Route::PhoneNumber(id) => source.phone_number_id = Some(id.clone()),
+                Route::DisplayNumber { .. } => {
+                    source.display_phone_number = value.opt_text("display_phone_number")
+                }
+                Route::Waba(_) => {}
+            }
+            number_item(ctx, source, route, value)
+        }
+    }
+}
+
+/// A number-level change kept whole.
+fn number_item(ctx: &EntryCtx, source: MetaSource, route: Route, value: &Node) -> WebhookItem {
+    let raw = value.to_value();
+    let number = match &route {
+        Route::PhoneNumber(id) => id.clone(),
+        Route::DisplayNumber { digits, .. } => format!("display:{digits}"),
+        Route::Waba(id) => format!("waba:{id}"),
+    };
     let dedup_key = format!(
-        "account:{}:{}:{}:{}",
-        ctx.waba_id,
+        "number:{number}:{}:{}:{}",
         source.field,
+        ctx.time_key(),
+        value_hash(&raw)
+    );
+    let timestamp = value
+        .opt_time("timestamp")
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| ctx.occurred_at());
+    WebhookItem {
+        route,
+        dedup_key,
+        occurred_at: timestamp,
+        path: value.path.clone(),
+        event: DomainEvent::NumberUpdated(NumberUpdated {
+            event: value.opt_text("event"),
+            source,
+            timestamp,
+            raw,
+        }),
+    }
+}
+
+/// A template field: a status change, a quality change (also when Meta sends it
+/// under `message_template_status_update` without an `event`), else kept whole.
+fn template_item(ctx: &EntryCtx, field: &str, value: &Node) -> WebhookItem {
+    let raw = value.to_value();
+    let template_id = value.opt_text("message_template_id");
+    let time_key = match ctx.time {
+        Some(_) => ctx.time_key(),
+        None => format!("-:{}", value_hash(&raw)),
+    };
+    let source = ctx.source(field, None);
+    let name = value.opt_text("message_template_name");
+    let language = value.opt_text("message_template_language");
+    match (
+        template_id,
+        value.opt_text("event"),
+        value.opt_text("new_quality_score"),
+    ) {
+        (Some(id), Some(event), _) => WebhookItem {
+            route: Route::Waba(ctx.waba_id.clone()),
+            dedup_key: format!("template:{id}:{event}:{time_key}"),
+            occurred_at: ctx.occurred_at(),
+            path: value.path.clone(),
+            event: DomainEvent::TemplateStatusUpdated(TemplateStatusUpdated {
+                source,
+                template_id: id,
+                template_name: name,
+                language,
+                event,
+                reason: value.opt_text("reason"),
+                timestamp: ctx.occurred_at(),
+                raw,
+            }),
+        },
+        (Some(id), None, Some(score)) => WebhookItem {
+            route: Route::Waba(ctx.waba_id.clone()),
+            dedup_key: format!("tquality:{id}:{score}:{time_key}"),
+            occurred_at: ctx.occurred_at(),
+            path: value.path.clone(),
+            event: DomainEvent::TemplateQualityUpdated(TemplateQualityUpdated {
+                source,
+                template_id: id,
+                template_name: name,
+                language,
+                previous_quality_score: value.opt_text("previous_quality_score"),
+                new_quality_score: score,
+                timestamp: ctx.occurred_at(),
+                raw,
+            }),
+        },
+        _ => account_item(ctx, field, &raw, &value.path),
+    }
+}
+
+/// A change that names no number → [`AccountUpdated`] at the WABA, kept whole.
+fn account_item(ctx: &EntryCtx, field: &str, value: &Value, path: &str) -> WebhookItem {
+    let dedup_key = format!(
+        "account:{}:{field}:{}:{}",
+        ctx.waba_id,
         ctx.time_key(),
         value_hash(value)
     );
     let event = AccountUpdated {
-        source,
+        source: ctx.source(field, None),
         event: value
             .get("event")
             .and_then(Value::as_str)
@@ -435,6 +849,7 @@ fn account_item(source: MetaSource, ctx: &EntryCtx, value: &Value) -> WebhookIte
         route: Route::Waba(ctx.waba_id.clone()),
         dedup_key,
         occurred_at: event.timestamp,
+        path: path.to_owned(),
         event: DomainEvent::AccountUpdated(event),
     }
 }
@@ -446,670 +861,7 @@ fn value_hash(value: &Value) -> String {
     hex::encode(&digest[..8])
 }
 
-// ----- JSON helpers -----
-
-/// A JSON object with its path in the body, so that errors name what is wrong.
-struct Node<'a> {
-    /// Path from the body root, e.g. `entry[0].changes[1].value`.
-    path: String,
-    /// The object.
-    map: &'a Map<String, Value>,
-}
-
-impl<'a> Node<'a> {
-    /// The body root, which must be an object.
-    fn root(value: &'a Value) -> Result<Self, SplitError> {
-        value
-            .as_object()
-            .map(|map| Node {
-                path: String::new(),
-                map,
-            })
-            .ok_or_else(|| unexpected("the body is not a JSON object".to_owned()))
-    }
-
-    /// The object at `path`; anything else is an error naming the path.
-    fn new(value: &'a Value, path: String) -> Result<Self, SplitError> {
-        match value.as_object() {
-            Some(map) => Ok(Node { path, map }),
-            None => Err(unexpected(format!("`{path}` is not an object"))),
-        }
-    }
-
-    /// The member `key`, treating `null` as absent.
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key).filter(|v| !v.is_null())
-    }
-
-    /// The error for a required member that is absent or of the wrong type.
-    fn missing(&self, key: &str, what: &str) -> SplitError {
-        unexpected(format!(
-            "`{}` is missing or not {what}",
-            join(&self.path, key)
-        ))
-    }
-
-    /// A required string (integers are accepted and rendered as text).
-    fn req_text(&self, key: &str) -> Result<String, SplitError> {
-        self.opt_text(key)
-            .ok_or_else(|| self.missing(key, "a string"))
-    }
-
-    /// An optional string (integers are accepted and rendered as text).
-    fn opt_text(&self, key: &str) -> Option<String> {
-        self.get(key).and_then(text)
-    }
-
-    /// A required integer (a string of digits is accepted).
-    fn req_int(&self, key: &str) -> Result<i64, SplitError> {
-        self.get(key)
-            .and_then(integer)
-            .ok_or_else(|| self.missing(key, "an integer"))
-    }
-
-    /// A required Unix-seconds time (string or integer).
-    fn req_time(&self, key: &str) -> Result<Timestamp, SplitError> {
-        self.opt_time(key)?
-            .ok_or_else(|| self.missing(key, "Unix seconds"))
-    }
-
-    /// An optional Unix-seconds time (string or integer); present but invalid is an error.
-    fn opt_time(&self, key: &str) -> Result<Option<Timestamp>, SplitError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => integer(v)
-                .and_then(Timestamp::from_unix_seconds)
-                .map(Some)
-                .ok_or_else(|| self.missing(key, "Unix seconds")),
-        }
-    }
-
-    /// An optional sub-object; absent or not an object gives `None`.
-    fn sub(&self, key: &str) -> Option<Node<'a>> {
-        let map = self.get(key)?.as_object()?;
-        Some(Node {
-            path: join(&self.path, key),
-            map,
-        })
-    }
-
-    /// A required array of objects.
-    fn req_list(&self, key: &str) -> Result<Vec<Node<'a>>, SplitError> {
-        match self.get(key) {
-            Some(Value::Array(_)) => self.list(key),
-            _ => Err(self.missing(key, "an array")),
-        }
-    }
-
-    /// An optional array of objects (absent is empty); each element must be an object.
-    fn list(&self, key: &str) -> Result<Vec<Node<'a>>, SplitError> {
-        let elements = match self.get(key) {
-            None => return Ok(Vec::new()),
-            Some(Value::Array(elements)) => elements,
-            Some(_) => return Err(self.missing(key, "an array")),
-        };
-        let path = join(&self.path, key);
-        elements
-            .iter()
-            .enumerate()
-            .map(|(i, element)| Node::new(element, format!("{path}[{i}]")))
-            .collect()
-    }
-
-    /// The object as an owned JSON value.
-    fn to_value(&self) -> Value {
-        Value::Object(self.map.clone())
-    }
-}
-
-/// `path.key`, or `key` at the root.
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
-/// A string, or an integer rendered as text.
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-/// An integer, or a string holding one.
-fn integer(value: &Value) -> Option<i64> {
-    match value {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-/// Whether `value` is an array with at least one element.
-fn non_empty_array(value: Option<&Value>) -> bool {
-    value
-        .and_then(Value::as_array)
-        .is_some_and(|a| !a.is_empty())
-}
-
 /// Unix seconds of a timestamp (for dedup keys).
 fn unix_seconds(t: &Timestamp) -> i64 {
     t.as_datetime().unix_timestamp()
-}
-
-/// A [`SplitError::Unexpected`].
-fn unexpected(what: String) -> SplitError {
-    SplitError::Unexpected(what)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::webhooks::fixtures;
-    use serde_json::json;
-
-    const RAW_SEQ: u64 = 42;
-    const WABA: &str = "300100200300400";
-    const NUMBER: &str = "700800900100200";
-
-    fn split(name: &str) -> Vec<WebhookItem> {
-        split_webhook(fixtures::get(name), RAW_SEQ).unwrap_or_else(|e| panic!("{name}: {e}"))
-    }
-
-    fn split_json(body: Value) -> Result<Vec<WebhookItem>, SplitError> {
-        split_webhook(body.to_string().as_bytes(), RAW_SEQ)
-    }
-
-    fn at(secs: i64) -> Timestamp {
-        Timestamp::from_unix_seconds(secs).unwrap()
-    }
-
-    fn number(id: &str) -> Route {
-        Route::PhoneNumber(id.to_owned())
-    }
-
-    fn waba(id: &str) -> Route {
-        Route::Waba(id.to_owned())
-    }
-
-    fn message(item: &WebhookItem) -> &MessageReceived {
-        match &item.event {
-            DomainEvent::MessageReceived(m) => m,
-            other => panic!("not a message: {other:?}"),
-        }
-    }
-
-    fn status(item: &WebhookItem) -> &MessageStatusUpdated {
-        match &item.event {
-            DomainEvent::MessageStatusUpdated(s) => s,
-            other => panic!("not a status: {other:?}"),
-        }
-    }
-
-    fn account(item: &WebhookItem) -> &AccountUpdated {
-        match &item.event {
-            DomainEvent::AccountUpdated(a) => a,
-            other => panic!("not an account update: {other:?}"),
-        }
-    }
-
-    fn unexpected_text(result: Result<Vec<WebhookItem>, SplitError>) -> String {
-        match result {
-            Err(SplitError::Unexpected(what)) => what,
-            other => panic!("expected Unexpected, got {other:?}"),
-        }
-    }
-
-    /// The only item of a single-message fixture.
-    fn only_message(name: &str) -> (WebhookItem, MessageReceived) {
-        let items = split(name);
-        assert_eq!(items.len(), 1, "{name}");
-        let m = message(&items[0]).clone();
-        assert_eq!(items[0].route, number(NUMBER), "{name}");
-        assert_eq!(items[0].dedup_key, format!("msg:{}", m.wamid), "{name}");
-        assert_eq!(items[0].occurred_at, m.timestamp, "{name}");
-        (items[0].clone(), m)
-    }
-
-    /// A body with one `messages`-field change holding `value`.
-    fn messages_body(value: Value) -> Value {
-        json!({"object": "whatsapp_business_account", "entry": [
-            {"id": WABA, "changes": [{"field": "messages", "value": value}]}]})
-    }
-
-    fn metadata() -> Value {
-        json!({"display_phone_number": "15551230000", "phone_number_id": NUMBER})
-    }
-
-    #[test]
-    fn every_fixture_splits_into_the_expected_number_of_unique_items() {
-        let expected = [
-            ("account_update_app_installed.json", 1),
-            ("batch_two_numbers.json", 3),
-            ("escaped_unicode.json", 1),
-            ("inbound_button_stop_promotions.json", 1),
-            ("inbound_interactive_reply.json", 1),
-            ("inbound_start.json", 1),
-            ("inbound_stop.json", 1),
-            ("inbound_stop_sentence.json", 1),
-            ("inbound_text.json", 1),
-            ("statuses_delivered_and_failed.json", 2),
-            ("template_status_paused.json", 1),
-            ("user_preferences_stop.json", 1),
-        ];
-        assert_eq!(expected.len(), fixtures::ALL.len());
-        for (name, count) in expected {
-            let items = split(name);
-            assert_eq!(items.len(), count, "{name}");
-            let mut keys: Vec<_> = items.iter().map(|i| i.dedup_key.as_str()).collect();
-            keys.sort();
-            keys.dedup();
-            assert_eq!(keys.len(), count, "{name}: duplicate dedup keys");
-        }
-    }
-
-    #[test]
-    fn redelivery_gives_the_same_items() {
-        for (name, body) in fixtures::ALL {
-            let first = split_webhook(body, 1).unwrap();
-            let again = split_webhook(body, 2).unwrap();
-            let keys = |items: &[WebhookItem]| -> Vec<String> {
-                items.iter().map(|i| i.dedup_key.clone()).collect()
-            };
-            assert_eq!(keys(&first), keys(&again), "{name}");
-        }
-    }
-
-    #[test]
-    fn inbound_text() {
-        let (item, m) = only_message("inbound_text.json");
-        assert_eq!(
-            m.wamid,
-            "wamid.HBgNNTUxMTk4ODg4Nzc3NxUCABIYFjNFQjBDMDAwMDAwMDAwMDAwMDAxAA=="
-        );
-        assert_eq!(
-            item.dedup_key,
-            "msg:wamid.HBgNNTUxMTk4ODg4Nzc3NxUCABIYFjNFQjBDMDAwMDAwMDAwMDAwMDAxAA=="
-        );
-        assert_eq!(m.text.as_deref(), Some("Is my order shipped?"));
-        assert_eq!(m.from, "5511988887777");
-        assert_eq!(m.profile_name.as_deref(), Some("Ana Souza"));
-        assert_eq!(m.message_type, "text");
-        assert_eq!(m.timestamp, at(1767225600));
-        assert_eq!(
-            (
-                m.button.clone(),
-                m.interactive.clone(),
-                m.context_wamid.clone()
-            ),
-            (None, None, None)
-        );
-        assert!(m.errors.is_empty());
-        assert_eq!(m.raw["text"]["body"], "Is my order shipped?");
-        let expected_source = MetaSource {
-            waba_id: WABA.into(),
-            phone_number_id: Some(NUMBER.into()),
-            display_phone_number: Some("15551230000".into()),
-            field: "messages".into(),
-            raw_seq: RAW_SEQ,
-        };
-        assert_eq!(m.source, expected_source);
-    }
-
-    #[test]
-    fn stop_and_start_texts_are_kept_verbatim() {
-        let (_, stop) = only_message("inbound_stop.json");
-        assert_eq!(stop.text.as_deref(), Some("  Stop "));
-        assert_eq!(stop.profile_name.as_deref(), Some("Tom Reed"));
-        let (_, start) = only_message("inbound_start.json");
-        assert_eq!(start.text.as_deref(), Some("START"));
-        assert_eq!(start.timestamp, at(1767229250));
-        let (_, sentence) = only_message("inbound_stop_sentence.json");
-        assert_eq!(
-            sentence.text.as_deref(),
-            Some("please stop sending me these")
-        );
-        assert_eq!(sentence.from, "447700900125");
-        assert_eq!(sentence.profile_name.as_deref(), Some("Lee Park"));
-    }
-
-    #[test]
-    fn template_button_tap() {
-        let (_, m) = only_message("inbound_button_stop_promotions.json");
-        assert_eq!(m.message_type, "button");
-        let button = m.button.expect("button");
-        assert_eq!(button.payload.as_deref(), Some("Parar promoções"));
-        assert_eq!(button.text.as_deref(), Some("Parar promoções"));
-        assert_eq!(
-            m.context_wamid.as_deref(),
-            Some("wamid.HBgNNTUyMTk3Nzc3NjY2NhUCABEYEjAwMDAwMDAwMDAwMDAwMDAwMQA=")
-        );
-        assert_eq!(m.text, None);
-        assert_eq!(m.profile_name.as_deref(), Some("Joao Lima"));
-    }
-
-    #[test]
-    fn interactive_button_reply() {
-        let (_, m) = only_message("inbound_interactive_reply.json");
-        assert_eq!(m.message_type, "interactive");
-        let expected = InteractiveReply {
-            kind: "button_reply".into(),
-            id: Some("order-status".into()),
-            title: Some("Track order".into()),
-        };
-        assert_eq!(m.interactive, Some(expected));
-        assert_eq!(
-            m.context_wamid.as_deref(),
-            Some("wamid.HBgMNDQ3NzAwOTAwMTIzFQIAERgSMDAwMDAwMDAwMDAwMDAwMDAyAA==")
-        );
-    }
-
-    #[test]
-    fn interactive_list_reply() {
-        let body = messages_body(json!({"metadata": metadata(), "messages": [{
-            "from": "447700900123", "id": "wamid.L", "timestamp": "1767225800", "type": "interactive",
-            "interactive": {"type": "list_reply",
-                "list_reply": {"id": "row-2", "title": "Returns", "description": "d"}}}]}));
-        let items = split_json(body).unwrap();
-        let reply = message(&items[0]).interactive.clone().unwrap();
-        assert_eq!(reply.kind, "list_reply");
-        assert_eq!(reply.id.as_deref(), Some("row-2"));
-        assert_eq!(reply.title.as_deref(), Some("Returns"));
-    }
-
-    #[test]
-    fn escaped_unicode_is_decoded() {
-        let (_, m) = only_message("escaped_unicode.json");
-        assert_eq!(m.text.as_deref(), Some("Hej \u{1F44B} / tack"));
-        assert!(m.text.as_deref().unwrap().contains('👋'));
-        assert_eq!(m.profile_name.as_deref(), Some("Zoë Åström"));
-    }
-
-    #[test]
-    fn statuses_delivered_and_failed() {
-        let items = split("statuses_delivered_and_failed.json");
-        assert_eq!(items.len(), 2);
-        assert!(items.iter().all(|i| i.route == number(NUMBER)));
-
-        let delivered = status(&items[0]);
-        assert_eq!(delivered.status, "delivered");
-        assert_eq!(delivered.recipient_id.as_deref(), Some("447700900123"));
-        assert_eq!(
-            delivered.biz_opaque_callback_data.as_deref(),
-            Some("evt-7f3a")
-        );
-        assert_eq!(delivered.pricing_category.as_deref(), Some("marketing"));
-        assert_eq!(delivered.timestamp, at(1767226000));
-        assert!(delivered.errors.is_empty());
-        assert_eq!(
-            items[0].dedup_key,
-            "status:wamid.HBgMNDQ3NzAwOTAwMTIzFQIAERgSMDAwMDAwMDAwMDAwMDAwMDEwAA==:delivered"
-        );
-
-        let failed = status(&items[1]);
-        assert_eq!(failed.status, "failed");
-        assert_eq!(failed.errors.len(), 1);
-        assert_eq!(failed.errors[0].code, 131050);
-        assert!(failed.errors[0]
-            .title
-            .as_deref()
-            .unwrap()
-            .starts_with("Unable to deliver"));
-        assert_eq!(
-            failed.errors[0].details.as_deref(),
-            Some("Recipient stopped marketing messages")
-        );
-        assert_eq!(failed.pricing_category, None);
-        assert_eq!(items[1].occurred_at, at(1767226005));
-        assert_eq!(
-            items[1].dedup_key,
-            "status:wamid.HBgMNDQ3NzAwOTAwMTI0FQIAERgSMDAwMDAwMDAwMDAwMDAwMDExAA==:failed"
-        );
-    }
-
-    #[test]
-    fn user_preferences_stop() {
-        let items = split("user_preferences_stop.json");
-        assert_eq!(items.len(), 1);
-        assert_eq!(items[0].route, number(NUMBER));
-        assert_eq!(
-            items[0].dedup_key,
-            "pref:447700900126:marketing_messages:stop:1767226100"
-        );
-        assert_eq!(items[0].occurred_at, at(1767226100));
-        let DomainEvent::ContactMarketingPreference(p) = &items[0].event else {
-            panic!("not a preference: {:?}", items[0].event);
-        };
-        assert_eq!(p.wa_id, "447700900126");
-        assert_eq!(p.category, "marketing_messages");
-        assert_eq!(p.value, "stop");
-        assert_eq!(
-            p.detail.as_deref(),
-            Some("User requested to stop marketing messages")
-        );
-        assert_eq!(p.source.field, "user_preferences");
-        assert_eq!(p.source.phone_number_id.as_deref(), Some(NUMBER));
-    }
-
-    #[test]
-    fn template_status_paused() {
-        let items = split("template_status_paused.json");
-        assert_eq!(items.len(), 1);
-        assert_eq!(items[0].route, waba(WABA));
-        assert_eq!(
-            items[0].dedup_key,
-            "template:9988776655443322:PAUSED:1767226200"
-        );
-        assert_eq!(items[0].occurred_at, at(1767226200));
-        let DomainEvent::TemplateStatusUpdated(t) = &items[0].event else {
-            panic!("not a template update: {:?}", items[0].event);
-        };
-        assert_eq!(t.template_id, "9988776655443322");
-        assert_eq!(t.event, "PAUSED");
-        assert_eq!(t.template_name.as_deref(), Some("spring_sale_v2"));
-        assert_eq!(t.language.as_deref(), Some("en_US"));
-        assert_eq!(t.reason.as_deref(), Some("NONE"));
-        assert_eq!(t.raw["other_info"]["title"], "FIRST_PAUSE");
-        assert_eq!(t.source.field, "message_template_status_update");
-        assert_eq!(t.source.phone_number_id, None);
-        assert_eq!(t.source.raw_seq, RAW_SEQ);
-    }
-
-    #[test]
-    fn account_update_app_installed() {
-        let items = split("account_update_app_installed.json");
-        assert_eq!(items.len(), 1);
-        assert_eq!(items[0].route, waba(WABA));
-        assert_eq!(items[0].occurred_at, at(1767226300));
-        let a = account(&items[0]);
-        assert_eq!(a.event.as_deref(), Some("PARTNER_APP_INSTALLED"));
-        assert_eq!(a.raw["waba_info"]["partner_app_id"], "123123123123123");
-        assert_eq!(a.source.field, "account_update");
-        let prefix = "account:300100200300400:account_update:1767226300:";
-        let hash = items[0]
-            .dedup_key
-            .strip_prefix(prefix)
-            .expect(&items[0].dedup_key);
-        assert_eq!(hash.len(), 16);
-        assert!(hash
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
-        assert_eq!(hash, &hex::encode(Sha256::digest(a.raw.to_string()))[..16]);
-    }
-
-    #[test]
-    fn batch_routes_each_item_to_its_own_number() {
-        let items = split("batch_two_numbers.json");
-        let routes: Vec<_> = items.iter().map(|i| i.route.clone()).collect();
-        assert_eq!(
-            routes,
-            [
-                number(NUMBER),
-                number("700800900100299"),
-                number("700800900100299")
-            ]
-        );
-        let (first, second, third) = (message(&items[0]), message(&items[1]), message(&items[2]));
-        assert_eq!(first.source.waba_id, WABA);
-        assert_eq!(second.source.waba_id, "300100200300401");
-        assert_eq!(first.text.as_deref(), Some("obrigado!"));
-        assert_eq!(first.profile_name.as_deref(), Some("Ana Souza"));
-        assert_eq!(second.text.as_deref(), Some("UNSUBSCRIBE"));
-        assert_eq!(second.profile_name.as_deref(), Some("Mia Chen"));
-        assert_eq!(
-            second.source.display_phone_number.as_deref(),
-            Some("15551239999")
-        );
-        assert_eq!(third.message_type, "unsupported");
-        assert_eq!(third.text, None);
-        assert_eq!(third.errors[0].code, 131051);
-        assert_eq!(
-            third.errors[0].details.as_deref(),
-            Some("Message type is currently not supported.")
-        );
-        assert_eq!(third.raw["errors"][0]["code"], 131051);
-        assert_eq!(items[2].occurred_at, at(1767226402));
-    }
-
-    #[test]
-    fn media_message_keeps_the_whole_object() {
-        let image = json!({"from": "447700900123", "id": "wamid.IMG", "timestamp": 1767225900,
-            "type": "image", "image": {"id": "media-1", "mime_type": "image/jpeg"}, "extra": [1]});
-        let items = split_json(messages_body(
-            json!({"metadata": metadata(), "messages": [image]}),
-        ))
-        .unwrap();
-        let m = message(&items[0]);
-        assert_eq!(m.message_type, "image");
-        assert_eq!(m.raw, image);
-        assert_eq!(m.timestamp, at(1767225900));
-        assert_eq!(m.profile_name, None);
-    }
-
-    #[test]
-    fn not_json_is_refused() {
-        let result = split_webhook(b"{\"object\": ", RAW_SEQ);
-        assert!(matches!(result, Err(SplitError::NotJson(_))), "{result:?}");
-    }
-
-    #[test]
-    fn other_objects_and_shapes_are_unexpected() {
-        let page = unexpected_text(split_json(json!({"object": "page", "entry": []})));
-        assert!(page.contains("page"), "{page}");
-        unexpected_text(split_json(json!([])));
-        unexpected_text(split_json(json!({"entry": []})));
-        let entry = unexpected_text(split_json(json!({"object": "whatsapp_business_account"})));
-        assert!(entry.contains("entry"), "{entry}");
-        let empty = split_json(json!({"object": "whatsapp_business_account", "entry": []}));
-        assert!(empty.unwrap().is_empty());
-    }
-
-    #[test]
-    fn a_message_without_id_fails_the_whole_body() {
-        let body = messages_body(json!({"metadata": metadata(), "messages": [
-            {"from": "1", "id": "wamid.OK", "timestamp": "1767225600", "type": "text", "text": {"body": "a"}},
-            {"from": "1", "timestamp": "1767225600", "type": "text", "text": {"body": "b"}}]}));
-        let what = unexpected_text(split_json(body));
-        assert!(
-            what.contains("entry[0].changes[0].value.messages[1].id"),
-            "{what}"
-        );
-    }
-
-    #[test]
-    fn malformed_items_name_what_is_wrong() {
-        let bad_time = messages_body(json!({"metadata": metadata(), "statuses": [
-            {"id": "wamid.S", "status": "sent", "timestamp": "soon"}]}));
-        assert!(unexpected_text(split_json(bad_time)).contains("statuses[0].timestamp"));
-        let no_number = messages_body(json!({"metadata": {}, "statuses": [
-            {"id": "wamid.S", "status": "sent", "timestamp": "1"}]}));
-        assert!(unexpected_text(split_json(no_number)).contains("metadata.phone_number_id"));
-        let bad_error = messages_body(json!({"metadata": metadata(), "statuses": [
-            {"id": "wamid.S", "status": "failed", "timestamp": "1", "errors": [{"title": "x"}]}]}));
-        assert!(unexpected_text(split_json(bad_error)).contains("errors[0].code"));
-        let no_template_id = json!({"object": "whatsapp_business_account", "entry": [{"id": WABA,
-            "time": 1, "changes": [{"field": "message_template_status_update",
-            "value": {"event": "APPROVED"}}]}]});
-        assert!(unexpected_text(split_json(no_template_id)).contains("message_template_id"));
-    }
-
-    #[test]
-    fn unknown_fields_become_account_updates_with_the_raw_value() {
-        let value = json!({"display_phone_number": "15551230000", "current_limit": "TIER_10K",
-            "event": "UPGRADE"});
-        let body = json!({"object": "whatsapp_business_account", "entry": [{"id": WABA,
-            "time": 1767226600, "changes": [
-                {"field": "phone_number_quality_update", "value": value},
-                {"field": "some_future_field", "value": [1, 2]}]}]});
-        let items = split_json(body).unwrap();
-        assert_eq!(items.len(), 2);
-        assert!(items.iter().all(|i| i.route == waba(WABA)));
-        let quality = account(&items[0]);
-        assert_eq!(quality.event.as_deref(), Some("UPGRADE"));
-        assert_eq!(quality.raw, value);
-        assert!(items[0]
-            .dedup_key
-            .starts_with("account:300100200300400:phone_number_quality_update:1767226600:"));
-        let future = account(&items[1]);
-        assert_eq!(
-            (future.event.clone(), future.raw.clone()),
-            (None, json!([1, 2]))
-        );
-        assert_eq!(future.source.field, "some_future_field");
-    }
-
-    #[test]
-    fn template_fields_without_a_status_become_account_updates() {
-        let value = json!({"message_template_id": 12345, "message_template_name": "t",
-            "previous_category": "UTILITY", "new_category": "MARKETING"});
-        let body = json!({"object": "whatsapp_business_account", "entry": [{"id": WABA,
-            "changes": [{"field": "template_category_update", "value": value}]}]});
-        let items = split_json(body).unwrap();
-        let a = account(&items[0]);
-        assert_eq!(a.raw, value);
-        assert!(items[0]
-            .dedup_key
-            .starts_with("account:300100200300400:template_category_update:-:"));
-    }
-
-    #[test]
-    fn template_id_as_text_and_missing_time_are_tolerated() {
-        let body = json!({"object": "whatsapp_business_account", "entry": [{"id": WABA,
-            "changes": [{"field": "message_template_status_update",
-            "value": {"event": "APPROVED", "message_template_id": "77", "reason": null}}]}]});
-        let items = split_json(body).unwrap();
-        let DomainEvent::TemplateStatusUpdated(t) = &items[0].event else {
-            panic!()
-        };
-        assert_eq!((t.template_id.as_str(), t.reason.clone()), ("77", None));
-        assert!(items[0].dedup_key.starts_with("template:77:APPROVED:-:"));
-    }
-
-    #[test]
-    fn a_messaging_value_with_nothing_recognisable_is_kept() {
-        let errors = json!([{"code": 131000, "title": "Something went wrong"}]);
-        let only_errors = messages_body(json!({"metadata": metadata(), "errors": errors}));
-        let items = split_json(only_errors).unwrap();
-        assert_eq!(items.len(), 1);
-        assert_eq!(items[0].route, waba(WABA));
-        let a = account(&items[0]);
-        assert_eq!(a.raw["errors"], errors);
-        assert_eq!(a.source.phone_number_id.as_deref(), Some(NUMBER));
-
-        let with_message = messages_body(json!({"metadata": metadata(), "errors": errors,
-            "messages": [{"from": "1", "id": "wamid.M", "timestamp": "1", "type": "text"}]}));
-        let items = split_json(with_message).unwrap();
-        assert_eq!(items.len(), 2);
-        assert_eq!(items[0].route, number(NUMBER));
-        assert_eq!(items[1].route, waba(WABA));
-
-        let empty = split_json(messages_body(
-            json!({"metadata": metadata(), "messages": []}),
-        ));
-        assert_eq!(empty.unwrap().len(), 1);
-    }
 }

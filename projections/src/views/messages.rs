@@ -58,7 +58,7 @@ impl Projection for Messages {
                 sqlx::query("INSERT INTO messages (workspace, wamid, direction, contact, message_type, status, occurred_at, updated_at, log_seq) VALUES ($1, $2, 'inbound', $3, $4, 'received', $5, $6, $7) ON CONFLICT (workspace, wamid) DO NOTHING")
                     .bind(&ws)
                     .bind(&m.wamid)
-                    .bind(&m.from)
+                    .bind(m.contact.key())
                     .bind(&m.message_type)
                     .bind(m.timestamp.to_string())
                     .bind(&at)

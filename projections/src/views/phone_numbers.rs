@@ -111,3 +111,35 @@ pub fn routing_subject(ns: &wabridge_events::Namespace) -> String {
     use wabridge_events::types::EventData;
     wabridge_events::types::PhoneNumberClaimed::subject(ns, None, "numbers")
 }
+
+/// The number of a WABA whose display number has these digits (the routing of
+/// fields that carry only `display_phone_number`).
+pub async fn by_display(
+    store: &Store,
+    waba_id: &str,
+    digits: &str,
+) -> anyhow::Result<Option<PhoneNumber>> {
+    let rows = sqlx::query("SELECT phone_number_id, workspace, waba_id, display_phone_number, claimed_at FROM phone_numbers WHERE waba_id = $1 ORDER BY phone_number_id")
+        .bind(waba_id)
+        .fetch_all(&store.reads)
+        .await?;
+    Ok(rows.into_iter().map(row).find(|n| {
+        n.display_phone_number
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect::<String>()
+            == digits
+    }))
+}
+
+/// The workspace a WABA's account-level webhooks go to.
+pub async fn owner_of_waba(store: &Store, waba_id: &str) -> anyhow::Result<Option<String>> {
+    // Until WABA ownership is its own table: the first workspace that claimed one of
+    // its numbers.
+    Ok(sqlx::query_scalar(
+        "SELECT workspace FROM phone_numbers WHERE waba_id = $1 ORDER BY claimed_at, phone_number_id LIMIT 1",
+    )
+    .bind(waba_id)
+    .fetch_optional(&store.reads)
+    .await?)
+}
