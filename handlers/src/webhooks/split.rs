@@ -865,3 +865,414 @@ fn value_hash(value: &Value) -> String {
 fn unix_seconds(t: &Timestamp) -> i64 {
     t.as_datetime().unix_timestamp()
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::webhooks::fixtures;
+
+    const RAW_SEQ: u64 = 42;
+    const WABA: &str = "300100200300400";
+    const NUMBER: &str = "700800900100200";
+
+    fn split(name: &str) -> Split {
+        let s =
+            split_webhook(fixtures::get(name), RAW_SEQ).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(s.failures.is_empty(), "{name}: {:?}", s.failures);
+        s
+    }
+
+    fn split_json(body: Value) -> Split {
+        split_webhook(body.to_string().as_bytes(), RAW_SEQ).expect("JSON")
+    }
+
+    fn number(id: &str) -> Route {
+        Route::PhoneNumber(id.to_owned())
+    }
+
+    fn message(item: &WebhookItem) -> &MessageReceived {
+        match &item.event {
+            DomainEvent::MessageReceived(m) => m,
+            other => panic!("not a message: {other:?}"),
+        }
+    }
+
+    fn messages_body(value: Value) -> Value {
+        json!({"object": "whatsapp_business_account", "entry": [
+            {"id": WABA, "changes": [{"field": "messages", "value": value}]}]})
+    }
+
+    fn change(field: &str, value: Value) -> Value {
+        json!({"object": "whatsapp_business_account", "entry": [
+            {"id": WABA, "time": 1767226600, "changes": [{"field": field, "value": value}]}]})
+    }
+
+    fn metadata() -> Value {
+        json!({"display_phone_number": "15551230000", "phone_number_id": NUMBER})
+    }
+
+    fn text_message(id: &str, from: Value) -> Value {
+        let mut m =
+            json!({"id": id, "timestamp": "1767225600", "type": "text", "text": {"body": "hi"}});
+        if let Value::Object(extra) = from {
+            m.as_object_mut().unwrap().extend(extra);
+        }
+        m
+    }
+
+    #[test]
+    fn every_fixture_splits_into_its_items_with_keys_that_name_the_number() {
+        let expected = [
+            ("account_update_app_installed.json", 1),
+            ("batch_two_numbers.json", 3),
+            ("escaped_unicode.json", 1),
+            ("inbound_button_stop_promotions.json", 1),
+            ("inbound_interactive_reply.json", 1),
+            ("inbound_start.json", 1),
+            ("inbound_stop.json", 1),
+            ("inbound_stop_sentence.json", 1),
+            ("inbound_text.json", 1),
+            ("statuses_delivered_and_failed.json", 2),
+            ("template_status_paused.json", 1),
+            ("user_preferences_stop.json", 1),
+        ];
+        assert_eq!(expected.len(), fixtures::ALL.len());
+        for (name, n) in expected {
+            let s = split(name);
+            assert_eq!(s.items.len(), n, "{name}");
+            let keys: std::collections::HashSet<_> = s.items.iter().map(|i| &i.dedup_key).collect();
+            assert_eq!(keys.len(), n, "{name}: keys are unique");
+            for item in &s.items {
+                if let Route::PhoneNumber(id) = &item.route {
+                    assert!(
+                        item.dedup_key.contains(id.as_str()),
+                        "{name}: {}",
+                        item.dedup_key
+                    );
+                }
+            }
+            // Splitting again gives the same keys (a redelivery is processed once).
+            let again: Vec<_> = split(name).items.into_iter().map(|i| i.dedup_key).collect();
+            assert_eq!(
+                again,
+                s.items
+                    .iter()
+                    .map(|i| i.dedup_key.clone())
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+
+    #[test]
+    fn a_text_message_names_its_sender_as_a_contact() {
+        let s = split("inbound_text.json");
+        let m = message(&s.items[0]);
+        assert_eq!(s.items[0].route, number(NUMBER));
+        assert_eq!(m.text.as_deref(), Some("Is my order shipped?"));
+        assert_eq!(m.contact.wa_id.as_deref(), Some("5511988887777"));
+        assert!(m.contact.profile_name.is_some());
+        assert_eq!(m.source.raw_seq, RAW_SEQ);
+        assert_eq!(s.items[0].dedup_key, format!("msg:{NUMBER}:{}", m.wamid));
+    }
+
+    #[test]
+    fn a_user_known_only_by_a_business_scoped_id_is_a_sender() {
+        let value = json!({"metadata": metadata(),
+            "contacts": [{"profile": {"name": "Kim", "username": "@kim"}, "user_id": "US.13491208655302741918"}],
+            "messages": [text_message("wamid.U", json!({"from_user_id": "US.13491208655302741918"}))]});
+        let s = split_json(messages_body(value));
+        assert!(s.failures.is_empty(), "{:?}", s.failures);
+        let m = message(&s.items[0]);
+        assert_eq!(m.contact.wa_id, None);
+        assert_eq!(
+            m.contact.user_id.as_deref(),
+            Some("US.13491208655302741918")
+        );
+        assert_eq!(m.contact.username.as_deref(), Some("@kim"));
+        assert_eq!(m.contact.profile_name.as_deref(), Some("Kim"));
+        // No `from_user_id` either: the only contact of the value is the sender.
+        let value = json!({"metadata": metadata(), "contacts": [{"user_id": "BSUID_123"}],
+            "messages": [text_message("wamid.V", json!({}))]});
+        let s = split_json(messages_body(value));
+        assert_eq!(
+            message(&s.items[0]).contact.user_id.as_deref(),
+            Some("BSUID_123")
+        );
+    }
+
+    #[test]
+    fn one_odd_item_never_sinks_its_neighbours() {
+        let value = json!({"metadata": metadata(),
+            "contacts": [{"wa_id": "1", "profile": {"name": "A"}}, {"user_id": "US.2"}],
+            "messages": [
+                text_message("wamid.OK1", json!({"from": "1"})),
+                {"from": "1", "timestamp": "1767225600", "type": "text"},
+                text_message("wamid.OK2", json!({"from_user_id": "US.2"})),
+                {"id": "wamid.T", "from": "1", "timestamp": "<TIMESTAMP>", "type": "text"}
+            ],
+            "statuses": [{"id": "wamid.S", "status": "sent", "timestamp": "1767225601", "recipient_id": "1"}, 7]});
+        let s = split_json(messages_body(value));
+        let wamids: Vec<_> = s
+            .items
+            .iter()
+            .map(|i| match &i.event {
+                DomainEvent::MessageReceived(m) => m.wamid.clone(),
+                DomainEvent::MessageStatusUpdated(st) => st.wamid.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(wamids, ["wamid.OK1", "wamid.OK2", "wamid.S"]);
+        let paths: Vec<_> = s.failures.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "entry[0].changes[0].value.messages[1]",
+                "entry[0].changes[0].value.messages[3]",
+                "entry[0].changes[0].value.statuses[1]"
+            ]
+        );
+        assert!(
+            s.failures[0].reason.contains("messages[1].id"),
+            "{:?}",
+            s.failures[0]
+        );
+        assert!(
+            s.failures[1].reason.contains("timestamp"),
+            "{:?}",
+            s.failures[1]
+        );
+    }
+
+    #[test]
+    fn the_same_wamid_on_two_numbers_gives_two_keys() {
+        let body = |number: &str| {
+            messages_body(json!({"metadata": {"phone_number_id": number},
+                "messages": [text_message("wamid.SAME", json!({"from": "1"}))]}))
+        };
+        let a = split_json(body("111")).items.remove(0);
+        let b = split_json(body("222")).items.remove(0);
+        assert_ne!(a.dedup_key, b.dedup_key);
+        assert_eq!((a.route, b.route), (number("111"), number("222")));
+    }
+
+    #[test]
+    fn routing_follows_what_the_value_names() {
+        let cases = [
+            // Number-level fields with a phone number id: by that number.
+            (
+                "history",
+                json!({"messaging_product": "whatsapp", "metadata": metadata(), "history": []}),
+                number(NUMBER),
+            ),
+            (
+                "smb_message_echoes",
+                json!({"metadata": metadata(), "message_echoes": []}),
+                number(NUMBER),
+            ),
+            (
+                "calls",
+                json!({"metadata": metadata(), "calls": [{"id": "c"}]}),
+                number(NUMBER),
+            ),
+            (
+                "automatic_events",
+                json!({"metadata": metadata(), "automatic_events": []}),
+                number(NUMBER),
+            ),
+            (
+                "some_future_number_field",
+                json!({"metadata": metadata()}),
+                number(NUMBER),
+            ),
+            // Only a display number: that number within the WABA.
+            (
+                "phone_number_quality_update",
+                json!({"display_phone_number": "+1 555 123-0000", "event": "UPGRADE"}),
+                Route::DisplayNumber {
+                    waba_id: WABA.into(),
+                    digits: "15551230000".into(),
+                },
+            ),
+            (
+                "security",
+                json!({"display_phone_number": "15551230000", "event": "PIN_CHANGED"}),
+                Route::DisplayNumber {
+                    waba_id: WABA.into(),
+                    digits: "15551230000".into(),
+                },
+            ),
+            // An alert about a number names it by id.
+            (
+                "account_alerts",
+                json!({"entity_type": "PHONE_NUMBER", "entity_id": "42", "alert_info": {}}),
+                number("42"),
+            ),
+            // Nothing names a number: the WABA.
+            (
+                "account_alerts",
+                json!({"entity_type": "BUSINESS", "entity_id": "9"}),
+                Route::Waba(WABA.into()),
+            ),
+            (
+                "account_update",
+                json!({"event": "VERIFIED_ACCOUNT"}),
+                Route::Waba(WABA.into()),
+            ),
+            (
+                "template_category_update",
+                json!({"message_template_id": 1, "new_category": "MARKETING"}),
+                Route::Waba(WABA.into()),
+            ),
+        ];
+        for (field, value, route) in cases {
+            let s = split_json(change(field, value.clone()));
+            assert!(s.failures.is_empty(), "{field}: {:?}", s.failures);
+            assert_eq!(s.items.len(), 1, "{field}");
+            assert_eq!(s.items[0].route, route, "{field}");
+            match &s.items[0].event {
+                DomainEvent::NumberUpdated(n) => {
+                    assert_ne!(route, Route::Waba(WABA.into()), "{field}");
+                    assert_eq!(n.raw, value, "{field}: kept whole");
+                    assert_eq!(n.source.field, field);
+                }
+                DomainEvent::AccountUpdated(a) => {
+                    assert_eq!(route, Route::Waba(WABA.into()), "{field}");
+                    assert_eq!(a.raw, value, "{field}: kept whole");
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn template_quality_under_the_status_field_is_understood() {
+        let value = json!({"previous_quality_score": "GREEN", "new_quality_score": "YELLOW",
+            "message_template_id": 806312974732579u64, "message_template_name": "welcome_template"});
+        let s = split_json(change("message_template_status_update", value));
+        let DomainEvent::TemplateQualityUpdated(q) = &s.items[0].event else {
+            panic!("{:?}", s.items[0].event)
+        };
+        assert_eq!(
+            (q.template_id.as_str(), q.new_quality_score.as_str()),
+            ("806312974732579", "YELLOW")
+        );
+        assert_eq!(q.previous_quality_score.as_deref(), Some("GREEN"));
+        let s = split("template_status_paused.json");
+        assert!(matches!(
+            s.items[0].event,
+            DomainEvent::TemplateStatusUpdated(_)
+        ));
+        assert_eq!(s.items[0].route, Route::Waba(WABA.into()));
+    }
+
+    #[test]
+    fn replies_reactions_media_referrals_and_system_changes_keep_their_fields() {
+        let value = json!({"metadata": metadata(), "messages": [
+            {"from": "1", "id": "wamid.F", "timestamp": "1", "type": "interactive",
+             "interactive": {"type": "nfm_reply", "nfm_reply": {"name": "flow", "body": "Sent",
+               "response_json": "{\"flow_token\": \"t\", \"rating\": 5}"}}},
+            {"from": "1", "id": "wamid.R", "timestamp": "1", "type": "reaction",
+             "reaction": {"message_id": "wamid.X", "emoji": "👍"}},
+            {"from": "1", "id": "wamid.R0", "timestamp": "1", "type": "reaction",
+             "reaction": {"message_id": "wamid.X"}},
+            {"from": "1", "id": "wamid.I", "timestamp": "1", "type": "image",
+             "image": {"id": "media-1", "mime_type": "image/jpeg", "sha256": "abc=", "caption": "look"},
+             "referral": {"source_type": "ad", "ctwa_clid": "clid-1"}},
+            {"from": "1", "from_user_id": "US.OLD", "id": "wamid.S", "timestamp": "1", "type": "system",
+             "system": {"type": "user_changed_user_id", "user_id": "US.NEW", "body": "changed"}}
+        ]});
+        let s = split_json(messages_body(value));
+        assert!(s.failures.is_empty(), "{:?}", s.failures);
+        let flow = message(&s.items[0]).interactive.clone().unwrap();
+        assert_eq!(flow.kind, "nfm_reply");
+        assert_eq!(flow.response, Some(json!({"flow_token": "t", "rating": 5})));
+        let r = message(&s.items[1]).reaction.clone().unwrap();
+        assert_eq!(
+            (r.message_id.as_deref(), r.emoji.as_deref()),
+            (Some("wamid.X"), Some("👍"))
+        );
+        assert_eq!(message(&s.items[2]).reaction.clone().unwrap().emoji, None);
+        let image = message(&s.items[3]);
+        let media = image.media.clone().unwrap();
+        assert_eq!(
+            (media.kind.as_str(), media.id.as_deref()),
+            ("image", Some("media-1"))
+        );
+        assert_eq!(image.text.as_deref(), Some("look"));
+        assert_eq!(image.referral.as_ref().unwrap()["ctwa_clid"], "clid-1");
+        assert_eq!(
+            message(&s.items[4]).system.clone().unwrap().kind,
+            "user_changed_user_id"
+        );
+        let DomainEvent::ContactUserIdChanged(c) = &s.items[5].event else {
+            panic!("{:?}", s.items[5].event)
+        };
+        assert_eq!(
+            (c.previous_user_id.as_deref(), c.current_user_id.as_str()),
+            (Some("US.OLD"), "US.NEW")
+        );
+    }
+
+    #[test]
+    fn user_id_updates_and_preferences_by_user_id() {
+        let value = json!({"metadata": metadata(), "user_id_update": [{
+            "user_id": {"previous": "US.1", "current": "US.2"}, "wa_id": "447700900123",
+            "detail": "changed", "timestamp": "1767226600"}]});
+        let s = split_json(change("user_id_update", value));
+        let DomainEvent::ContactUserIdChanged(c) = &s.items[0].event else {
+            panic!("{:?}", s)
+        };
+        assert_eq!(c.current_user_id, "US.2");
+        assert_eq!(s.items[0].route, number(NUMBER));
+        let value = json!({"metadata": metadata(), "contacts": [{"user_id": "US.9"}],
+            "user_preferences": [{"user_id": "US.9", "category": "marketing_messages", "value": "stop",
+              "timestamp": 1767226100}]});
+        let s = split_json(change("user_preferences", value));
+        let DomainEvent::ContactMarketingPreference(p) = &s.items[0].event else {
+            panic!("{:?}", s)
+        };
+        assert_eq!(p.contact.user_id.as_deref(), Some("US.9"));
+        assert_eq!(p.contact.wa_id, None);
+    }
+
+    #[test]
+    fn statuses_keep_pricing_conversation_and_user_ids() {
+        let value = json!({"metadata": metadata(), "statuses": [{"id": "wamid.O", "status": "delivered",
+            "timestamp": "1767226000", "recipient_user_id": "US.5", "parent_recipient_user_id": "US.ENT.5",
+            "biz_opaque_callback_data": "x", "conversation": {"id": "c1"},
+            "pricing": {"billable": true, "pricing_model": "PMP", "category": "utility"}}]});
+        let s = split_json(messages_body(value));
+        let DomainEvent::MessageStatusUpdated(st) = &s.items[0].event else {
+            panic!()
+        };
+        assert_eq!(st.recipient_id, None);
+        assert_eq!(st.recipient_user_id.as_deref(), Some("US.5"));
+        assert_eq!(st.recipient_parent_user_id.as_deref(), Some("US.ENT.5"));
+        assert_eq!(st.pricing_category.as_deref(), Some("utility"));
+        assert_eq!(st.pricing.as_ref().unwrap()["pricing_model"], "PMP");
+        assert_eq!(st.conversation, Some(json!({"id": "c1"})));
+    }
+
+    #[test]
+    fn bodies_that_are_not_webhooks_fail_as_one_item_and_not_json_fails_whole() {
+        assert!(matches!(
+            split_webhook(b"{\"object\": ", RAW_SEQ),
+            Err(SplitError::NotJson(_))
+        ));
+        let page = split_json(json!({"object": "page", "entry": []}));
+        assert!(page.items.is_empty());
+        assert_eq!(page.failures.len(), 1);
+        assert!(page.failures[0].reason.contains("page"));
+        assert_eq!(split_json(json!([])).failures.len(), 1);
+        let empty = split_json(json!({"object": "whatsapp_business_account", "entry": []}));
+        assert_eq!(empty, Split::default());
+        // A value with nothing recognisable is kept, not dropped.
+        let s = split_json(messages_body(
+            json!({"metadata": metadata(), "errors": [{"code": 131000}]}),
+        ));
+        assert!(matches!(s.items[0].event, DomainEvent::NumberUpdated(_)));
+        assert_eq!(s.items[0].route, number(NUMBER));
+    }
+}
