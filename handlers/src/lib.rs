@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod commands;
+pub mod consent;
 pub mod redrive;
 pub mod vault;
 pub mod webhooks;
