@@ -9,6 +9,7 @@ mod audit;
 mod cli;
 mod http;
 mod log_conformance;
+mod realworld;
 mod security;
 mod vault;
 mod webhooks;

@@ -56,8 +56,10 @@ pub async fn require_held(
     }
 }
 
-/// Routes a number's webhooks to the workspace; `Conflict` when another holds it.
-/// Claiming a number one already holds updates its details.
+/// Routes a number's webhooks to the workspace; `Conflict` when another holds it, or
+/// holds its WABA (a WABA belongs to the first workspace that claims one of its
+/// numbers; an operator or a host command may place a number anywhere). Claiming a
+/// number one already holds updates its details.
 pub async fn claim(
     ctx: &Ctx,
     caller: &Caller,
@@ -80,6 +82,17 @@ pub async fn claim(
             return Err(CommandError::Conflict(format!(
                 "phone number {phone_number_id} is held by another workspace"
             )));
+        }
+    }
+    // Anyone can read a WABA id off a webhook or Meta's tools: a workspace key may not
+    // claim into another tenant's WABA (and receive its account-level events).
+    if caller.role_limit.is_some() {
+        if let Some(owner) = phone_numbers::owner_of_waba(&ctx.store, waba_id).await? {
+            if owner != ws.as_str() {
+                return Err(CommandError::Conflict(format!(
+                    "WABA {waba_id} belongs to another workspace; an operator can place numbers of it"
+                )));
+            }
         }
     }
     let data = PhoneNumberClaimed {

@@ -14,7 +14,7 @@ use futures_util::future::join_all;
 use sqlx::AnyConnection;
 use wabridge_events::{
     types::{UnroutedItem, WebhookUnrouted},
-    Actor, NewEvent, Slug, StoredEvent, StreamKind,
+    Actor, DomainEvent, NewEvent, Slug, StoredEvent, StreamKind,
 };
 use wabridge_projections::{
     driver::{record_dead_letter, record_item_dead_letter, Follower, Reactor, Staged},
@@ -135,14 +135,14 @@ async fn process_chunk<'a>(
         for failure in split.failures {
             unparsable.push((raw, Some(failure.path), failure.reason));
         }
-        for item in split.items {
-            for (ws, key) in targets(ctx, &item, &mut routes).await? {
-                let new = match &ws {
-                    Some(ws) => routed_event(ctx, raw, &item, ws, &key)?,
-                    None => unrouted_event(ctx, raw, &item, &key)?,
-                };
-                planned.push((key, new));
-            }
+        for mut item in split.items {
+            let (ws, key, number) = target(ctx, &item, &mut routes).await?;
+            item.event = with_number(&item.event, number);
+            let new = match &ws {
+                Some(ws) => routed_event(ctx, raw, &item, ws, &key)?,
+                None => unrouted_event(ctx, raw, &item, &key)?,
+            };
+            planned.push((key, new));
         }
     }
     let keys: Vec<&str> = planned.iter().map(|(k, _)| k.as_str()).collect();
@@ -165,40 +165,53 @@ async fn process_chunk<'a>(
     })
 }
 
-/// The workspaces an item goes to (`None` = unrouted), each with its natural key.
-async fn targets(
+/// Where a route leads: the workspace (none: unrouted) and, for a display number,
+/// the number it turned out to be.
+type Target = Option<(String, Option<String>)>;
+
+/// The workspace an item goes to (`None` = unrouted), with its natural key; an item
+/// routed by display number learns its number id.
+async fn target(
     ctx: &Ctx,
     item: &WebhookItem,
-    routes: &mut HashMap<Route, Vec<String>>,
-) -> anyhow::Result<Vec<(Option<Slug>, String)>> {
+    routes: &mut HashMap<Route, Target>,
+) -> anyhow::Result<(Option<Slug>, String, Option<String>)> {
     if !routes.contains_key(&item.route) {
-        let wss = match &item.route {
+        let found = match &item.route {
             Route::PhoneNumber(id) => phone_numbers::get(&ctx.store, id)
                 .await?
-                .map(|p| p.workspace)
-                .into_iter()
-                .collect(),
+                .map(|p| (p.workspace, None)),
             Route::DisplayNumber { waba_id, digits } => {
                 phone_numbers::by_display(&ctx.store, waba_id, digits)
                     .await?
-                    .map(|p| p.workspace)
-                    .into_iter()
-                    .collect()
+                    .map(|p| (p.workspace, Some(p.phone_number_id)))
             }
             Route::Waba(id) => phone_numbers::owner_of_waba(&ctx.store, id)
                 .await?
-                .into_iter()
-                .collect(),
+                .map(|ws| (ws, None)),
         };
-        routes.insert(item.route.clone(), wss);
+        routes.insert(item.route.clone(), found);
     }
-    let wss = &routes[&item.route];
-    if wss.is_empty() {
-        return Ok(vec![(None, item_key(None, &item.dedup_key))]);
+    Ok(match &routes[&item.route] {
+        None => (None, item_key(None, &item.dedup_key), None),
+        Some((ws, number)) => (
+            Some(Slug::parse(ws)?),
+            item_key(Some(ws), &item.dedup_key),
+            number.clone(),
+        ),
+    })
+}
+
+/// An item routed by display number names the number it reached.
+fn with_number(event: &DomainEvent, number: Option<String>) -> DomainEvent {
+    match (event, number) {
+        (DomainEvent::NumberUpdated(n), Some(id)) => {
+            let mut n = n.clone();
+            n.source.phone_number_id = Some(id);
+            DomainEvent::NumberUpdated(n)
+        }
+        (other, _) => other.clone(),
     }
-    wss.iter()
-        .map(|ws| Ok((Some(Slug::parse(ws)?), item_key(Some(ws), &item.dedup_key))))
-        .collect()
 }
 
 fn actor() -> Actor {
