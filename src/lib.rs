@@ -5,6 +5,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod dev;
 pub mod failures;
 pub mod http;
 pub mod metrics;
