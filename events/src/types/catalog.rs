@@ -7,8 +7,9 @@
 //! the registry [`ALL`](super::ALL) — is generated from it.
 
 use super::parts::{
-    ButtonReply, ContactRef, InteractiveReply, Media, MetaError, MetaSource, Reaction, SealedToken,
-    SystemChange, UnroutedItem,
+    ButtonReply, ConsentConfirmation, ConsentKeyword, ConsentScope, ConsentSource, ContactRef,
+    InteractiveReply, Media, MetaError, MetaSource, Reaction, SealedToken, SystemChange,
+    UnroutedItem,
 };
 use crate::{Slug, Timestamp};
 
@@ -325,6 +326,103 @@ super::events! {
         pub item: UnroutedItem,
         /// The natural key of the item.
         pub dedup_key: String,
+    }
+
+    // ----- consent -----
+
+    /// A contact opted out: of every message (`all`) or of marketing templates only.
+    #[event(type = "contact.opted_out", v = 1, category = "consent", scope = Workspace, aggregate = |s| s.contact.key())]
+    pub struct ContactOptedOut {
+        /// Who.
+        pub contact: ContactRef,
+        /// What it blocks.
+        pub scope: ConsentScope,
+        /// What caused it.
+        pub source: ConsentSource,
+        /// A person's reason (manual changes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reason: Option<String>,
+        /// When (Meta's time for a message, a status or a preference).
+        pub at: Timestamp,
+    }
+
+    /// A contact opted back in (`all`: every opt-out is lifted; `marketing`: the
+    /// marketing one).
+    #[event(type = "contact.opted_in", v = 1, category = "consent", scope = Workspace, aggregate = |s| s.contact.key())]
+    pub struct ContactOptedIn {
+        /// Who.
+        pub contact: ContactRef,
+        /// What it lifts.
+        pub scope: ConsentScope,
+        /// What caused it.
+        pub source: ConsentSource,
+        /// A person's reason (manual changes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reason: Option<String>,
+        /// When.
+        pub at: Timestamp,
+    }
+
+    /// A contact asked for help (HELP, INFO, AYUDA, ...).
+    #[event(type = "contact.help_requested", v = 1, category = "consent", scope = Workspace, aggregate = |s| s.contact.key())]
+    pub struct ContactHelpRequested {
+        /// Who.
+        pub contact: ContactRef,
+        /// The keyword as listed, and its language.
+        pub keyword: String,
+        /// Its language.
+        pub language: String,
+        /// The message.
+        pub message_id: String,
+        /// When.
+        pub at: Timestamp,
+    }
+
+    /// A message looks like an opt-out but did not match a keyword exactly ("please
+    /// stop sending me these"): for a person to confirm or dismiss.
+    #[event(type = "contact.optout_suspected", v = 1, category = "consent", scope = Workspace, aggregate = |s| s.contact.key())]
+    pub struct ContactOptoutSuspected {
+        /// The suspicion's id (the message's wamid).
+        pub id: String,
+        /// Who.
+        pub contact: ContactRef,
+        /// The message.
+        pub message_id: String,
+        /// Its text.
+        pub text: String,
+        /// The word or phrase that looked like an opt-out.
+        pub matched: String,
+        /// When.
+        pub at: Timestamp,
+    }
+
+    /// A person confirmed (an opt-out follows) or dismissed a suspected opt-out.
+    #[event(type = "contact.optout_suspicion_resolved", v = 1, category = "consent", scope = Workspace, aggregate = |s| s.id.clone())]
+    pub struct OptoutSuspicionResolved {
+        /// The suspicion.
+        pub id: String,
+        /// `confirmed` or `dismissed`.
+        pub outcome: String,
+        /// Why.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reason: Option<String>,
+    }
+
+    /// A workspace's own consent keywords, replacing the previous list.
+    #[event(type = "consent.keywords_set", v = 1, category = "consent", scope = Workspace, aggregate = |_s| "keywords".to_string())]
+    pub struct ConsentKeywordsSet {
+        /// The keywords added to the built-in lists.
+        pub keywords: Vec<ConsentKeyword>,
+    }
+
+    /// A workspace's consent settings.
+    #[event(type = "consent.settings_set", v = 1, category = "consent", scope = Workspace, aggregate = |_s| "keywords".to_string())]
+    pub struct ConsentSettingsSet {
+        /// Messages that look like an opt-out opt the contact out at once.
+        pub suspected_automatic: bool,
+        /// Confirmation replies after an opt-out, by language (off when empty).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub confirmations: Vec<ConsentConfirmation>,
     }
 
     // ----- operations -----

@@ -172,3 +172,79 @@ pub struct UnroutedItem {
     /// When it happened.
     pub occurred_at: Timestamp,
 }
+
+/// What an opt-out blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentScope {
+    /// Every message.
+    All,
+    /// Marketing templates only (utility and authentication messages still go).
+    Marketing,
+}
+
+impl ConsentScope {
+    /// The name used in the API and the read model.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ConsentScope::All => "all",
+            ConsentScope::Marketing => "marketing",
+        }
+    }
+}
+
+/// What caused a consent change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentSourceKind {
+    /// A keyword in an inbound message (STOP, START, ...).
+    Keyword,
+    /// A template quick-reply button ("Stop promotions").
+    Button,
+    /// The `user_preferences` webhook (WhatsApp's own marketing setting).
+    Preference,
+    /// A failed status with error 131050.
+    DeliveryError,
+    /// A workspace key, through the API.
+    Api,
+    /// An operator or a host command.
+    Admin,
+}
+
+/// The source of a consent change, for the history an auditor reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ConsentSource {
+    /// What kind of source.
+    pub kind: ConsentSourceKind,
+    /// The keyword or button label matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyword: Option<String>,
+    /// The keyword's language.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
+    /// The message (inbound, or the failed outbound one) that caused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+}
+
+/// A consent keyword of a workspace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ConsentKeyword {
+    /// The keyword (matched on the whole message, normalised).
+    pub keyword: String,
+    /// Its language code (`en`, `pt-BR`, ...).
+    pub language: String,
+    /// `opt_out`, `opt_in` or `help`.
+    pub kind: String,
+    /// `all` or `marketing` (opt-outs).
+    pub scope: ConsentScope,
+}
+
+/// A confirmation reply in one language.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ConsentConfirmation {
+    /// The language code.
+    pub language: String,
+    /// The text sent after an opt-out in that language.
+    pub text: String,
+}

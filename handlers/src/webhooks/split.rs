@@ -318,11 +318,12 @@ fn sender(value: &Node, message: &Node) -> ContactRef {
         let user = c.get("user_id").and_then(text);
         (from.is_some() && wa == from) || (from_user.is_some() && user == from_user)
     };
-    let contact = contacts
-        .iter()
-        .find(same)
-        .or_else(|| (contacts.len() == 1).then(|| &contacts[0]))
-        .copied();
+    // The only contact stands for the sender unless both name a phone and the phones
+    // differ (a business-scoped id is never attached to another person's number).
+    let lone = (contacts.len() == 1)
+        .then(|| contacts[0])
+        .filter(|c| from.is_none() || c.get("wa_id").and_then(text).is_none());
+    let contact = contacts.iter().find(same).copied().or(lone);
     contact_ref(
         contact,
         from,
@@ -409,7 +410,14 @@ fn message_items(
         message_type,
         timestamp,
     };
-    let key = format!("msg:{}:{}", number_key(source), event.wamid);
+    // With its time: two items with one wamid in one body are both kept (some
+    // documentation bodies reuse placeholder ids), and a redelivery has the same time.
+    let key = format!(
+        "msg:{}:{}:{}",
+        number_key(source),
+        event.wamid,
+        unix_seconds(&timestamp)
+    );
     let mut items = vec![WebhookItem {
         route: route.clone(),
         dedup_key: key.clone(),
@@ -828,16 +836,23 @@ fn template_item(ctx: &EntryCtx, field: &str, value: &Node) -> WebhookItem {
     }
 }
 
-/// A change that names no number → [`AccountUpdated`] at the WABA, kept whole.
+/// A change that names no number → [`AccountUpdated`] at the WABA, kept whole. A
+/// partner event (`PARTNER_APP_INSTALLED`, ...) is sent under the partner's business
+/// id: its WABA is `waba_info.waba_id`.
 fn account_item(ctx: &EntryCtx, field: &str, value: &Value, path: &str) -> WebhookItem {
+    let waba_id = value
+        .pointer("/waba_info/waba_id")
+        .and_then(text)
+        .unwrap_or_else(|| ctx.waba_id.clone());
     let dedup_key = format!(
-        "account:{}:{field}:{}:{}",
-        ctx.waba_id,
+        "account:{waba_id}:{field}:{}:{}",
         ctx.time_key(),
         value_hash(value)
     );
+    let mut source = ctx.source(field, None);
+    source.waba_id = waba_id.clone();
     let event = AccountUpdated {
-        source: ctx.source(field, None),
+        source,
         event: value
             .get("event")
             .and_then(Value::as_str)
@@ -846,7 +861,7 @@ fn account_item(ctx: &EntryCtx, field: &str, value: &Value, path: &str) -> Webho
         raw: value.clone(),
     };
     WebhookItem {
-        route: Route::Waba(ctx.waba_id.clone()),
+        route: Route::Waba(waba_id),
         dedup_key,
         occurred_at: event.timestamp,
         path: path.to_owned(),
@@ -974,7 +989,10 @@ mod tests {
         assert_eq!(m.contact.wa_id.as_deref(), Some("5511988887777"));
         assert!(m.contact.profile_name.is_some());
         assert_eq!(m.source.raw_seq, RAW_SEQ);
-        assert_eq!(s.items[0].dedup_key, format!("msg:{NUMBER}:{}", m.wamid));
+        assert_eq!(
+            s.items[0].dedup_key,
+            format!("msg:{NUMBER}:{}:1767225600", m.wamid)
+        );
     }
 
     #[test]
