@@ -33,6 +33,22 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
         // What a redrive applied, written in the transaction of the apply.
         "CREATE TABLE redrives_applied (consumer TEXT NOT NULL, stream TEXT NOT NULL, seq BIGINT NOT NULL, PRIMARY KEY (consumer, stream, seq))",
     ],
+),
+(
+    3,
+    &[
+        // A WABA belongs to one workspace.
+        "CREATE TABLE wabas (waba_id TEXT PRIMARY KEY, workspace TEXT NOT NULL)",
+        "INSERT INTO wabas (waba_id, workspace) SELECT waba_id, MIN(workspace) FROM phone_numbers GROUP BY waba_id",
+        // A wamid is unique per business number only: messages are keyed by number
+        // too. Rebuilt from the log (the checkpoint goes back to the start).
+        "DROP TABLE messages",
+        "DROP TABLE message_history",
+        "CREATE TABLE messages (workspace TEXT NOT NULL, phone_number_id TEXT NOT NULL, wamid TEXT NOT NULL, direction TEXT NOT NULL, contact TEXT NOT NULL, message_type TEXT NOT NULL, status TEXT NOT NULL, occurred_at TEXT NOT NULL, updated_at TEXT NOT NULL, log_seq BIGINT NOT NULL, PRIMARY KEY (workspace, phone_number_id, wamid))",
+        "CREATE INDEX messages_wamid ON messages (workspace, wamid)",
+        "CREATE TABLE message_history (workspace TEXT NOT NULL, phone_number_id TEXT NOT NULL, wamid TEXT NOT NULL, log_seq BIGINT NOT NULL, status TEXT NOT NULL, at TEXT NOT NULL, error_code BIGINT, PRIMARY KEY (workspace, phone_number_id, wamid, log_seq))",
+        "DELETE FROM projection_checkpoints WHERE name = 'messages'",
+    ],
 )];
 
 /// Applies pending migrations, each version in its own transaction.

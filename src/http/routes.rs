@@ -275,6 +275,14 @@ pub fn routes() -> Vec<RouteDef> {
             post(admin::assign),
         ),
         r(
+            Method::PUT,
+            "/v1/admin/wabas/{waba_id}",
+            Operator,
+            "Place a WABA in a workspace (its account-level webhooks, and claims of its numbers).",
+            &[TooLarge],
+            put(admin::assign_waba),
+        ),
+        r(
             Method::GET,
             "/v1/admin/dead-letters",
             Operator,

@@ -156,6 +156,57 @@ async fn two_workspaces_one_waba(log: LogKind) {
     let unrouted = app.events_of(None, "webhook.unrouted").await;
     assert_eq!(unrouted.len(), 1, "{unrouted:?}");
     assert_eq!(data(&unrouted[0])["phone_number_id"], N3);
+
+    // An operator places the WABA in ws-b: its account-level items go there now, and
+    // only ws-b's keys claim its numbers.
+    let r = app
+        .put(
+            &format!("/v1/admin/wabas/{WABA}"),
+            &app.operator,
+            json!({"workspace": "ws-b"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let r = app
+        .put(
+            &format!("/v1/admin/wabas/{WABA}"),
+            &a,
+            json!({"workspace": "ws-a"}),
+        )
+        .await;
+    assert_problem(&r, 403, "forbidden", "a workspace key assigning a WABA");
+    post(
+        &app,
+        &change(
+            "message_template_status_update",
+            None,
+            json!({
+        "event": "PAUSED", "message_template_id": 77, "message_template_name": "t"}),
+        ),
+    )
+    .await;
+    app.settle().await;
+    assert_eq!(
+        app.events_of(Some("ws-b"), "template.status_updated")
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(
+        app.events_of(Some("ws-a"), "template.status_updated")
+            .await
+            .len(),
+        1
+    );
+    let r = claim_as(&app, &a, "ws-a", N3).await;
+    assert_problem(
+        &r,
+        409,
+        "conflict",
+        "ws-a claiming into the WABA it no longer owns",
+    );
+    let r = claim_as(&app, &b, "ws-b", N3).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     app.stop().await;
 }
 

@@ -130,6 +130,35 @@ pub async fn release(
     Ok(())
 }
 
+/// Operator action (or Embedded Signup's proof of ownership): places a WABA in a
+/// workspace, which from then on receives its account-level webhooks and may claim
+/// its numbers.
+pub async fn assign_waba(
+    ctx: &Ctx,
+    caller: &Caller,
+    waba_id: &str,
+    ws: &Slug,
+) -> Result<(), CommandError> {
+    validate_id("waba_id", waba_id)?;
+    if caller.role_limit.is_some() {
+        return Err(CommandError::Forbidden(
+            "only operators assign WABAs".into(),
+        ));
+    }
+    super::workspaces::require(ctx, ws).await?;
+    let seq = ctx.fresh("phone_numbers", &routing_subject(ctx)).await?;
+    let data = wabridge_events::types::WabaAssigned {
+        waba_id: waba_id.to_string(),
+        workspace: ws.clone(),
+    };
+    ctx.append_and_wait(
+        event_for(ctx, ws, caller, &data, seq),
+        &["phone_numbers", "audit"],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Operator action: attaches every waiting unrouted item of a number to a workspace
 /// (each becomes the domain event it would have been). Idempotent per item.
 pub async fn assign_unrouted(

@@ -127,6 +127,7 @@ pub fn describe(event: &DomainEvent) -> Option<(String, &'static str)> {
         E::ApiKeyRevoked(k) => format!("api_key:{}", k.key_id),
         E::PhoneNumberClaimed(p) => format!("phone_number:{}", p.phone_number_id),
         E::PhoneNumberReleased(p) => format!("phone_number:{}", p.phone_number_id),
+        E::WabaAssigned(w) => format!("waba:{}", w.waba_id),
         E::UnroutedAssigned(u) => format!("phone_number:{} items:{}", u.phone_number_id, u.items),
         E::TokenStored(t) => format!("token:{}", t.phone_number_id),
         E::TokenRewrapped(t) => format!("token:{} key:{}", t.phone_number_id, t.sealed.key_version),

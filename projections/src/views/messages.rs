@@ -1,6 +1,6 @@
-//! Message state: inbound messages and the status history of outbound ones.
+//! Message state: inbound messages and the status history of outbound ones, keyed by
+//! business number and wamid (a wamid is unique per number only).
 
-use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 use wabridge_events::{DomainEvent, StoredEvent};
 
@@ -10,15 +10,17 @@ use crate::{Projection, Store};
 pub struct Messages;
 
 /// A message's current state.
-#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MessageRow {
+    /// The business number.
+    pub phone_number_id: String,
     /// The wamid.
     pub wamid: String,
     /// `inbound` or `outbound`.
     pub direction: String,
-    /// The other party's WhatsApp id.
+    /// The other party (wa_id, else business-scoped user id).
     pub contact: String,
-    /// Meta's message type (`status` rows for outbound messages seen only by status).
+    /// Meta's message type (`unknown` for outbound messages seen only by status).
     pub message_type: String,
     /// `received` for inbound; the latest status for outbound.
     pub status: String,
@@ -28,8 +30,10 @@ pub struct MessageRow {
     pub updated_at: String,
 }
 
-/// Status precedence, so an out-of-order `delivered` after `read` does not go back.
-fn rank(status: &str) -> i64 {
+/// Status precedence: `accepted < sending < sent < delivered < read/played`, with
+/// `failed` above every other (a failure after `read` is still news) and unknown
+/// statuses ranked with `sending`.
+pub fn rank(status: &str) -> i64 {
     match status {
         "accepted" => 0,
         "sending" => 1,
@@ -41,68 +45,95 @@ fn rank(status: &str) -> i64 {
     }
 }
 
+/// The state after a status webhook (the decision, pure): the new status when it
+/// moves the message forward, `None` when it would move it back (out of order, or a
+/// repeat). A message first seen by its status takes that status.
+pub fn next_status<'a>(current: Option<&str>, incoming: &'a str) -> Option<&'a str> {
+    match current {
+        None => Some(incoming),
+        Some(cur) if rank(incoming) > rank(cur) => Some(incoming),
+        Some(_) => None,
+    }
+}
+
 #[async_trait::async_trait]
 impl Projection for Messages {
     fn name(&self) -> &'static str {
         "messages"
     }
     fn dump_sql(&self) -> &'static str {
-        "SELECT workspace || '|' || wamid || '|' || direction || '|' || contact || '|' || message_type || '|' || status || '|' || occurred_at || '|' || updated_at FROM messages \
-         UNION ALL SELECT 'h|' || workspace || '|' || wamid || '|' || CAST(log_seq AS TEXT) || '|' || status || '|' || at || '|' || COALESCE(CAST(error_code AS TEXT), '') FROM message_history ORDER BY 1"
+        "SELECT workspace || '|' || phone_number_id || '|' || wamid || '|' || direction || '|' || contact || '|' || message_type || '|' || status || '|' || occurred_at || '|' || updated_at FROM messages \
+         UNION ALL SELECT 'h|' || workspace || '|' || phone_number_id || '|' || wamid || '|' || CAST(log_seq AS TEXT) || '|' || status || '|' || at || '|' || COALESCE(CAST(error_code AS TEXT), '') FROM message_history ORDER BY 1"
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
         let ws = super::ws_of(event);
         let at = event.envelope.recorded_at.to_string();
+        let seq = event.seq as i64;
         match super::decode(event)? {
             DomainEvent::MessageReceived(m) => {
-                sqlx::query("INSERT INTO messages (workspace, wamid, direction, contact, message_type, status, occurred_at, updated_at, log_seq) VALUES ($1, $2, 'inbound', $3, $4, 'received', $5, $6, $7) ON CONFLICT (workspace, wamid) DO NOTHING")
+                let number = m.source.phone_number_id.clone().unwrap_or_default();
+                sqlx::query("INSERT INTO messages (workspace, phone_number_id, wamid, direction, contact, message_type, status, occurred_at, updated_at, log_seq) VALUES ($1, $2, $3, 'inbound', $4, $5, 'received', $6, $7, $8) ON CONFLICT (workspace, phone_number_id, wamid) DO NOTHING")
                     .bind(&ws)
+                    .bind(&number)
                     .bind(&m.wamid)
                     .bind(m.contact.key())
                     .bind(&m.message_type)
                     .bind(m.timestamp.to_string())
                     .bind(&at)
-                    .bind(event.seq as i64)
+                    .bind(seq)
                     .execute(conn)
                     .await?;
             }
             DomainEvent::MessageStatusUpdated(s) => {
+                let number = s.source.phone_number_id.clone().unwrap_or_default();
                 let current: Option<String> = sqlx::query_scalar(
-                    "SELECT status FROM messages WHERE workspace = $1 AND wamid = $2",
+                    "SELECT status FROM messages WHERE workspace = $1 AND phone_number_id = $2 AND wamid = $3",
                 )
                 .bind(&ws)
+                .bind(&number)
                 .bind(&s.wamid)
                 .fetch_optional(&mut *conn)
                 .await?;
-                match current {
-                    None => {
-                        sqlx::query("INSERT INTO messages (workspace, wamid, direction, contact, message_type, status, occurred_at, updated_at, log_seq) VALUES ($1, $2, 'outbound', $3, 'unknown', $4, $5, $6, $7)")
+                let contact = s
+                    .recipient_id
+                    .clone()
+                    .or_else(|| s.recipient_user_id.clone())
+                    .unwrap_or_default();
+                match (
+                    current.is_some(),
+                    next_status(current.as_deref(), &s.status),
+                ) {
+                    (false, Some(status)) => {
+                        sqlx::query("INSERT INTO messages (workspace, phone_number_id, wamid, direction, contact, message_type, status, occurred_at, updated_at, log_seq) VALUES ($1, $2, $3, 'outbound', $4, 'unknown', $5, $6, $7, $8)")
                             .bind(&ws)
+                            .bind(&number)
                             .bind(&s.wamid)
-                            .bind(s.recipient_id.clone().unwrap_or_default())
-                            .bind(&s.status)
+                            .bind(&contact)
+                            .bind(status)
                             .bind(s.timestamp.to_string())
                             .bind(&at)
-                            .bind(event.seq as i64)
+                            .bind(seq)
                             .execute(&mut *conn)
                             .await?;
                     }
-                    Some(cur) if rank(&s.status) > rank(&cur) => {
-                        sqlx::query("UPDATE messages SET status = $1, updated_at = $2, log_seq = $3 WHERE workspace = $4 AND wamid = $5")
-                            .bind(&s.status)
+                    (true, Some(status)) => {
+                        sqlx::query("UPDATE messages SET status = $1, updated_at = $2, log_seq = $3 WHERE workspace = $4 AND phone_number_id = $5 AND wamid = $6")
+                            .bind(status)
                             .bind(&at)
-                            .bind(event.seq as i64)
+                            .bind(seq)
                             .bind(&ws)
+                            .bind(&number)
                             .bind(&s.wamid)
                             .execute(&mut *conn)
                             .await?;
                     }
-                    Some(_) => {}
+                    (_, None) => {}
                 }
-                sqlx::query("INSERT INTO message_history (workspace, wamid, log_seq, status, at, error_code) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING")
+                sqlx::query("INSERT INTO message_history (workspace, phone_number_id, wamid, log_seq, status, at, error_code) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING")
                     .bind(&ws)
+                    .bind(&number)
                     .bind(&s.wamid)
-                    .bind(event.seq as i64)
+                    .bind(seq)
                     .bind(&s.status)
                     .bind(s.timestamp.to_string())
                     .bind(s.errors.first().map(|e| e.code))
@@ -115,22 +146,43 @@ impl Projection for Messages {
     }
 }
 
-/// One message of a workspace.
+fn row(r: sqlx::any::AnyRow) -> MessageRow {
+    MessageRow {
+        phone_number_id: r.get(0),
+        wamid: r.get(1),
+        direction: r.get(2),
+        contact: r.get(3),
+        message_type: r.get(4),
+        status: r.get(5),
+        occurred_at: r.get(6),
+        updated_at: r.get(7),
+    }
+}
+
+const COLUMNS: &str =
+    "phone_number_id, wamid, direction, contact, message_type, status, occurred_at, updated_at";
+
+/// A message of a workspace by wamid (the first number's, when several numbers of
+/// the workspace have one with that wamid).
 pub async fn get(store: &Store, ws: &str, wamid: &str) -> anyhow::Result<Option<MessageRow>> {
-    let r = sqlx::query("SELECT wamid, direction, contact, message_type, status, occurred_at, updated_at FROM messages WHERE workspace = $1 AND wamid = $2")
+    let sql = format!("SELECT {COLUMNS} FROM messages WHERE workspace = $1 AND wamid = $2 ORDER BY phone_number_id LIMIT 1");
+    let r = sqlx::query(&sql)
         .bind(ws)
         .bind(wamid)
         .fetch_optional(&store.reads)
         .await?;
-    Ok(r.map(|r| MessageRow {
-        wamid: r.get(0),
-        direction: r.get(1),
-        contact: r.get(2),
-        message_type: r.get(3),
-        status: r.get(4),
-        occurred_at: r.get(5),
-        updated_at: r.get(6),
-    }))
+    Ok(r.map(row))
+}
+
+/// The messages of a workspace with a wamid, one per number.
+pub async fn by_wamid(store: &Store, ws: &str, wamid: &str) -> anyhow::Result<Vec<MessageRow>> {
+    let sql = format!("SELECT {COLUMNS} FROM messages WHERE workspace = $1 AND wamid = $2 ORDER BY phone_number_id");
+    let rows = sqlx::query(&sql)
+        .bind(ws)
+        .bind(wamid)
+        .fetch_all(&store.reads)
+        .await?;
+    Ok(rows.into_iter().map(row).collect())
 }
 
 /// How many messages a workspace has (tests and metrics).
@@ -141,4 +193,38 @@ pub async fn count(store: &Store, ws: &str) -> anyhow::Result<i64> {
             .fetch_one(&store.reads)
             .await?,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_never_move_back() {
+        // Given / when / then, over the ranking.
+        let fold = |statuses: &[&str]| {
+            statuses.iter().fold(None::<String>, |cur, s| {
+                next_status(cur.as_deref(), s).map(str::to_string).or(cur)
+            })
+        };
+        assert_eq!(
+            fold(&["sent", "delivered", "read"]).as_deref(),
+            Some("read")
+        );
+        assert_eq!(
+            fold(&["read", "delivered", "sent"]).as_deref(),
+            Some("read")
+        );
+        assert_eq!(fold(&["delivered", "sent"]).as_deref(), Some("delivered"));
+        assert_eq!(fold(&["read", "failed"]).as_deref(), Some("failed"));
+        assert_eq!(fold(&["failed", "delivered"]).as_deref(), Some("failed"));
+        assert_eq!(fold(&["sent", "played"]).as_deref(), Some("played"));
+        assert_eq!(
+            next_status(Some("read"), "read"),
+            None,
+            "a repeat changes nothing"
+        );
+        assert_eq!(next_status(None, "delivered"), Some("delivered"));
+        assert_eq!(next_status(Some("sent"), "something_new"), None);
+    }
 }

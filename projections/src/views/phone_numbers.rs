@@ -30,7 +30,8 @@ impl Projection for PhoneNumbers {
         "phone_numbers"
     }
     fn dump_sql(&self) -> &'static str {
-        "SELECT phone_number_id || '|' || workspace || '|' || waba_id || '|' || display_phone_number || '|' || claimed_at FROM phone_numbers ORDER BY phone_number_id"
+        "SELECT phone_number_id || '|' || workspace || '|' || waba_id || '|' || display_phone_number || '|' || claimed_at FROM phone_numbers \
+         UNION ALL SELECT 'waba|' || waba_id || '|' || workspace FROM wabas ORDER BY 1"
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
         let ws = super::ws_of(event);
@@ -43,17 +44,54 @@ impl Projection for PhoneNumbers {
                     .bind(&p.waba_id)
                     .bind(&p.display_phone_number)
                     .bind(event.envelope.recorded_at.to_string())
+                    .execute(&mut *conn)
+                    .await?;
+                // The first workspace to claim one of a WABA's numbers owns the WABA.
+                sqlx::query("INSERT INTO wabas (waba_id, workspace) VALUES ($1, $2) ON CONFLICT (waba_id) DO NOTHING")
+                    .bind(&p.waba_id)
+                    .bind(&ws)
                     .execute(conn)
                     .await?;
             }
             DomainEvent::PhoneNumberReleased(p) => {
+                let waba: Option<String> = sqlx::query_scalar(
+                    "SELECT waba_id FROM phone_numbers WHERE phone_number_id = $1 AND workspace = $2",
+                )
+                .bind(&p.phone_number_id)
+                .bind(&ws)
+                .fetch_optional(&mut *conn)
+                .await?;
                 sqlx::query(
                     "DELETE FROM phone_numbers WHERE phone_number_id = $1 AND workspace = $2",
                 )
                 .bind(&p.phone_number_id)
                 .bind(&ws)
-                .execute(conn)
+                .execute(&mut *conn)
                 .await?;
+                // A workspace that releases its last number of a WABA releases the WABA.
+                if let Some(waba) = waba {
+                    let left: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM phone_numbers WHERE waba_id = $1 AND workspace = $2",
+                    )
+                    .bind(&waba)
+                    .bind(&ws)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    if left == 0 {
+                        sqlx::query("DELETE FROM wabas WHERE waba_id = $1 AND workspace = $2")
+                            .bind(&waba)
+                            .bind(&ws)
+                            .execute(conn)
+                            .await?;
+                    }
+                }
+            }
+            DomainEvent::WabaAssigned(a) => {
+                sqlx::query("INSERT INTO wabas (waba_id, workspace) VALUES ($1, $2) ON CONFLICT (waba_id) DO UPDATE SET workspace = excluded.workspace")
+                    .bind(&a.waba_id)
+                    .bind(a.workspace.as_str())
+                    .execute(conn)
+                    .await?;
             }
             _ => {}
         }
@@ -132,14 +170,13 @@ pub async fn by_display(
     }))
 }
 
-/// The workspace a WABA's account-level webhooks go to.
+/// The workspace that owns a WABA: its account-level webhooks go there, and only its
+/// keys may claim the WABA's numbers.
 pub async fn owner_of_waba(store: &Store, waba_id: &str) -> anyhow::Result<Option<String>> {
-    // Until WABA ownership is its own table: the first workspace that claimed one of
-    // its numbers.
-    Ok(sqlx::query_scalar(
-        "SELECT workspace FROM phone_numbers WHERE waba_id = $1 ORDER BY claimed_at, phone_number_id LIMIT 1",
+    Ok(
+        sqlx::query_scalar("SELECT workspace FROM wabas WHERE waba_id = $1")
+            .bind(waba_id)
+            .fetch_optional(&store.reads)
+            .await?,
     )
-    .bind(waba_id)
-    .fetch_optional(&store.reads)
-    .await?)
 }

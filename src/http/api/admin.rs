@@ -67,6 +67,32 @@ pub async fn assign(
     Ok(AxumJson(Assigned { items }))
 }
 
+/// `PUT /v1/admin/wabas/{waba_id}` body.
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssignWaba {
+    /// The workspace that owns the WABA from now on.
+    pub workspace: Slug,
+}
+
+/// Path with a WABA id.
+#[derive(Deserialize, schemars::JsonSchema)]
+pub struct WabaPath {
+    /// The WABA id.
+    pub waba_id: String,
+}
+
+/// Places a WABA in a workspace.
+pub async fn assign_waba(
+    State(app): State<App>,
+    auth: Authed,
+    Path(p): Path<WabaPath>,
+    Json(body): Json<AssignWaba>,
+) -> Result<NoContent, AppError> {
+    numbers::assign_waba(&app.ctx, &auth.caller, &p.waba_id, &body.workspace).await?;
+    Ok(NoContent)
+}
+
 /// Dead-letter list parameters.
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
