@@ -195,6 +195,13 @@ macro_rules! events {
 }
 pub(crate) use events;
 
+/// Whether this build knows the event type at this version (current or older).
+/// Consumers that skip types they do not care about must still fail on the unknown.
+pub fn is_known(event_type: &str, version: u16) -> bool {
+    ALL.iter()
+        .any(|t| t.name == event_type && version >= 1 && version <= t.version)
+}
+
 /// The JSON Schema of an event type's data.
 pub fn schema_of(event_type: &str) -> Option<schemars::Schema> {
     ALL.iter()

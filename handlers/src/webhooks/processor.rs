@@ -26,6 +26,7 @@ use wabridge_projections::{
 
 use super::split::{split_webhook, Route, WebhookItem};
 use crate::commands::Ctx;
+use crate::consent::detect::detect;
 
 /// The processor's name (checkpoint, dead letters).
 pub const NAME: &str = "webhook_processor";
@@ -124,6 +125,7 @@ async fn process_chunk<'a>(
     let mut unparsable = vec![];
     let mut planned: Vec<(String, NewEvent)> = vec![];
     let mut routes = HashMap::new();
+    let mut consents: HashMap<Slug, crate::consent::detect::Consent> = HashMap::new();
     for raw in events {
         let split = match split_webhook(&raw.payload, raw.seq) {
             Ok(split) => split,
@@ -138,11 +140,28 @@ async fn process_chunk<'a>(
         for mut item in split.items {
             let (ws, key, number) = target(ctx, &item, &mut routes).await?;
             item.event = with_number(&item.event, number);
-            let new = match &ws {
-                Some(ws) => routed_event(ctx, raw, &item, ws, &key)?,
-                None => unrouted_event(ctx, raw, &item, &key)?,
+            let Some(ws) = ws else {
+                let new = unrouted_event(ctx, raw, &item, &key)?;
+                planned.push((key, new));
+                continue;
             };
-            planned.push((key, new));
+            // What the item says about consent, in the same pass: a STOP is an
+            // opt-out as soon as its message is.
+            if !consents.contains_key(&ws) {
+                let c = crate::consent::current(ctx, &ws).await?;
+                consents.insert(ws.clone(), c);
+            }
+            let derived = detect(&consents[&ws], &item.event);
+            planned.push((key.clone(), routed_event(ctx, raw, &item, &ws, &key)?));
+            for (i, event) in derived.into_iter().enumerate() {
+                let derived_key = format!("{key}#consent{i}");
+                let derived_item = WebhookItem {
+                    event,
+                    ..item.clone()
+                };
+                let new = routed_event(ctx, raw, &derived_item, &ws, &derived_key)?;
+                planned.push((derived_key, new));
+            }
         }
     }
     let keys: Vec<&str> = planned.iter().map(|(k, _)| k.as_str()).collect();

@@ -120,8 +120,24 @@ pub fn entry_hash(key: Option<&[u8]>, workspace: &str, e: &AuditEntry) -> String
 
 /// The target and outcome an event contributes to the audit log, if any.
 pub fn describe(event: &DomainEvent) -> Option<(String, &'static str)> {
+    use wabridge_events::types::ConsentSourceKind as K;
     use DomainEvent as E;
+    let manual = |k: K| matches!(k, K::Api | K::Admin);
     let target = match event {
+        // Consent changes made by a person (the automatic ones are in the history).
+        E::ContactOptedOut(o) if manual(o.source.kind) => {
+            format!("contact:{} opt_out:{}", o.contact.key(), o.scope.as_str())
+        }
+        E::ContactOptedIn(o) if manual(o.source.kind) => {
+            format!("contact:{} opt_in:{}", o.contact.key(), o.scope.as_str())
+        }
+        E::OptoutSuspicionResolved(r) => format!("suspected_opt_out:{} {}", r.id, r.outcome),
+        E::ConsentKeywordsSet(k) => format!("consent:keywords ({})", k.keywords.len()),
+        E::ConsentSettingsSet(s) => format!(
+            "consent:settings suspected_automatic={} confirmations={}",
+            s.suspected_automatic,
+            s.confirmations.len()
+        ),
         E::WorkspaceCreated(w) => format!("workspace:{}", w.slug),
         E::ApiKeyCreated(k) => format!("api_key:{} role:{}", k.key_id, k.role),
         E::ApiKeyRevoked(k) => format!("api_key:{}", k.key_id),

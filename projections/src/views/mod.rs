@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod audit;
+pub mod consent;
 pub mod dead_letters;
 pub mod messages;
 pub mod phone_numbers;
@@ -52,6 +53,7 @@ pub fn all(keys: &Keys) -> Vec<Arc<dyn Projection>> {
         Arc::new(unrouted::Unrouted),
         Arc::new(tokens::Tokens),
         Arc::new(messages::Messages),
+        Arc::new(consent::Consent),
     ]
 }
 
