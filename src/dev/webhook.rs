@@ -70,8 +70,9 @@ pub struct WebhookSpec {
     pub from: String,
     /// Text of a `Text` or `Stop` message (defaults "Hello" and "STOP").
     pub text: Option<String>,
-    /// For `Status`: the outbound message's wamid; for `Button`: the tapped template's
-    /// wamid (`context.id`). A fresh wamid when not given.
+    /// For `Text` and `Stop`: the inbound message's wamid; for `Status`: the outbound
+    /// message's wamid; for `Button`: the tapped template's wamid (`context.id`). A
+    /// fresh wamid when not given.
     pub wamid: Option<String>,
     /// For `Status`: sent, delivered (default), read or failed.
     pub status: Option<String>,
@@ -193,7 +194,7 @@ fn inbound_value(spec: &WebhookSpec, message: Value) -> Value {
 fn text_message(spec: &WebhookSpec, default_text: &str) -> Value {
     json!({
         "from": spec.from,
-        "id": new_wamid(&spec.from),
+        "id": spec.wamid.clone().unwrap_or_else(|| new_wamid(&spec.from)),
         "timestamp": unix_now().to_string(),
         "type": "text",
         "text": { "body": spec.text.as_deref().unwrap_or(default_text) }

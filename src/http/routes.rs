@@ -8,7 +8,7 @@ use aide::axum::routing::{delete, get, post, put, ApiMethodRouter};
 use axum::http::Method;
 use wabridge_handlers::access::Permission;
 
-use super::api::{admin, audit, keys, meta, numbers, ops, tokens, workspaces};
+use super::api::{admin, audit, consent, keys, meta, numbers, ops, tokens, workspaces};
 pub use super::auth::Access;
 use crate::app::App;
 
@@ -161,6 +161,86 @@ pub fn routes() -> Vec<RouteDef> {
             "Revoke an API key (204 once the revocation is visible).",
             &[Conflict],
             delete(keys::revoke),
+        ),
+        r(
+            Method::GET,
+            "/v1/workspaces/{ws}/contacts/{wa_id}/consent",
+            Workspace(P::ConsentRead),
+            "A contact's consent and its full history, as of the log's head.",
+            &[],
+            get(consent::get),
+        ),
+        r(
+            Method::POST,
+            "/v1/workspaces/{ws}/contacts/{wa_id}/opt-out",
+            Workspace(P::ConsentManage),
+            "Opt a contact out manually (audited).",
+            &[TooLarge],
+            post(consent::opt_out),
+        ),
+        r(
+            Method::POST,
+            "/v1/workspaces/{ws}/contacts/{wa_id}/opt-in",
+            Workspace(P::ConsentManage),
+            "Opt a contact back in manually (audited).",
+            &[TooLarge],
+            post(consent::opt_in),
+        ),
+        r(
+            Method::GET,
+            "/v1/workspaces/{ws}/opt-outs",
+            Workspace(P::ConsentRead),
+            "Opted-out contacts, or suspected opt-outs (status=suspected).",
+            &[],
+            get(consent::list),
+        ),
+        r(
+            Method::POST,
+            "/v1/workspaces/{ws}/opt-outs/suspected/{id}/confirm",
+            Workspace(P::ConsentManage),
+            "Confirm a suspected opt-out: the contact is opted out (audited).",
+            &[Conflict, TooLarge],
+            post(consent::confirm),
+        ),
+        r(
+            Method::POST,
+            "/v1/workspaces/{ws}/opt-outs/suspected/{id}/dismiss",
+            Workspace(P::ConsentManage),
+            "Dismiss a suspected opt-out (audited).",
+            &[Conflict, TooLarge],
+            post(consent::dismiss),
+        ),
+        r(
+            Method::GET,
+            "/v1/workspaces/{ws}/consent/keywords",
+            Workspace(P::KeywordsRead),
+            "The workspace's own consent keywords and the built-in ones.",
+            &[],
+            get(consent::get_keywords),
+        ),
+        r(
+            Method::PUT,
+            "/v1/workspaces/{ws}/consent/keywords",
+            Workspace(P::KeywordsManage),
+            "Replace the workspace's own consent keywords (validated, audited).",
+            &[TooLarge],
+            put(consent::put_keywords),
+        ),
+        r(
+            Method::GET,
+            "/v1/workspaces/{ws}/consent/settings",
+            Workspace(P::KeywordsRead),
+            "The workspace's consent settings.",
+            &[],
+            get(consent::get_settings),
+        ),
+        r(
+            Method::PUT,
+            "/v1/workspaces/{ws}/consent/settings",
+            Workspace(P::KeywordsManage),
+            "Set the workspace's consent settings (audited).",
+            &[TooLarge],
+            put(consent::put_settings),
         ),
         r(
             Method::PUT,

@@ -7,6 +7,7 @@ mod support;
 mod access;
 mod audit;
 mod cli;
+mod consent;
 mod http;
 mod log_conformance;
 mod realworld;

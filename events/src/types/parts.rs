@@ -68,6 +68,22 @@ pub struct ContactRef {
 }
 
 impl ContactRef {
+    /// The reference a [`ContactRef::key`] names: digits are a wa_id, anything else
+    /// a user id.
+    pub fn from_key(key: &str) -> Self {
+        if !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit()) {
+            ContactRef {
+                wa_id: Some(key.to_owned()),
+                ..ContactRef::default()
+            }
+        } else {
+            ContactRef {
+                user_id: Some(key.to_owned()),
+                ..ContactRef::default()
+            }
+        }
+    }
+
     /// One identifier for subjects and keys: the wa_id when known, else the user id.
     pub fn key(&self) -> String {
         self.wa_id

@@ -3,6 +3,7 @@
 //! affects have applied the event, so the caller's next request sees its effect.
 
 pub mod audit;
+pub mod consent;
 pub mod dead_letters;
 pub mod keys;
 pub mod numbers;

@@ -179,6 +179,7 @@ pub async fn assign_unrouted(
             "no unrouted items for phone number {phone_number_id}"
         )));
     }
+    let consent = crate::consent::current(ctx, ws).await?;
     let mut count = 0;
     for item in &items {
         let key = item_key(Some(ws.as_str()), &item.dedup_key);
@@ -206,13 +207,28 @@ pub async fn assign_unrouted(
                 expected_last_subject_seq: None,
             })
             .await?;
+        // What it says about consent, as the processor would have derived it: a
+        // STOP that waited for its number to be claimed still opts the contact out.
+        let mut keys = vec![key.clone()];
+        for (i, derived) in crate::consent::detect::detect(&consent, &event)
+            .into_iter()
+            .enumerate()
+        {
+            let derived_key = format!("{key}#consent{i}");
+            let mut ev =
+                derived.to_new_event(ctx.log.namespace(), Some(ws.clone()), caller.actor.clone());
+            ev.envelope = ev.envelope.occurred(occurred);
+            ev.msg_id = Some(derived_key.clone());
+            ctx.log.append(ev).await?;
+            keys.push(derived_key);
+        }
         let mut conn = ctx
             .store
             .pool
             .acquire()
             .await
             .map_err(|e| CommandError::Internal(e.into()))?;
-        webhook_items::record(&mut conn, std::slice::from_ref(&key), 0).await?;
+        webhook_items::record(&mut conn, &keys, 0).await?;
         count += 1;
     }
     let data = UnroutedAssigned {

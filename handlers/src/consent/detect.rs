@@ -77,6 +77,30 @@ pub fn validate(custom: &[ConsentKeyword]) -> Result<(), String> {
     KeywordSet::validate(&keywords).map_err(|e: KeywordError| e.to_string())
 }
 
+/// The built-in keywords every workspace has, in the API's form.
+pub fn builtin() -> Vec<ConsentKeyword> {
+    super::matcher::defaults()
+        .into_iter()
+        .map(|k| ConsentKeyword {
+            keyword: k.keyword,
+            language: k.language,
+            kind: match k.kind {
+                KeywordKind::OptOut => "opt_out",
+                KeywordKind::OptIn => "opt_in",
+                KeywordKind::Help => "help",
+            }
+            .into(),
+            scope: scope_of(k.scope),
+        })
+        .collect()
+}
+
+/// The built-in "Stop promotions" button labels (a marketing opt-out), as
+/// `(label, language)`.
+pub fn marketing_buttons() -> Vec<(&'static str, &'static str)> {
+    super::matcher::marketing_button_labels()
+}
+
 fn scope_of(scope: Scope) -> ConsentScope {
     match scope {
         Scope::All => ConsentScope::All,

@@ -5,7 +5,7 @@ pub mod detect;
 pub mod matcher;
 
 use wabridge_events::{
-    types::{ConsentKeywordsSet, EventData},
+    types::{ConsentKeywordsSet, ContactRef, EventData},
     Slug,
 };
 use wabridge_projections::views::consent;
@@ -22,4 +22,80 @@ pub async fn current(ctx: &Ctx, ws: &Slug) -> Result<detect::Consent, CommandErr
     ctx.fresh("consent", &config_subject(ctx, ws)).await?;
     let c = consent::config(&ctx.store, ws.as_str()).await?;
     Ok(detect::Consent::new(&c.keywords, c.suspected_automatic))
+}
+
+/// A contact named in a path or a request: a phone number's digits (E.164 without
+/// or with its `+`, 6 to 15 digits) or a business-scoped user id (`US.1349…`, or a
+/// parent id `US.ENT.…`).
+pub fn contact_ref(id: &str) -> Result<ContactRef, CommandError> {
+    let digits = id.strip_prefix('+').unwrap_or(id);
+    if (6..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(ContactRef {
+            wa_id: Some(digits.to_owned()),
+            ..ContactRef::default()
+        });
+    }
+    if is_user_id(id) {
+        return Ok(ContactRef {
+            user_id: Some(id.to_owned()),
+            ..ContactRef::default()
+        });
+    }
+    Err(CommandError::Validation(format!(
+        "contact {:?} is neither a phone number (6 to 15 digits) nor a business-scoped user id (such as US.13491208655302741918)",
+        id.chars().take(64).collect::<String>()
+    )))
+}
+
+/// A business-scoped user id: a two-letter country code, a dot, an optional `ENT.`,
+/// then 1 to 128 letters or digits.
+pub fn is_user_id(id: &str) -> bool {
+    let Some((country, rest)) = id.split_once('.') else {
+        return false;
+    };
+    let rest = rest.strip_prefix("ENT.").unwrap_or(rest);
+    country.len() == 2
+        && country.bytes().all(|b| b.is_ascii_uppercase())
+        && (1..=128).contains(&rest.len())
+        && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contact_ids() {
+        assert_eq!(
+            contact_ref("447700900123").unwrap().wa_id.as_deref(),
+            Some("447700900123")
+        );
+        assert_eq!(
+            contact_ref("+447700900123").unwrap().wa_id.as_deref(),
+            Some("447700900123")
+        );
+        assert_eq!(
+            contact_ref("US.13491208655302741918")
+                .unwrap()
+                .user_id
+                .as_deref(),
+            Some("US.13491208655302741918")
+        );
+        assert!(contact_ref("US.ENT.11815799212886844830").is_ok());
+        for bad in [
+            "",
+            "12345",
+            "1234567890123456",
+            "hello",
+            "us.123",
+            "US.",
+            "US.12-3",
+            "USA.1",
+            "+",
+            "44 7700 900123",
+            "US.ENT.",
+        ] {
+            assert!(contact_ref(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -56,6 +56,23 @@ pub fn next_state(state: ConsentState, change: Change) -> ConsentState {
     }
 }
 
+/// Since when each opt-out in effect holds, and the entry that began it: the fold
+/// of a history (oldest first). A repeated STOP does not move `since`; an opt-in
+/// that lifts a scope clears it.
+pub fn in_effect(history: &[HistoryEntry]) -> (Option<&HistoryEntry>, Option<&HistoryEntry>) {
+    let (mut all, mut marketing) = (None, None);
+    for h in history {
+        match (h.action.as_str(), h.scope.as_str()) {
+            ("opt_out", "all") => all = all.or(Some(h)),
+            ("opt_out", "marketing") => marketing = marketing.or(Some(h)),
+            ("opt_in", "all") => (all, marketing) = (None, None),
+            ("opt_in", "marketing") => marketing = None,
+            _ => {}
+        }
+    }
+    (all, marketing)
+}
+
 /// One entry of a contact's consent history.
 #[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct HistoryEntry {
@@ -486,6 +503,21 @@ pub async fn state(store: &Store, ws: &str, idents: &[&str]) -> anyhow::Result<C
     Ok(state)
 }
 
+/// Every identifier linked to a contact id (wa_id, user ids), sorted.
+pub async fn identifiers_of(
+    store: &Store,
+    ws: &str,
+    contact_id: &str,
+) -> anyhow::Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT ident FROM consent_aliases WHERE workspace = $1 AND contact_id = $2 ORDER BY ident",
+    )
+    .bind(ws)
+    .bind(contact_id)
+    .fetch_all(&store.reads)
+    .await?)
+}
+
 /// Opted-out contacts (of `scope`, or any), after a cursor (contact id order).
 pub async fn opted_out(
     store: &Store,
@@ -509,11 +541,7 @@ pub async fn opted_out(
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let contact_id: String = r.get(0);
-        let identifiers = sqlx::query_scalar("SELECT ident FROM consent_aliases WHERE workspace = $1 AND contact_id = $2 ORDER BY ident")
-            .bind(ws)
-            .bind(&contact_id)
-            .fetch_all(&store.reads)
-            .await?;
+        let identifiers = identifiers_of(store, ws, &contact_id).await?;
         out.push(OptOutItem {
             contact_id,
             identifiers,
@@ -554,12 +582,8 @@ pub async fn suspicions(
         .collect())
 }
 
-/// One suspicion.
+/// One suspicion, whatever its status.
 pub async fn suspicion(store: &Store, ws: &str, id: &str) -> anyhow::Result<Option<Suspicion>> {
-    let rows = suspicions(store, ws, "open", None, i64::MAX).await?;
-    if let Some(s) = rows.into_iter().find(|s| s.id == id) {
-        return Ok(Some(s));
-    }
     let r = sqlx::query("SELECT id, contact_id, message_id, text, matched, status, at FROM consent_suspected WHERE workspace = $1 AND id = $2")
         .bind(ws)
         .bind(id)
@@ -636,6 +660,46 @@ mod tests {
         );
         // Idempotent.
         assert_eq!(s(&[OptOut(All), OptOut(All)]), s(&[OptOut(All)]));
+    }
+
+    #[test]
+    fn since_is_the_first_opt_out_still_in_effect() {
+        let h = |seq: i64, action: &str, scope: &str| HistoryEntry {
+            at: format!("t{seq}"),
+            scope: scope.into(),
+            action: action.into(),
+            source: HistorySource {
+                kind: "keyword".into(),
+                keyword: None,
+                language: None,
+                message_id: None,
+            },
+            reason: None,
+            actor: "system:x".into(),
+            log_seq: seq,
+        };
+        let at = |e: Option<&HistoryEntry>| e.map(|e| e.at.clone());
+        let hist = vec![
+            h(1, "opt_out", "all"),
+            h(2, "opt_out", "all"),
+            h(3, "opt_out", "marketing"),
+        ];
+        let (a, m) = in_effect(&hist);
+        assert_eq!((at(a), at(m)), (Some("t1".into()), Some("t3".into())));
+        let hist = vec![
+            h(1, "opt_out", "all"),
+            h(2, "opt_in", "all"),
+            h(3, "opt_out", "all"),
+        ];
+        assert_eq!(at(in_effect(&hist).0), Some("t3".into()));
+        let hist = vec![
+            h(1, "opt_out", "all"),
+            h(2, "opt_out", "marketing"),
+            h(3, "opt_in", "marketing"),
+        ];
+        let (a, m) = in_effect(&hist);
+        assert_eq!((at(a), at(m)), (Some("t1".into()), None));
+        assert_eq!(in_effect(&[]), (None, None));
     }
 
     #[test]

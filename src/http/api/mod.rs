@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod consent;
 pub mod keys;
 pub mod meta;
 pub mod numbers;
