@@ -120,9 +120,13 @@ async fn checks(app: &App, fresh: bool) -> common::Stats {
         tasks.push(tokio::spawn(async move {
             let who = contact(i * 7);
             let state = if fresh {
-                consent_cmd::state_for_send(&ctx, &ws, &[&who]).await.unwrap()
+                consent_cmd::state_for_send(&ctx, &ws, &[&who])
+                    .await
+                    .unwrap()
             } else {
-                consent::state(&ctx.store, ws.as_str(), &[&who]).await.unwrap()
+                consent::state(&ctx.store, ws.as_str(), &[&who])
+                    .await
+                    .unwrap()
             };
             std::hint::black_box(state);
             at.elapsed()

@@ -56,7 +56,7 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
         "CREATE TABLE consent_contacts (workspace TEXT NOT NULL, contact_id TEXT NOT NULL, opted_out BIGINT NOT NULL, marketing_opted_out BIGINT NOT NULL, updated_at TEXT NOT NULL, PRIMARY KEY (workspace, contact_id))",
         "CREATE TABLE consent_aliases (workspace TEXT NOT NULL, ident TEXT NOT NULL, contact_id TEXT NOT NULL, PRIMARY KEY (workspace, ident))",
         "CREATE INDEX consent_aliases_contact ON consent_aliases (workspace, contact_id)",
-        "CREATE TABLE consent_history (workspace TEXT NOT NULL, contact_id TEXT NOT NULL, log_seq BIGINT NOT NULL, at TEXT NOT NULL, scope TEXT NOT NULL, action TEXT NOT NULL, source_kind TEXT NOT NULL, keyword TEXT, language TEXT, message_id TEXT, reason TEXT, actor TEXT NOT NULL, PRIMARY KEY (workspace, log_seq))",
+        "CREATE TABLE consent_history (workspace TEXT NOT NULL, contact_id TEXT NOT NULL, log_seq BIGINT NOT NULL, at TEXT NOT NULL, scope TEXT NOT NULL, action TEXT NOT NULL, source_kind TEXT NOT NULL, keyword TEXT, language TEXT, message_id TEXT, webhook_seq BIGINT, reason TEXT, actor TEXT NOT NULL, PRIMARY KEY (workspace, log_seq))",
         "CREATE INDEX consent_history_contact ON consent_history (workspace, contact_id, log_seq)",
         "CREATE TABLE consent_suspected (workspace TEXT NOT NULL, id TEXT NOT NULL, contact_id TEXT NOT NULL, message_id TEXT NOT NULL, text TEXT NOT NULL, matched TEXT NOT NULL, status TEXT NOT NULL, at TEXT NOT NULL, log_seq BIGINT NOT NULL, PRIMARY KEY (workspace, id))",
         "CREATE TABLE consent_config (workspace TEXT PRIMARY KEY, keywords TEXT NOT NULL, suspected_automatic BIGINT NOT NULL, confirmations TEXT NOT NULL)",

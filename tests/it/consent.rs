@@ -301,6 +301,25 @@ async fn the_consent_fixtures() {
         "wamid.HBgMNDQ3NzAwOTAwMTIzFQIAEhgWM0VCMEMwMDAwMDAwMDAwMDAwMDAyAA=="
     );
     assert_eq!(c["history"][0]["actor"], "system:webhook_processor", "{c}");
+    // The proof: the raw webhook that carried the STOP, with Meta's signature.
+    let raw_seq = c["history"][0]["source"]["webhook_seq"]
+        .as_u64()
+        .expect("webhook_seq");
+    let raw = app
+        .app
+        .ctx
+        .log
+        .read(
+            StreamKind::Raw,
+            wabridge_events::ReadFrom::Seq(raw_seq),
+            None,
+            1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(raw[0].seq, raw_seq);
+    assert_eq!(&raw[0].payload[..], &fixture("inbound_stop.json")[..]);
+    assert!(raw[0].envelope.signature.is_some());
     assert_eq!(c["history"][0]["at"], "2026-01-01T00:00:50.000000Z", "{c}");
     // A redelivery of the same STOP does not add to the history.
     post_ok(&app, &fixture("inbound_stop.json")).await;

@@ -241,6 +241,10 @@ pub struct ConsentSource {
     /// The message (inbound, or the failed outbound one) that caused it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
+    /// The raw stream sequence of the signed webhook that carried it, the evidence
+    /// that Meta sent it (`wabridge events verify-webhook --seq N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_seq: Option<u64>,
 }
 
 /// A consent keyword of a workspace.

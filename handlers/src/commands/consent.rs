@@ -71,6 +71,7 @@ fn source_of(caller: &Caller) -> ConsentSource {
         keyword: None,
         language: None,
         message_id: None,
+        webhook_seq: None,
     }
 }
 

@@ -119,11 +119,32 @@ fn source(
         keyword,
         language,
         message_id: Some(message_id.to_owned()),
+        webhook_seq: None,
     }
 }
 
-/// The consent events an item implies (none for most items).
+/// The consent events an item implies (none for most items), each naming the raw
+/// webhook that carried the item (the evidence that Meta sent it).
 pub fn detect(consent: &Consent, item: &DomainEvent) -> Vec<DomainEvent> {
+    let raw_seq = match item {
+        DomainEvent::MessageReceived(m) => Some(m.source.raw_seq),
+        DomainEvent::ContactMarketingPreference(p) => Some(p.source.raw_seq),
+        DomainEvent::MessageStatusUpdated(s) => Some(s.source.raw_seq),
+        _ => None,
+    }
+    .filter(|s| *s > 0);
+    let mut events = derive(consent, item);
+    for e in &mut events {
+        match e {
+            DomainEvent::ContactOptedOut(o) => o.source.webhook_seq = raw_seq,
+            DomainEvent::ContactOptedIn(o) => o.source.webhook_seq = raw_seq,
+            _ => {}
+        }
+    }
+    events
+}
+
+fn derive(consent: &Consent, item: &DomainEvent) -> Vec<DomainEvent> {
     match item {
         DomainEvent::MessageReceived(m) => {
             let (classification, kind) = match (&m.button, m.message_type.as_str(), &m.text) {
@@ -155,6 +176,7 @@ pub fn detect(consent: &Consent, item: &DomainEvent) -> Vec<DomainEvent> {
                 keyword: Some(p.value.clone()),
                 language: None,
                 message_id: None,
+                webhook_seq: None,
             };
             match p.value.as_str() {
                 "stop" => vec![DomainEvent::ContactOptedOut(ContactOptedOut {

@@ -107,6 +107,10 @@ pub struct HistorySource {
     /// The message that caused it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message_id: Option<String>,
+    /// The raw stream sequence of Meta's signed webhook that carried it
+    /// (`wabridge events verify-webhook --seq N` re-proves Meta sent it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook_seq: Option<i64>,
 }
 
 /// A contact's consent as the API shows it.
@@ -310,7 +314,7 @@ async fn record_change(
         .as_str()
         .unwrap_or_default()
         .to_string();
-    sqlx::query("INSERT INTO consent_history (workspace, contact_id, log_seq, at, scope, action, source_kind, keyword, language, message_id, reason, actor) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING")
+    sqlx::query("INSERT INTO consent_history (workspace, contact_id, log_seq, at, scope, action, source_kind, keyword, language, message_id, webhook_seq, reason, actor) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING")
         .bind(&ws)
         .bind(&id)
         .bind(event.seq as i64)
@@ -321,6 +325,7 @@ async fn record_change(
         .bind(&source.keyword)
         .bind(&source.language)
         .bind(&source.message_id)
+        .bind(source.webhook_seq.map(|s| s as i64))
         .bind(reason)
         .bind(event.envelope.actor.render())
         .execute(conn)
@@ -336,7 +341,7 @@ impl Projection for Consent {
     fn dump_sql(&self) -> &'static str {
         "SELECT 'c|' || workspace || '|' || contact_id || '|' || CAST(opted_out AS TEXT) || '|' || CAST(marketing_opted_out AS TEXT) || '|' || updated_at FROM consent_contacts \
          UNION ALL SELECT 'a|' || workspace || '|' || ident || '|' || contact_id FROM consent_aliases \
-         UNION ALL SELECT 'h|' || workspace || '|' || CAST(log_seq AS TEXT) || '|' || contact_id || '|' || at || '|' || scope || '|' || action || '|' || source_kind || '|' || COALESCE(keyword, '') || '|' || COALESCE(language, '') || '|' || COALESCE(message_id, '') || '|' || COALESCE(reason, '') || '|' || actor FROM consent_history \
+         UNION ALL SELECT 'h|' || workspace || '|' || CAST(log_seq AS TEXT) || '|' || contact_id || '|' || at || '|' || scope || '|' || action || '|' || source_kind || '|' || COALESCE(keyword, '') || '|' || COALESCE(language, '') || '|' || COALESCE(message_id, '') || '|' || COALESCE(CAST(webhook_seq AS TEXT), '') || '|' || COALESCE(reason, '') || '|' || actor FROM consent_history \
          UNION ALL SELECT 's|' || workspace || '|' || id || '|' || contact_id || '|' || message_id || '|' || text || '|' || matched || '|' || status || '|' || at FROM consent_suspected \
          UNION ALL SELECT 'k|' || workspace || '|' || keywords || '|' || CAST(suspected_automatic AS TEXT) || '|' || confirmations FROM consent_config ORDER BY 1"
     }
@@ -460,7 +465,7 @@ pub async fn get(store: &Store, ws: &str, ident: &str) -> anyhow::Result<Contact
         });
     };
     let state = state_of(&mut conn, ws, &id).await?;
-    let rows = sqlx::query("SELECT at, scope, action, source_kind, keyword, language, message_id, reason, actor, log_seq FROM consent_history WHERE workspace = $1 AND contact_id = $2 ORDER BY log_seq")
+    let rows = sqlx::query("SELECT at, scope, action, source_kind, keyword, language, message_id, reason, actor, log_seq, webhook_seq FROM consent_history WHERE workspace = $1 AND contact_id = $2 ORDER BY log_seq")
         .bind(ws)
         .bind(&id)
         .fetch_all(&mut *conn)
@@ -476,6 +481,7 @@ pub async fn get(store: &Store, ws: &str, ident: &str) -> anyhow::Result<Contact
                 keyword: r.get(4),
                 language: r.get(5),
                 message_id: r.get(6),
+                webhook_seq: r.get(10),
             },
             reason: r.get(7),
             actor: r.get(8),
@@ -673,6 +679,7 @@ mod tests {
                 keyword: None,
                 language: None,
                 message_id: None,
+                webhook_seq: None,
             },
             reason: None,
             actor: "system:x".into(),
