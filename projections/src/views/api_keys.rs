@@ -1,15 +1,16 @@
 //! API keys (hashes only) and their `last_used_at`.
 
 use sqlx::{AnyConnection, Row};
-use wabridge_events::{DomainEvent, StoredEvent};
+use wabridge_events::{types::ApiKeyCreated, DomainEvent, StoredEvent};
 
+use super::EventMeta;
 use crate::{Projection, Store};
 
 /// The `api_keys` projection.
 pub struct ApiKeys;
 
 /// A key as the read model holds it (its hash, never the key).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiKeyRow {
     /// Key id.
     pub id: String,
@@ -33,6 +34,76 @@ pub struct ApiKeyRow {
     pub log_seq: u64,
 }
 
+/// The key an event names, when it is one this projection folds.
+fn key_of(event: &DomainEvent) -> Option<&str> {
+    match event {
+        DomainEvent::ApiKeyCreated(k) => Some(&k.key_id),
+        DomainEvent::ApiKeyRevoked(k) => Some(&k.key_id),
+        DomainEvent::ApiKeyUsed(u) => Some(&u.key_id),
+        _ => None,
+    }
+}
+
+/// The key after an event (the projection's decision, pure): `None` when the event
+/// changes nothing. `current` is the stored row of the key the event names.
+///
+/// - `api_key.created` adds the key, created at the log time; a key that exists stays
+///   as it is (the first creation wins).
+/// - `api_key.revoked` sets `revoked_at` to the log time once: a later revocation
+///   keeps the first time, and records its seq as the key's last key event.
+/// - `api_key.used` moves `last_used_at` forward to the minute of use, never back (it
+///   does not touch `log_seq`: uses are not on the keys' subject).
+/// - Anything for a key that is not stored, and any other event, changes nothing.
+pub fn next_key(
+    current: Option<&ApiKeyRow>,
+    event: &DomainEvent,
+    meta: &EventMeta,
+) -> Option<ApiKeyRow> {
+    let next = match (event, current) {
+        (DomainEvent::ApiKeyCreated(k), None) => created(k, meta),
+        (DomainEvent::ApiKeyRevoked(_), Some(key)) => ApiKeyRow {
+            revoked_at: Some(first(key.revoked_at.as_deref(), &meta.recorded_at)),
+            log_seq: meta.seq,
+            ..key.clone()
+        },
+        (DomainEvent::ApiKeyUsed(u), Some(key)) => ApiKeyRow {
+            last_used_at: Some(latest(key.last_used_at.as_deref(), u.minute.to_string())),
+            ..key.clone()
+        },
+        _ => return None,
+    };
+    super::changed(current, next)
+}
+
+/// A new key's row.
+fn created(k: &ApiKeyCreated, meta: &EventMeta) -> ApiKeyRow {
+    ApiKeyRow {
+        id: k.key_id.clone(),
+        workspace: k.workspace.as_ref().map(|w| w.to_string()),
+        name: k.name.clone(),
+        role: k.role.clone(),
+        created_at: meta.recorded_at.clone(),
+        expires_at: k.expires_at.map(|t| t.to_string()),
+        revoked_at: None,
+        last_used_at: None,
+        secret_hash: k.secret_hash.clone(),
+        log_seq: meta.seq,
+    }
+}
+
+/// The time already set, else `now`.
+fn first(set: Option<&str>, now: &str) -> String {
+    set.unwrap_or(now).to_string()
+}
+
+/// The later of two times (one format throughout, so text order is time order).
+fn latest(current: Option<&str>, new: String) -> String {
+    match current {
+        Some(cur) if cur >= new.as_str() => cur.to_string(),
+        _ => new,
+    }
+}
+
 #[async_trait::async_trait]
 impl Projection for ApiKeys {
     fn name(&self) -> &'static str {
@@ -42,41 +113,45 @@ impl Projection for ApiKeys {
         "SELECT key_id || '|' || COALESCE(workspace, '') || '|' || name || '|' || role || '|' || secret_hash || '|' || created_at || '|' || COALESCE(expires_at, '') || '|' || COALESCE(revoked_at, '') || '|' || COALESCE(last_used_at, '') || '|' || CAST(log_seq AS TEXT) FROM api_keys ORDER BY key_id"
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
-        let at = event.envelope.recorded_at.to_string();
-        let seq = event.seq as i64;
-        match super::decode(event)? {
-            DomainEvent::ApiKeyCreated(k) => {
-                sqlx::query("INSERT INTO api_keys (key_id, workspace, name, role, secret_hash, created_at, expires_at, log_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (key_id) DO NOTHING")
-                    .bind(&k.key_id)
-                    .bind(k.workspace.map(|w| w.to_string()))
-                    .bind(&k.name)
-                    .bind(&k.role)
-                    .bind(&k.secret_hash)
-                    .bind(&at)
-                    .bind(k.expires_at.map(|t| t.to_string()))
-                    .bind(seq)
-                    .execute(conn)
-                    .await?;
-            }
-            DomainEvent::ApiKeyRevoked(k) => {
-                sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1), log_seq = $2 WHERE key_id = $3")
-                    .bind(&at)
-                    .bind(seq)
-                    .bind(&k.key_id)
-                    .execute(conn)
-                    .await?;
-            }
-            DomainEvent::ApiKeyUsed(u) => {
-                sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE key_id = $2 AND (last_used_at IS NULL OR last_used_at < $1)")
-                    .bind(u.minute.to_string())
-                    .bind(&u.key_id)
-                    .execute(conn)
-                    .await?;
-            }
-            _ => {}
+        let decoded = super::decode(event)?;
+        let Some(key_id) = key_of(&decoded) else {
+            return Ok(());
+        };
+        let current = load(&mut *conn, key_id).await?;
+        if let Some(next) = next_key(current.as_ref(), &decoded, &EventMeta::of(event)) {
+            put(conn, &next).await?;
         }
         Ok(())
     }
+}
+
+/// The stored row of a key, in the projection's transaction.
+async fn load(conn: &mut AnyConnection, key_id: &str) -> anyhow::Result<Option<ApiKeyRow>> {
+    let sql = format!("SELECT {COLUMNS} FROM api_keys WHERE key_id = $1");
+    Ok(sqlx::query(&sql)
+        .bind(key_id)
+        .fetch_optional(conn)
+        .await?
+        .map(row))
+}
+
+/// Writes a key's row (inserted, or replacing the stored one).
+async fn put(conn: &mut AnyConnection, k: &ApiKeyRow) -> anyhow::Result<()> {
+    sqlx::query("INSERT INTO api_keys (key_id, workspace, name, role, secret_hash, created_at, expires_at, revoked_at, last_used_at, log_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (key_id) DO UPDATE SET workspace = excluded.workspace, name = excluded.name, role = excluded.role, secret_hash = excluded.secret_hash, created_at = excluded.created_at, expires_at = excluded.expires_at, revoked_at = excluded.revoked_at, last_used_at = excluded.last_used_at, log_seq = excluded.log_seq")
+        .bind(&k.id)
+        .bind(&k.workspace)
+        .bind(&k.name)
+        .bind(&k.role)
+        .bind(&k.secret_hash)
+        .bind(&k.created_at)
+        .bind(&k.expires_at)
+        .bind(&k.revoked_at)
+        .bind(&k.last_used_at)
+        .bind(k.log_seq as i64)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 const COLUMNS: &str = "key_id, workspace, name, role, created_at, expires_at, revoked_at, last_used_at, secret_hash, log_seq";
@@ -151,4 +226,178 @@ pub async fn count_valid(
         .bind(now)
         .fetch_one(&store.reads)
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use wabridge_events::{
+        types::{ApiKeyRevoked, ApiKeyUsed, EventData, WorkspaceCreated},
+        Slug, Timestamp,
+    };
+
+    use super::*;
+    use crate::views::spec::{at, fold_row, given, Model};
+
+    /// The `api_keys` table by key id.
+    #[derive(Clone, Debug, Default, PartialEq)]
+    struct Keys(BTreeMap<String, ApiKeyRow>);
+
+    impl Model for Keys {
+        fn fold(&mut self, event: &DomainEvent, meta: &EventMeta) {
+            if let Some(id) = key_of(event) {
+                fold_row(&mut self.0, id.to_string(), |cur| {
+                    next_key(cur, event, meta)
+                });
+            }
+        }
+    }
+
+    impl Keys {
+        fn key(&self, id: &str) -> &ApiKeyRow {
+            self.0.get(id).expect("the key is stored")
+        }
+    }
+
+    fn created(id: &str, workspace: Option<&str>) -> DomainEvent {
+        ApiKeyCreated {
+            key_id: id.into(),
+            workspace: workspace.map(|w| Slug::parse(w).unwrap()),
+            name: format!("{id} key"),
+            role: if workspace.is_some() {
+                "admin"
+            } else {
+                "operator"
+            }
+            .into(),
+            secret_hash: "ab".repeat(32),
+            expires_at: Some(Timestamp::parse("2030-01-01T00:00:00Z").unwrap()),
+        }
+        .into_event()
+    }
+
+    fn revoked(id: &str) -> DomainEvent {
+        ApiKeyRevoked { key_id: id.into() }.into_event()
+    }
+
+    fn used(id: &str, minute: &str) -> DomainEvent {
+        ApiKeyUsed {
+            key_id: id.into(),
+            minute: Timestamp::parse(minute).unwrap(),
+        }
+        .into_event()
+    }
+
+    #[test]
+    fn a_creation_adds_the_key_at_the_log_time() {
+        let then = given::<Keys>(&[]).when(created("k1", Some("acme")));
+        then.then_replay_changes_nothing();
+        assert_eq!(
+            then.state().key("k1"),
+            &ApiKeyRow {
+                id: "k1".into(),
+                workspace: Some("acme".into()),
+                name: "k1 key".into(),
+                role: "admin".into(),
+                created_at: at(1),
+                expires_at: Some("2030-01-01T00:00:00.000000Z".into()),
+                revoked_at: None,
+                last_used_at: None,
+                secret_hash: "ab".repeat(32),
+                log_seq: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn an_operator_key_has_no_workspace() {
+        let then = given::<Keys>(&[]).when(created("op", None));
+        assert_eq!(then.state().key("op").workspace, None);
+        assert_eq!(then.state().key("op").role, "operator");
+    }
+
+    #[test]
+    fn the_first_creation_wins() {
+        given::<Keys>(&[created("k1", Some("acme"))])
+            .when(created("k1", Some("globex")))
+            .then_unchanged();
+    }
+
+    #[test]
+    fn a_revocation_sets_revoked_at_and_the_last_seq() {
+        let then = given::<Keys>(&[created("k1", Some("acme"))]).when(revoked("k1"));
+        then.then_replay_changes_nothing();
+        let key = then.state().key("k1");
+        assert_eq!(key.revoked_at.as_deref(), Some(at(2).as_str()));
+        assert_eq!(key.log_seq, 2);
+    }
+
+    #[test]
+    fn a_second_revocation_keeps_the_first_time() {
+        let then = given::<Keys>(&[created("k1", Some("acme")), revoked("k1")]).when(revoked("k1"));
+        let key = then.state().key("k1");
+        assert_eq!(key.revoked_at.as_deref(), Some(at(2).as_str()));
+        // It is still the key's last key event (freshness checks compare with it).
+        assert_eq!(key.log_seq, 3);
+    }
+
+    #[test]
+    fn uses_move_last_used_at_forward_only() {
+        let history = [
+            created("k1", Some("acme")),
+            used("k1", "2026-09-21T10:05:00Z"),
+        ];
+        let then = given::<Keys>(&history).when(used("k1", "2026-09-21T10:07:00Z"));
+        then.then_replay_changes_nothing();
+        let key = then.state().key("k1");
+        assert_eq!(
+            key.last_used_at.as_deref(),
+            Some("2026-09-21T10:07:00.000000Z")
+        );
+        assert_eq!(key.log_seq, 1, "a use is not a key event");
+        // An older minute delivered late, and the same minute again, change nothing.
+        given::<Keys>(&history)
+            .when(used("k1", "2026-09-21T10:03:00Z"))
+            .then_unchanged();
+        given::<Keys>(&history)
+            .when(used("k1", "2026-09-21T10:05:00Z"))
+            .then_unchanged();
+    }
+
+    #[test]
+    fn a_use_logged_after_the_revocation_still_counts() {
+        let then = given::<Keys>(&[created("k1", Some("acme")), revoked("k1")])
+            .when(used("k1", "2026-09-21T10:05:00Z"));
+        let key = then.state().key("k1");
+        assert!(key.revoked_at.is_some());
+        assert!(key.last_used_at.is_some());
+    }
+
+    #[test]
+    fn events_for_unknown_keys_change_nothing() {
+        given::<Keys>(&[created("k1", Some("acme"))])
+            .when(revoked("k2"))
+            .then_unchanged();
+        given::<Keys>(&[created("k1", Some("acme"))])
+            .when(used("k2", "2026-09-21T10:05:00Z"))
+            .then_unchanged();
+        assert_eq!(
+            next_key(None, &revoked("k2"), &crate::views::spec::meta(1, "acme")),
+            None
+        );
+    }
+
+    #[test]
+    fn other_events_are_ignored() {
+        let other = WorkspaceCreated {
+            slug: Slug::parse("acme").unwrap(),
+            name: "Acme".into(),
+        }
+        .into_event();
+        assert_eq!(key_of(&other), None);
+        given::<Keys>(&[created("k1", Some("acme"))])
+            .when(other)
+            .then_unchanged();
+    }
 }
