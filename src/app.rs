@@ -40,6 +40,10 @@ pub struct AppState {
     pub key_use: Arc<std::sync::Mutex<HashMap<String, i64>>>,
     /// Unauthenticated failures waiting to be summarised (see `security`).
     pub auth_failures: Arc<crate::failures::FailureCounts>,
+    /// The per-workspace send limiter (its state in the log's key-value store).
+    pub limiter: Arc<wabridge_handlers::ratelimit::SharedLimiter>,
+    /// Sends refused by the limiter, waiting to be appended.
+    pub rejections: Arc<wabridge_handlers::commands::send::Rejections>,
     /// Workspaces known to exist (they are never deleted).
     pub known_workspaces: Arc<std::sync::RwLock<std::collections::HashSet<wabridge_events::Slug>>>,
 }
@@ -92,7 +96,12 @@ impl App {
         let projections_local = cfg.roles.workers;
         let metrics = Arc::new(Metrics::default());
         let log: Arc<dyn EventLog> = Arc::new(crate::metrics::TimedLog::new(log, metrics.clone()));
+        let limiter = Arc::new(wabridge_handlers::ratelimit::SharedLimiter::new(
+            log.clone(),
+        ));
         Ok(App(Arc::new(AppState {
+            limiter,
+            rejections: Arc::default(),
             cfg: Arc::new(cfg),
             ctx: Ctx {
                 log,

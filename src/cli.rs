@@ -81,6 +81,13 @@ pub enum Command {
         /// What to do.
         action: SchemasCommand,
     },
+    /// Try the whole loop without a Meta account: the Graph API simulator, and
+    /// signed Meta webhooks.
+    Dev {
+        #[command(subcommand)]
+        /// What to do.
+        action: DevCommand,
+    },
     /// Developer tools.
     #[command(hide = true)]
     Debug {
@@ -263,6 +270,60 @@ pub enum SchemasCommand {
 
 /// `debug` subcommands.
 #[derive(Subcommand, Debug)]
+pub enum DevCommand {
+    /// Run the project's Graph API simulator (messages, media, token exchange,
+    /// subscribed_apps, register, with Meta's limits and error bodies).
+    GraphSim {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+        /// Post status webhooks (sent, delivered, read) for accepted messages here,
+        /// signed with META_APP_SECRET.
+        #[arg(long)]
+        webhook_url: Option<String>,
+        /// Messages per second per phone number before error 130429 (0: unlimited).
+        #[arg(long, default_value_t = 80)]
+        per_number_mps: u32,
+    },
+    /// Build, sign (META_APP_SECRET) and post a realistic Meta webhook.
+    Webhook {
+        /// text, stop, button, status or user_preferences.
+        kind: crate::dev::webhook::Kind,
+        /// wabridge's webhook URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080/webhooks/meta")]
+        to: String,
+        /// The user's wa_id (sender of inbound messages, recipient of statuses).
+        #[arg(long, default_value = "447700900123")]
+        from: String,
+        /// The text of a text or stop message.
+        #[arg(long)]
+        text: Option<String>,
+        /// The business number's id (metadata.phone_number_id).
+        #[arg(long, default_value = crate::dev::webhook::DEFAULT_PHONE_NUMBER_ID)]
+        phone_number_id: String,
+        /// The WABA id (entry.id).
+        #[arg(long, default_value = crate::dev::webhook::DEFAULT_WABA_ID)]
+        waba_id: String,
+        /// For a status: the outbound message's wamid.
+        #[arg(long)]
+        wamid: Option<String>,
+        /// For a status: sent, delivered, read or failed.
+        #[arg(long)]
+        status: Option<String>,
+        /// For a failed status: Meta's error code (default 131050).
+        #[arg(long)]
+        error_code: Option<i64>,
+        /// For user_preferences: stop or resume.
+        #[arg(long)]
+        preference: Option<String>,
+        /// For a button: its label.
+        #[arg(long)]
+        button_text: Option<String>,
+    },
+}
+
+/// Hidden `debug` subcommands.
+#[derive(Subcommand, Debug)]
 pub enum DebugCommand {
     /// Append N events, printing `acked <seq> <i>` after each ack (durability tests).
     AppendLoop {
@@ -340,6 +401,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Dev { action } => dev(action, out).await?,
         Command::Debug {
             action: DebugCommand::AppendLoop { count },
         } => {
@@ -525,6 +587,7 @@ async fn host_command(app: &App, command: Command, out: &mut impl Write) -> anyh
         Command::Serve(_)
         | Command::Schemas { .. }
         | Command::Debug { .. }
+        | Command::Dev { .. }
         | Command::Keys {
             action: KeysCommand::Generate,
         } => unreachable!(),
@@ -738,5 +801,70 @@ async fn verify_webhook(app: &App, seq: u64, out: &mut impl Write) -> anyhow::Re
         ok,
         "raw event {seq} does not match its signature with any configured app secret"
     );
+    Ok(())
+}
+
+/// The developer tools: they need no log, database or key.
+async fn dev(action: DevCommand, out: &mut impl Write) -> anyhow::Result<()> {
+    let secret = || {
+        std::env::var("META_APP_SECRET")
+            .ok()
+            .and_then(|s| s.split(',').next().map(|s| s.trim().to_string()))
+            .filter(|s| !s.is_empty())
+    };
+    match action {
+        DevCommand::GraphSim {
+            listen,
+            webhook_url,
+            per_number_mps,
+        } => {
+            let app_secret = secret();
+            if webhook_url.is_some() && app_secret.is_none() {
+                anyhow::bail!("--webhook-url needs META_APP_SECRET to sign the status webhooks");
+            }
+            let cfg = crate::dev::graph_sim::SimConfig {
+                app_secret,
+                webhook_url,
+                per_number_mps,
+                ..Default::default()
+            };
+            crate::dev::graph_sim::run(listen, cfg).await?;
+        }
+        DevCommand::Webhook {
+            kind,
+            to,
+            from,
+            text,
+            phone_number_id,
+            waba_id,
+            wamid,
+            status,
+            error_code,
+            preference,
+            button_text,
+        } => {
+            let secret = secret().ok_or_else(|| {
+                anyhow::anyhow!("META_APP_SECRET is not set: it signs the webhook")
+            })?;
+            let spec = crate::dev::webhook::WebhookSpec {
+                kind,
+                phone_number_id,
+                waba_id,
+                from,
+                text,
+                wamid,
+                status,
+                error_code,
+                preference,
+                button_text,
+                ..Default::default()
+            };
+            let code = crate::dev::webhook::post(&to, &secret, &spec).await?;
+            writeln!(out, "{to} answered {code}")?;
+            if !(200..300).contains(&code) {
+                anyhow::bail!("{to} answered {code}");
+            }
+        }
+    }
     Ok(())
 }

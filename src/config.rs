@@ -61,9 +61,20 @@ pub struct ConfigArgs {
     /// Proxies whose X-Forwarded-For is believed (comma-separated IPs).
     #[arg(long, env = "WABRIDGE_TRUSTED_PROXIES")]
     pub trusted_proxies: Option<String>,
-    /// Base URL of the Graph API.
+    /// Base URL of the Graph API (default `https://graph.facebook.com`).
     #[arg(long, env = "META_GRAPH_URL")]
     pub meta_graph_url: Option<String>,
+    /// Graph API version segment (default `v25.0`).
+    #[arg(long, env = "META_GRAPH_VERSION")]
+    pub meta_graph_version: Option<String>,
+    /// Messages per second the sender allows each phone number (Meta's default
+    /// throughput 80; at most 1000).
+    #[arg(long, env = "WABRIDGE_NUMBER_MPS")]
+    pub number_mps: Option<String>,
+    /// How long one call to the Graph API may take before it counts as a timeout
+    /// (default 15s).
+    #[arg(long, env = "WABRIDGE_GRAPH_TIMEOUT")]
+    pub graph_timeout: Option<String>,
     /// Meta app id (Embedded Signup).
     #[arg(long, env = "META_APP_ID")]
     pub meta_app_id: Option<String>,
@@ -134,6 +145,12 @@ pub struct Config {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Graph API base URL.
     pub meta_graph_url: String,
+    /// Graph API version segment.
+    pub meta_graph_version: String,
+    /// Per-number sends per second.
+    pub number_mps: u32,
+    /// Graph API call timeout.
+    pub graph_timeout: Duration,
     /// Meta app id.
     pub meta_app_id: Option<String>,
     /// `META_APP_SECRET` (a list, for rotation).
@@ -381,6 +398,32 @@ impl Config {
             3 * SECOND,
             300 * SECOND,
         )?;
+        let number_mps = count_var(
+            "WABRIDGE_NUMBER_MPS",
+            args.number_mps.as_deref(),
+            80,
+            1,
+            1000,
+        )? as u32;
+        let graph_timeout = duration_var(
+            "WABRIDGE_GRAPH_TIMEOUT",
+            args.graph_timeout.as_deref(),
+            15 * SECOND,
+            SECOND,
+            300 * SECOND,
+        )?;
+        let meta_graph_version = args
+            .meta_graph_version
+            .clone()
+            .unwrap_or_else(|| "v25.0".into());
+        if !meta_graph_version.starts_with('v')
+            || meta_graph_version.len() > 10
+            || !meta_graph_version[1..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b == b'.')
+        {
+            anyhow::bail!("META_GRAPH_VERSION must look like v25.0, not {meta_graph_version:?}");
+        }
         let max_connections = count_var(
             "WABRIDGE_MAX_CONNECTIONS",
             args.max_connections.as_deref(),
@@ -477,7 +520,12 @@ impl Config {
             meta_graph_url: args
                 .meta_graph_url
                 .clone()
-                .unwrap_or_else(|| "https://graph.facebook.com/v23.0".into()),
+                .unwrap_or_else(|| "https://graph.facebook.com".into())
+                .trim_end_matches('/')
+                .to_string(),
+            meta_graph_version,
+            number_mps,
+            graph_timeout,
             meta_app_id: args.meta_app_id.clone(),
             meta_app_secrets,
             meta_verify_token: secret("META_VERIFY_TOKEN")?,
@@ -625,13 +673,15 @@ mod tests {
 
     #[test]
     fn out_of_range_values_refuse_start_up_naming_the_variable() {
-        let cases: [(&str, fn(&mut ConfigArgs, String)); 5] = [
+        let cases: [(&str, fn(&mut ConfigArgs, String)); 7] = [
             ("WABRIDGE_DEDUP_WINDOW", |a, v| a.dedup_window = Some(v)),
             ("WABRIDGE_HEADER_TIMEOUT", |a, v| a.header_timeout = Some(v)),
             ("WABRIDGE_SHUTDOWN_TIMEOUT", |a, v| {
                 a.shutdown_timeout = Some(v)
             }),
             ("WABRIDGE_LEASE_TTL", |a, v| a.lease_ttl = Some(v)),
+            ("WABRIDGE_NUMBER_MPS", |a, v| a.number_mps = Some(v)),
+            ("WABRIDGE_GRAPH_TIMEOUT", |a, v| a.graph_timeout = Some(v)),
             ("WABRIDGE_AUDIT_RETENTION_DAYS", |a, v| {
                 a.audit_retention_days = Some(v)
             }),

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub access_denied: Counter,
     /// Connections closed at accept because `WABRIDGE_MAX_CONNECTIONS` were open.
     pub connections_refused: Counter,
+    /// Sends refused by a workspace's rate limit (429).
+    pub rate_limited: Counter,
     /// Time from request to durable append of a webhook.
     pub ingest_latency: Histogram,
     /// Time of one append to the log, by stream.
@@ -86,6 +88,7 @@ impl Default for Metrics {
             auth_failures: Counter::default(),
             access_denied: Counter::default(),
             connections_refused: Counter::default(),
+            rate_limited: Counter::default(),
             ingest_latency: latency_histogram(),
             append_latency: Family::new_with_constructor(latency_histogram),
             http: Family::default(),
@@ -124,6 +127,11 @@ impl Default for Metrics {
             m.connections_refused.clone(),
         );
         registry.register(
+            "wabridge_rate_limit_rejections",
+            "Sends refused with 429 by a workspace's rate limit",
+            m.rate_limited.clone(),
+        );
+        registry.register(
             "wabridge_webhook_ingest_seconds",
             "Time from a webhook request to its durable append",
             m.ingest_latency.clone(),
@@ -156,6 +164,11 @@ impl Metrics {
     /// Counts a connection refused at accept.
     pub fn count_refused_connection(&self) {
         self.connections_refused.inc();
+    }
+
+    /// Counts a send refused by a rate limit.
+    pub fn count_rate_limited(&self) {
+        self.rate_limited.inc();
     }
 
     /// Counts one response.
@@ -251,6 +264,26 @@ impl EventLog for TimedLog {
 
     async fn lease(&self, name: &str) -> Result<Option<Lease>, LogError> {
         self.inner.lease(name).await
+    }
+
+    async fn kv_get(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<Option<wabridge_events::log::KvEntry>, LogError> {
+        self.inner.kv_get(bucket, key).await
+    }
+
+    async fn kv_cas(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: bytes::Bytes,
+        expected_revision: u64,
+    ) -> Result<Option<u64>, LogError> {
+        self.inner
+            .kv_cas(bucket, key, value, expected_revision)
+            .await
     }
 
     async fn ping(&self) -> Result<(), LogError> {

@@ -24,6 +24,8 @@ use crate::app::App;
 
 /// Starts every follower (projections, webhook processor, redrive) and the periodic
 /// jobs into `tasks`.
+use wabridge_handlers::sender::{graph::GraphConfig, Sender, SenderConfig};
+
 fn spawn_workers(app: &App, tasks: &mut JoinSet<()>) {
     let driver = Driver {
         log: app.ctx.log.clone(),
@@ -49,6 +51,23 @@ fn spawn_workers(app: &App, tasks: &mut JoinSet<()>) {
             let mut consumers = projection::reactors(views::all(&keys));
             consumers.push(Arc::new(processor::Processor::strict(ctx.clone())) as Arc<dyn Reactor>);
             d.run(&redrive::follower(ctx, d.clone(), consumers)).await
+        }
+    }));
+    let app2 = app.clone();
+    tasks.spawn(supervise(wabridge_handlers::sender::NAME, move || {
+        let app = app2.clone();
+        async move {
+            let cfg = SenderConfig::new(
+                GraphConfig {
+                    base_url: app.cfg.meta_graph_url.clone(),
+                    version: app.cfg.meta_graph_version.clone(),
+                    timeout: app.cfg.graph_timeout,
+                },
+                app.cfg.number_mps,
+            );
+            Sender::new(app.ctx.clone(), app.cfg.token_keys.clone(), cfg)?
+                .run()
+                .await
         }
     }));
     let app2 = app.clone();
@@ -240,8 +259,20 @@ pub async fn run_notify(
     let _ = started.send(Ok(()));
     if app.cfg.roles.api {
         tasks.spawn(crate::security::run(app.clone()));
+        let app2 = app.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Err(e) = app2.rejections.flush(&app2.ctx).await {
+                    tracing::warn!(error = %e, "recording rate-limit refusals failed");
+                }
+            }
+        });
         serve_http(&app, listener, shutdown).await;
         crate::security::flush(&app, true).await;
+        if let Err(e) = app.rejections.flush(&app.ctx).await {
+            tracing::warn!(error = %e, "recording rate-limit refusals failed");
+        }
     } else {
         shutdown.await;
     }

@@ -149,6 +149,52 @@ impl Lease {
     }
 }
 
+/// A value in the log's small compare-and-set key-value store, with its revision.
+///
+/// The store is for shared state that must survive restarts and be safe across
+/// instances on the same log: every write names the revision it replaces (see
+/// [`EventLog::kv_cas`]), so of two instances racing on a key exactly one wins. Its
+/// first user is the rate limiter, which keeps each key's theoretical arrival time
+/// (TAT) there. It is not an event: nothing is appended to a stream, there is no
+/// history, and followers never see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvEntry {
+    /// The stored bytes.
+    pub value: Bytes,
+    /// The revision of this value: strictly increasing per key, never 0 (0 means
+    /// "absent" in [`EventLog::kv_cas`]). On JetStream it is the bucket stream's
+    /// sequence, so it grows by more than 1 between writes; on the embedded log it
+    /// grows by 1.
+    pub revision: u64,
+}
+
+/// Longest key-value bucket name.
+pub const KV_BUCKET_MAX: usize = 32;
+/// Longest key-value key, in bytes.
+pub const KV_KEY_MAX: usize = 200;
+
+/// Checks a key-value bucket and key: buckets are short names `[a-z0-9_]+` (at most
+/// [`KV_BUCKET_MAX`]); keys are any non-empty text of at most [`KV_KEY_MAX`] bytes
+/// (backends encode what their store does not allow).
+pub fn check_kv_names(bucket: &str, key: &str) -> Result<(), LogError> {
+    let bucket_ok = !bucket.is_empty()
+        && bucket.len() <= KV_BUCKET_MAX
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !bucket_ok {
+        return Err(LogError(anyhow::anyhow!(
+            "key-value bucket {bucket:?} is not 1 to {KV_BUCKET_MAX} characters of [a-z0-9_]"
+        )));
+    }
+    if key.is_empty() || key.len() > KV_KEY_MAX {
+        return Err(LogError(anyhow::anyhow!(
+            "key-value key {key:?} is not 1 to {KV_KEY_MAX} bytes"
+        )));
+    }
+    Ok(())
+}
+
 /// A stream of events read from the log, in sequence order.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<StoredEvent, LogError>> + Send>>;
 
@@ -209,6 +255,25 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// The live lease `name`, if anyone holds one.
     async fn lease(&self, name: &str) -> Result<Option<Lease>, LogError>;
+
+    /// The current value of `key` in the key-value `bucket` (see [`KvEntry`]), or
+    /// `None` when the key was never written (or was deleted). Buckets are small
+    /// names `[a-z0-9_]+` (see [`check_kv_names`]), created on first use.
+    async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>, LogError>;
+
+    /// Compare-and-set: writes `value` only if the key's current revision equals
+    /// `expected_revision` (0 = the key must not exist). Returns `Some(new_revision)`
+    /// once the write is durable, `None` when the revision did not match (a
+    /// concurrent writer won: read again with [`EventLog::kv_get`] and retry). It
+    /// never overwrites blindly. An `Err` leaves the outcome unknown (the write may
+    /// or may not have landed): re-read before retrying.
+    async fn kv_cas(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: Bytes,
+        expected_revision: u64,
+    ) -> Result<Option<u64>, LogError>;
 
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), LogError>;

@@ -87,6 +87,11 @@ impl Timestamp {
             .filter(|t| *t >= Self::min().0)
             .map_or_else(Self::min, Self::from_datetime)
     }
+
+    /// How long after `earlier` this time is (zero when it is not after it).
+    pub fn since(&self, earlier: Timestamp) -> std::time::Duration {
+        std::time::Duration::try_from(self.0 - earlier.0).unwrap_or_default()
+    }
 }
 
 impl fmt::Display for Timestamp {

@@ -4,6 +4,9 @@
 pub mod access;
 pub mod commands;
 pub mod consent;
+pub mod ratelimit;
 pub mod redrive;
+pub mod sender;
+pub mod sending;
 pub mod vault;
 pub mod webhooks;

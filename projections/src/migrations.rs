@@ -61,6 +61,20 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
         "CREATE TABLE consent_suspected (workspace TEXT NOT NULL, id TEXT NOT NULL, contact_id TEXT NOT NULL, message_id TEXT NOT NULL, text TEXT NOT NULL, matched TEXT NOT NULL, status TEXT NOT NULL, at TEXT NOT NULL, log_seq BIGINT NOT NULL, PRIMARY KEY (workspace, id))",
         "CREATE TABLE consent_config (workspace TEXT PRIMARY KEY, keywords TEXT NOT NULL, suspected_automatic BIGINT NOT NULL, confirmations TEXT NOT NULL)",
     ],
+),
+(
+    5,
+    &[
+        "CREATE TABLE sends (workspace TEXT NOT NULL, id TEXT NOT NULL, phone_number_id TEXT NOT NULL, recipient_to TEXT, recipient_user TEXT, message_type TEXT NOT NULL, category TEXT, status TEXT NOT NULL, phase TEXT NOT NULL, wamid TEXT, attempts BIGINT NOT NULL, reason TEXT, error_code BIGINT, error_title TEXT, retry_at TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL, requested_seq BIGINT NOT NULL, PRIMARY KEY (workspace, id))",
+        "CREATE INDEX sends_order ON sends (workspace, requested_seq)",
+        "CREATE INDEX sends_phase ON sends (phase)",
+        "CREATE TABLE send_history (workspace TEXT NOT NULL, id TEXT NOT NULL, log_seq BIGINT NOT NULL, status TEXT NOT NULL, detail TEXT NOT NULL, at TEXT NOT NULL, error_code BIGINT, PRIMARY KEY (workspace, id, log_seq))",
+        "CREATE TABLE send_wamids (workspace TEXT NOT NULL, phone_number_id TEXT NOT NULL, wamid TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (workspace, phone_number_id, wamid))",
+        "CREATE TABLE last_inbound (workspace TEXT NOT NULL, ident TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (workspace, ident))",
+        "CREATE TABLE template_categories (workspace TEXT NOT NULL, name TEXT NOT NULL, language TEXT NOT NULL, category TEXT NOT NULL, PRIMARY KEY (workspace, name, language))",
+        "CREATE TABLE rate_limit_policies (workspace TEXT PRIMARY KEY, requests_per_second DOUBLE PRECISION NOT NULL, burst BIGINT NOT NULL, updated_at TEXT NOT NULL)",
+        "CREATE TABLE rate_limit_usage (workspace TEXT NOT NULL, minute TEXT NOT NULL, admitted BIGINT NOT NULL, rejected BIGINT NOT NULL, requests_per_second DOUBLE PRECISION NOT NULL, burst BIGINT NOT NULL, PRIMARY KEY (workspace, minute))",
+    ],
 )];
 
 /// Applies pending migrations, each version in its own transaction.

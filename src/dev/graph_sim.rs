@@ -171,6 +171,8 @@ struct Inner {
     number_windows: HashMap<String, VecDeque<Instant>>,
     pairs: HashMap<(String, String), Bucket>,
     registrations: HashMap<String, VecDeque<Instant>>,
+    /// Set after start ([`GraphSim::set_webhook_url`]); overrides the configuration's.
+    webhook_url: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,6 +243,12 @@ impl GraphSim {
         axum::serve(listener, self.router())
             .with_graceful_shutdown(signal)
             .await
+    }
+
+    /// Where to post status webhooks from now on (for a wabridge started after the
+    /// simulator, whose address was not known yet).
+    pub fn set_webhook_url(&self, url: &str) {
+        self.lock().webhook_url = Some(url.to_string());
     }
 
     /// Scripts the messages endpoint for a recipient (the `to` digits without '+', or a
@@ -790,7 +798,8 @@ impl GraphSim {
         wamid: &str,
         failure: Option<i64>,
     ) {
-        let Some(url) = self.cfg().webhook_url.clone() else {
+        let late = self.lock().webhook_url.clone();
+        let Some(url) = late.or_else(|| self.cfg().webhook_url.clone()) else {
             return;
         };
         let (waba_id, display) = self.number(phone_number_id);

@@ -17,6 +17,8 @@ pub struct AppError {
     pub code: &'static str,
     /// Human detail (never a secret).
     pub detail: String,
+    /// Extra response headers (`Retry-After` and the `RateLimit` fields on a 429).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 /// The problem document.
@@ -42,6 +44,7 @@ impl AppError {
             status,
             code,
             detail: detail.into(),
+            headers: vec![],
         }
     }
     /// 400 `validation_failed`.
@@ -96,6 +99,11 @@ impl IntoResponse for AppError {
             code: self.code.to_string(),
         };
         let mut res = (self.status, axum::Json(body)).into_response();
+        for (name, value) in &self.headers {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                res.headers_mut().insert(*name, v);
+            }
+        }
         res.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
@@ -141,6 +149,17 @@ impl From<CommandError> for AppError {
             CommandError::NotConfigured(v) => AppError::not_configured(v),
             CommandError::Unavailable { code, detail } => {
                 AppError::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
+            }
+            CommandError::Unprocessable { code, detail } => {
+                AppError::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+            }
+            CommandError::IdempotencyConflict(d) => {
+                AppError::new(StatusCode::CONFLICT, "idempotency_conflict", d)
+            }
+            CommandError::RateLimited { detail, headers } => {
+                let mut e = AppError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail);
+                e.headers = headers;
+                e
             }
             CommandError::Internal(e) => AppError::internal(format!("{e:#}")),
         }

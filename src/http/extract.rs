@@ -122,3 +122,48 @@ impl<T> Page<T> {
         Page { items, next_cursor }
     }
 }
+
+/// The `Idempotency-Key` request header, when sent (a header that is not text is
+/// 400 `validation_failed`).
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = AppError;
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AppError> {
+        match parts.headers.get("idempotency-key") {
+            None => Ok(IdempotencyKey(None)),
+            Some(v) => v
+                .to_str()
+                .map(|s| IdempotencyKey(Some(s.to_owned())))
+                .map_err(|_| AppError::validation("Idempotency-Key must be visible ASCII")),
+        }
+    }
+}
+
+impl OperationInput for IdempotencyKey {
+    fn operation_input(_ctx: &mut GenContext, operation: &mut Operation) {
+        use aide::openapi::{
+            Parameter, ParameterData, ParameterSchemaOrContent, ReferenceOr, SchemaObject,
+        };
+        operation.parameters.push(ReferenceOr::Item(Parameter::Header {
+            parameter_data: ParameterData {
+                name: "Idempotency-Key".into(),
+                description: Some(
+                    "A key of the client's choice (1 to 255 characters): the same key with the same body gets the same answer; with another body, 409 idempotency_conflict.".into(),
+                ),
+                required: false,
+                deprecated: None,
+                format: ParameterSchemaOrContent::Schema(SchemaObject {
+                    json_schema: schemars::json_schema!({"type": "string", "minLength": 1, "maxLength": 255}),
+                    external_docs: None,
+                    example: None,
+                }),
+                example: None,
+                examples: Default::default(),
+                explode: None,
+                extensions: Default::default(),
+            },
+            style: Default::default(),
+        }));
+    }
+}

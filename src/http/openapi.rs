@@ -191,6 +191,11 @@ fn describe(op: &mut Value, route: &Described) {
             Answer::TooLarge => add(413, "payload_too_large"),
             Answer::LogUnavailable => add(503, "log_unavailable"),
             Answer::NotConfigured => add(503, "not_configured"),
+            Answer::Unprocessable => add(
+                422,
+                "contact_opted_out, outside_service_window, no_phone_number",
+            ),
+            Answer::RateLimited => add(429, "rate_limited"),
         }
     }
     for (status, list) in codes {

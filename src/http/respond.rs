@@ -58,3 +58,36 @@ json_status!(
     202,
     "`202 Accepted` with a JSON body."
 );
+
+/// `202 Accepted` with a JSON body and extra headers (the `RateLimit` fields of a send).
+pub struct AcceptedWith<T>(pub T, pub Vec<(&'static str, String)>);
+
+impl<T: Serialize> IntoResponse for AcceptedWith<T> {
+    fn into_response(self) -> HttpResponse {
+        let mut res = (StatusCode::ACCEPTED, axum::Json(self.0)).into_response();
+        for (name, value) in self.1 {
+            if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+                res.headers_mut().insert(name, v);
+            }
+        }
+        res
+    }
+}
+
+impl<T: JsonSchema> OperationOutput for AcceptedWith<T> {
+    type Inner = T;
+
+    fn operation_response(ctx: &mut GenContext, op: &mut Operation) -> Option<Response> {
+        axum::Json::<T>::operation_response(ctx, op)
+    }
+
+    fn inferred_responses(
+        ctx: &mut GenContext,
+        op: &mut Operation,
+    ) -> Vec<(Option<DocStatus>, Response)> {
+        Self::operation_response(ctx, op)
+            .map(|r| (Some(DocStatus::Code(202)), r))
+            .into_iter()
+            .collect()
+    }
+}

@@ -8,7 +8,7 @@ use aide::axum::routing::{delete, get, post, put, ApiMethodRouter};
 use axum::http::Method;
 use wabridge_handlers::access::Permission;
 
-use super::api::{admin, audit, consent, keys, meta, numbers, ops, tokens, workspaces};
+use super::api::{admin, audit, consent, keys, messages, meta, numbers, ops, tokens, workspaces};
 pub use super::auth::Access;
 use crate::app::App;
 
@@ -24,6 +24,10 @@ pub enum Answer {
     LogUnavailable,
     /// `503 not_configured`: a secret the route needs is not set.
     NotConfigured,
+    /// `422`: a rule refuses it (`contact_opted_out`, `outside_service_window`, ...).
+    Unprocessable,
+    /// `429 rate_limited`, with `Retry-After`, `RateLimit` and `RateLimit-Policy`.
+    RateLimited,
 }
 
 /// One route.
@@ -161,6 +165,46 @@ pub fn routes() -> Vec<RouteDef> {
             "Revoke an API key (204 once the revocation is visible).",
             &[Conflict],
             delete(keys::revoke),
+        ),
+        r(
+            Method::POST,
+            "/v1/workspaces/{ws}/messages",
+            Workspace(P::MessagesSend),
+            "Send a message (202 once durable); Idempotency-Key makes retries safe.",
+            &[Conflict, TooLarge, Unprocessable, RateLimited],
+            post(messages::send),
+        ),
+        r(
+            Method::GET,
+            "/v1/workspaces/{ws}/messages",
+            Workspace(P::MessagesRead),
+            "List messages, newest first.",
+            &[],
+            get(messages::list),
+        ),
+        r(
+            Method::GET,
+            "/v1/workspaces/{ws}/messages/{id}",
+            Workspace(P::MessagesRead),
+            "A message's state, error and history.",
+            &[],
+            get(messages::get),
+        ),
+        r(
+            Method::GET,
+            "/v1/workspaces/{ws}/rate-limit",
+            Workspace(P::RateLimitsRead),
+            "The workspace's send rate limit and the ledger's recent minutes.",
+            &[],
+            get(messages::get_rate_limit),
+        ),
+        r(
+            Method::PUT,
+            "/v1/workspaces/{ws}/rate-limit",
+            Workspace(P::RateLimitsManage),
+            "Set the workspace's send rate limit (audited).",
+            &[TooLarge],
+            put(messages::put_rate_limit),
         ),
         r(
             Method::GET,

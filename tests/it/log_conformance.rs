@@ -90,7 +90,8 @@ mod embedded {
 
     conformance_tests!(super::embedded_fixture;
         ordering, dedup, dedup_before_concurrency, concurrency, follow_and_resume, replay,
-        oversized_payload, max_payload_accepted, foreign_subject, many_in_flight);
+        oversized_payload, max_payload_accepted, foreign_subject, many_in_flight,
+        kv_cas_semantics, kv_concurrent_increments);
 
     /// Another process (a CLI command) appends to the same file: the first log's
     /// follower sees it through the fallback poll, and both share one sequence.
@@ -212,6 +213,19 @@ mod embedded {
         }
     }
 
+    /// Key-value entries survive closing and reopening the log file, revisions
+    /// included.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kv_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = unique_ns();
+        let log = open_embedded(dir.path(), ns.clone(), Duration::from_secs(5)).await;
+        let rev = kv_write_for_restart(&log).await;
+        drop(log);
+        let log = open_embedded(dir.path(), ns, Duration::from_secs(5)).await;
+        kv_check_after_restart(&log, rev).await;
+    }
+
     fn parse_ack(line: &str) -> (u64, u64) {
         let parts: Vec<&str> = line.split_whitespace().collect();
         match parts[..] {
@@ -228,7 +242,8 @@ mod jetstream {
 
     conformance_tests!(super::jetstream_fixture;
         ordering, dedup, dedup_before_concurrency, concurrency, follow_and_resume, replay,
-        oversized_payload, max_payload_accepted, foreign_subject, many_in_flight);
+        oversized_payload, max_payload_accepted, foreign_subject, many_in_flight,
+        kv_cas_semantics, kv_concurrent_increments);
 
     /// `NATS_URL` may list several servers, comma-separated (as in
     /// docker-compose.yml); the log connects and works.
@@ -241,6 +256,22 @@ mod jetstream {
             .expect("connecting with a comma-separated server list");
         let s = ns.domain_subject(None, "list", "a");
         assert_eq!(append_ok(&log, ev(&s, "listed")).await, 1);
+    }
+
+    /// Key-value entries survive a restart (SIGKILL) of the server, revisions
+    /// included.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn kv_survives_server_restart() {
+        let server = NatsServer::start().await;
+        let cfg = jetstream_config(&server.url(), unique_ns());
+        let log = JetStreamLog::connect(cfg.clone()).await.unwrap();
+        let rev = kv_write_for_restart(&log).await;
+        drop(log);
+        server.restart().await;
+        let log = JetStreamLog::connect(cfg)
+            .await
+            .expect("reconnecting after restart");
+        kv_check_after_restart(&log, rev).await;
     }
 
     /// A private server is SIGKILLed while appends are in flight, then restarted:
@@ -1002,4 +1033,190 @@ async fn many_in_flight(log: &dyn EventLog) {
         );
     }
     assert_eq!(log.last_seq(StreamKind::Domain).await.unwrap(), 500);
+}
+
+/// The key-value store's compare-and-set: create-if-absent, update on the right
+/// revision only, get returns the last value; buckets and keys are independent;
+/// keys may hold any characters without colliding; bad bucket names are refused.
+async fn kv_cas_semantics(log: &dyn EventLog) {
+    let b = "conf_kv";
+    assert_eq!(log.kv_get(b, "k").await.unwrap(), None);
+
+    let r1 = log
+        .kv_cas(b, "k", Bytes::from_static(b"v1"), 0)
+        .await
+        .unwrap()
+        .expect("create of an absent key");
+    assert!(r1 > 0);
+    // A second create loses: the key exists.
+    assert_eq!(
+        log.kv_cas(b, "k", Bytes::from_static(b"v1-again"), 0)
+            .await
+            .unwrap(),
+        None
+    );
+    let got = log.kv_get(b, "k").await.unwrap().unwrap();
+    assert_eq!((&got.value[..], got.revision), (&b"v1"[..], r1));
+
+    // Update on the right revision: written, revision bumped.
+    let r2 = log
+        .kv_cas(b, "k", Bytes::from_static(b"v2"), r1)
+        .await
+        .unwrap()
+        .expect("update on the current revision");
+    assert!(r2 > r1, "{r2} after {r1}");
+    // A stale revision (and a future one) loses and changes nothing.
+    for stale in [r1, r2 + 1000] {
+        assert_eq!(
+            log.kv_cas(b, "k", Bytes::from_static(b"stale"), stale)
+                .await
+                .unwrap(),
+            None,
+            "revision {stale}"
+        );
+    }
+    let got = log.kv_get(b, "k").await.unwrap().unwrap();
+    assert_eq!((&got.value[..], got.revision), (&b"v2"[..], r2));
+    // An update of an absent key loses.
+    assert_eq!(
+        log.kv_cas(b, "absent", Bytes::from_static(b"x"), r2)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(log.kv_get(b, "absent").await.unwrap(), None);
+    let r3 = log
+        .kv_cas(b, "k", Bytes::new(), r2)
+        .await
+        .unwrap()
+        .expect("update to an empty value");
+    assert!(r3 > r2);
+    let got = log.kv_get(b, "k").await.unwrap().unwrap();
+    assert_eq!((got.value.len(), got.revision), (0, r3));
+
+    // Same key in another bucket: independent.
+    assert_eq!(log.kv_get("conf_kv2", "k").await.unwrap(), None);
+    assert!(log
+        .kv_cas("conf_kv2", "k", Bytes::from_static(b"other"), 0)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(log.kv_get(b, "k").await.unwrap().unwrap().revision, r3);
+
+    // Keys with characters a NATS subject may not hold, and their escapes.
+    let odd = [
+        "ws:acme/+1 555.0100",
+        "ws=3Aacme",
+        "ws:acme",
+        "ws_acme",
+        "é*>",
+    ];
+    for (i, key) in odd.iter().enumerate() {
+        let v = Bytes::from(format!("odd-{i}"));
+        assert!(
+            log.kv_cas(b, key, v, 0).await.unwrap().is_some(),
+            "create {key:?}"
+        );
+    }
+    for (i, key) in odd.iter().enumerate() {
+        let got = log.kv_get(b, key).await.unwrap().unwrap();
+        assert_eq!(got.value, Bytes::from(format!("odd-{i}")), "{key:?}");
+    }
+
+    // Bucket names are [a-z0-9_]+; keys are not empty.
+    for bad in ["", "Upper", "has-dash", "dot.ted", "x".repeat(33).as_str()] {
+        assert!(log.kv_get(bad, "k").await.is_err(), "bucket {bad:?}");
+        assert!(
+            log.kv_cas(bad, "k", Bytes::new(), 0).await.is_err(),
+            "bucket {bad:?}"
+        );
+    }
+    assert!(log.kv_get(b, "").await.is_err());
+}
+
+/// 20 concurrent writers each add 1 to a counter 10 times by read-modify-CAS,
+/// retrying when they lose: the counter ends at exactly 200, and every successful
+/// write saw a distinct revision.
+async fn kv_concurrent_increments(log: &dyn EventLog) {
+    let b = "conf_counter";
+    let writers = (0..20).map(|w| async move {
+        let mut revisions = Vec::new();
+        let mut lost = 0u32;
+        for _ in 0..10 {
+            loop {
+                let (n, rev) = match log.kv_get(b, "n").await.unwrap() {
+                    None => (0u64, 0),
+                    Some(e) => (
+                        std::str::from_utf8(&e.value).unwrap().parse().unwrap(),
+                        e.revision,
+                    ),
+                };
+                let next = Bytes::from((n + 1).to_string());
+                match log.kv_cas(b, "n", next, rev).await.unwrap() {
+                    Some(new_rev) => {
+                        assert!(new_rev > rev, "writer {w}: {new_rev} after {rev}");
+                        revisions.push(new_rev);
+                        break;
+                    }
+                    None => lost += 1,
+                }
+            }
+        }
+        (revisions, lost)
+    });
+    let results = join_all(writers).await;
+    let mut revisions: Vec<u64> = results.iter().flat_map(|r| r.0.clone()).collect();
+    let lost: u32 = results.iter().map(|r| r.1).sum();
+    let got = log.kv_get(b, "n").await.unwrap().unwrap();
+    assert_eq!(&got.value[..], b"200", "lost {lost} rounds");
+    revisions.sort_unstable();
+    revisions.dedup();
+    assert_eq!(revisions.len(), 200, "two writers got the same revision");
+    assert_eq!(*revisions.last().unwrap(), got.revision);
+}
+
+/// Writes two keys for the restart checks; returns the revision of the updated one.
+async fn kv_write_for_restart(log: &dyn EventLog) -> u64 {
+    let r1 = log
+        .kv_cas("conf_restart", "tat", Bytes::from_static(b"one"), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    let r2 = log
+        .kv_cas("conf_restart", "tat", Bytes::from_static(b"two"), r1)
+        .await
+        .unwrap()
+        .unwrap();
+    log.kv_cas("conf_restart2", "x", Bytes::from_static(b"y"), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    r2
+}
+
+/// After a restart: the last values and revisions are there, and CAS goes on from
+/// them (the old revision is stale, the current one works).
+async fn kv_check_after_restart(log: &dyn EventLog, rev: u64) {
+    let got = log.kv_get("conf_restart", "tat").await.unwrap().unwrap();
+    assert_eq!((&got.value[..], got.revision), (&b"two"[..], rev));
+    assert_eq!(
+        &log.kv_get("conf_restart2", "x")
+            .await
+            .unwrap()
+            .unwrap()
+            .value[..],
+        b"y"
+    );
+    assert_eq!(
+        log.kv_cas("conf_restart", "tat", Bytes::from_static(b"x"), 0)
+            .await
+            .unwrap(),
+        None
+    );
+    let r3 = log
+        .kv_cas("conf_restart", "tat", Bytes::from_static(b"three"), rev)
+        .await
+        .unwrap()
+        .expect("CAS on the revision read back");
+    assert!(r3 > rev);
 }

@@ -19,8 +19,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::headers;
 use crate::{
-    subject::subject_matches, AppendError, Appended, EventLog, EventStream, Lease, LogError,
-    Namespace, NewEvent, ReadFrom, StoredEvent, StreamKind, Timestamp,
+    log::{check_kv_names, KvEntry},
+    subject::subject_matches,
+    AppendError, Appended, EventLog, EventStream, Lease, LogError, Namespace, NewEvent, ReadFrom,
+    StoredEvent, StreamKind, Timestamp,
 };
 
 /// Settings of the embedded log.
@@ -58,7 +60,8 @@ type Reply = oneshot::Sender<Result<Appended, AppendError>>;
 pub struct EmbeddedLog {
     cfg: std::sync::Arc<EmbeddedConfig>,
     reads: SqlitePool,
-    /// One connection for lease writes (appends go through the writer task).
+    /// One connection for lease and key-value writes (appends go through the writer
+    /// task).
     leases: SqlitePool,
     writer: mpsc::Sender<(NewEvent, StreamKind, Reply)>,
     heads: watch::Receiver<u64>,
@@ -75,6 +78,7 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS dedup_at ON dedup (at_us)",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_us INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS kv (bucket TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, revision INTEGER NOT NULL, PRIMARY KEY (bucket, key))",
 ];
 
 /// A log file belongs to one namespace: opening it with another would read and
@@ -618,6 +622,61 @@ impl EventLog for EmbeddedLog {
             };
             lease.live_at(Timestamp::now()).then_some(lease)
         }))
+    }
+
+    async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>, LogError> {
+        check_kv_names(bucket, key)?;
+        let row: Option<(Vec<u8>, i64)> =
+            sqlx::query_as("SELECT value, revision FROM kv WHERE bucket = ?1 AND key = ?2")
+                .bind(bucket)
+                .bind(key)
+                .fetch_optional(&self.reads)
+                .await
+                .map_err(LogError::new)?;
+        Ok(row.map(|(value, revision)| KvEntry {
+            value: Bytes::from(value),
+            revision: revision as u64,
+        }))
+    }
+
+    async fn kv_cas(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: Bytes,
+        expected_revision: u64,
+    ) -> Result<Option<u64>, LogError> {
+        check_kv_names(bucket, key)?;
+        // One statement each: SQLite's write lock makes the check and the write one
+        // step, also against another process on the same file.
+        if expected_revision == 0 {
+            let done = sqlx::query(
+                "INSERT INTO kv (bucket, key, value, revision) VALUES (?1, ?2, ?3, 1) \
+                 ON CONFLICT (bucket, key) DO NOTHING",
+            )
+            .bind(bucket)
+            .bind(key)
+            .bind(value.as_ref())
+            .execute(&self.leases)
+            .await
+            .map_err(LogError::new)?;
+            return Ok((done.rows_affected() == 1).then_some(1));
+        }
+        let Ok(expected) = i64::try_from(expected_revision) else {
+            return Ok(None);
+        };
+        let revision: Option<i64> = sqlx::query_scalar(
+            "UPDATE kv SET value = ?3, revision = revision + 1 \
+             WHERE bucket = ?1 AND key = ?2 AND revision = ?4 RETURNING revision",
+        )
+        .bind(bucket)
+        .bind(key)
+        .bind(value.as_ref())
+        .bind(expected)
+        .fetch_optional(&self.leases)
+        .await
+        .map_err(LogError::new)?;
+        Ok(revision.map(|r| r as u64))
     }
 
     async fn ping(&self) -> Result<(), LogError> {

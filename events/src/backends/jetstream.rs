@@ -7,7 +7,7 @@
 //! pull consumer that is (re)created at the position the read model's checkpoint
 //! names, so the read-model database stays the authority.
 
-use std::{path::PathBuf, time::Duration};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use async_nats::jetstream::{
@@ -23,6 +23,7 @@ use futures_util::StreamExt;
 
 use super::headers;
 use crate::{
+    log::{check_kv_names, KvEntry},
     AppendError, Appended, EventLog, EventStream, Lease, LogError, Namespace, NewEvent, ReadFrom,
     StoredEvent, StreamKind, Timestamp,
 };
@@ -88,6 +89,8 @@ pub struct JetStreamLog {
     handles: std::sync::Arc<std::sync::OnceLock<(stream::Stream, stream::Stream)>>,
     /// The lease bucket (`<NS>_LEASES`).
     leases: std::sync::Arc<std::sync::OnceLock<kv::Store>>,
+    /// The key-value buckets (`<NS>_KV_<BUCKET>`) opened so far, by logical name.
+    kv_stores: std::sync::Arc<tokio::sync::Mutex<HashMap<String, kv::Store>>>,
 }
 
 impl JetStreamLog {
@@ -131,6 +134,7 @@ impl JetStreamLog {
             max_payload,
             handles: Default::default(),
             leases: Default::default(),
+            kv_stores: Default::default(),
         };
         for kind in [StreamKind::Domain, StreamKind::Raw] {
             log.ensure_stream(kind).await?;
@@ -191,6 +195,42 @@ impl JetStreamLog {
         .with_context(|| format!("creating JetStream key-value bucket {bucket}"))
     }
 
+    /// The key-value bucket behind the logical `bucket` (`<NS>_KV_<BUCKET>`, history
+    /// 1, file storage, the streams' replicas), created on first use and cached.
+    async fn kv_store(&self, bucket: &str) -> Result<kv::Store, LogError> {
+        let mut stores = self.kv_stores.lock().await;
+        if let Some(store) = stores.get(bucket) {
+            return Ok(store.clone());
+        }
+        let name = format!(
+            "{}_KV_{}",
+            self.cfg.namespace.as_str().to_ascii_uppercase(),
+            bucket.to_ascii_uppercase()
+        );
+        let config = kv::Config {
+            bucket: name.clone(),
+            history: 1,
+            storage: StorageType::File,
+            num_replicas: self.cfg.replicas,
+            ..Default::default()
+        };
+        // Concurrent first uses wait on the lock rather than race to create it.
+        let store = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.js.create_or_update_key_value(config),
+        )
+        .await
+        .map_err(|_| {
+            LogError(anyhow::anyhow!(
+                "timed out creating key-value bucket {name}"
+            ))
+        })?
+        .with_context(|| format!("creating JetStream key-value bucket {name}"))
+        .map_err(LogError)?;
+        stores.insert(bucket.to_string(), store.clone());
+        Ok(store)
+    }
+
     fn lease_store(&self) -> Result<&kv::Store, LogError> {
         self.leases
             .get()
@@ -235,6 +275,54 @@ fn is_wrong_last_sequence(e: &jetstream::context::PublishError) -> bool {
         .and_then(|s| s.downcast_ref::<jetstream::Error>())
         .map(|j| j.error_code());
     matches!(code, Some(c) if c == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE || c == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT)
+}
+
+/// Whether an error chain holds a failed expected-sequence check (a KV revision
+/// mismatch): the typed kinds, or the server's error codes (a clustered stream
+/// reports code 10164 as a generic error, which the typed kinds miss).
+fn is_revision_mismatch(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(u) = err.downcast_ref::<kv::UpdateError>() {
+            if u.kind() == kv::UpdateErrorKind::WrongLastRevision {
+                return true;
+            }
+        }
+        if let Some(c) = err.downcast_ref::<kv::CreateError>() {
+            if c.kind() == kv::CreateErrorKind::AlreadyExists {
+                return true;
+            }
+        }
+        if let Some(p) = err.downcast_ref::<jetstream::context::PublishError>() {
+            if is_wrong_last_sequence(p) {
+                return true;
+            }
+        }
+        if let Some(j) = err.downcast_ref::<jetstream::Error>() {
+            let c = j.error_code();
+            if c == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                || c == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+            {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// A KV key for any key text, one to one: `[A-Za-z0-9_-]` stay, every other byte
+/// becomes `=XX` (hex; `=` itself is escaped, so no two keys collide).
+fn kv_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("={b:02X}"));
+        }
+    }
+    out
 }
 
 /// Lease names may hold characters a KV key may not.
@@ -582,6 +670,51 @@ impl EventLog for JetStreamLog {
             .as_ref()
             .and_then(decode_lease)
             .filter(|l| l.live_at(Timestamp::now())))
+    }
+
+    async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>, LogError> {
+        check_kv_names(bucket, key)?;
+        let store = self.kv_store(bucket).await?;
+        // Direct get (the KV streams allow it): on a replicated bucket a follower may
+        // answer with a slightly older value; a CAS based on it fails and re-reads,
+        // so this costs a retry, never correctness.
+        let entry = store.entry(kv_key(key)).await.map_err(LogError::new)?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .map(|e| KvEntry {
+                value: e.value,
+                revision: e.revision,
+            }))
+    }
+
+    async fn kv_cas(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: Bytes,
+        expected_revision: u64,
+    ) -> Result<Option<u64>, LogError> {
+        check_kv_names(bucket, key)?;
+        let store = self.kv_store(bucket).await?;
+        let key = kv_key(key);
+        // `create` also takes a key whose last entry is a delete or purge marker.
+        let written = if expected_revision == 0 {
+            store
+                .create(&key, value)
+                .await
+                .map_err(|e| (is_revision_mismatch(&e), LogError::new(e)))
+        } else {
+            store
+                .update(&key, value, expected_revision)
+                .await
+                .map_err(|e| (is_revision_mismatch(&e), LogError::new(e)))
+        };
+        match written {
+            Ok(revision) => Ok(Some(revision)),
+            Err((true, _)) => Ok(None),
+            // A timeout leaves the outcome unknown: not a mismatch, an error.
+            Err((false, e)) => Err(e),
+        }
     }
 
     async fn ping(&self) -> Result<(), LogError> {

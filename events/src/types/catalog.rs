@@ -425,6 +425,139 @@ super::events! {
         pub confirmations: Vec<ConsentConfirmation>,
     }
 
+    // ----- sending -----
+
+    /// A send request was accepted (answered 202): the outbound sender posts it to
+    /// Meta. With an `Idempotency-Key` the id derives from the key, and the event is
+    /// appended only if the message's subject is empty, so two racing requests with one
+    /// key (on two instances) produce one event.
+    #[event(type = "message.send_requested", v = 1, category = "send", scope = Workspace, aggregate = |s| s.id.clone())]
+    pub struct MessageSendRequested {
+        /// wabridge's message id.
+        pub id: String,
+        /// The client's `Idempotency-Key`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub idempotency_key: Option<String>,
+        /// SHA-256 of the canonical request body (same key, other body → 409).
+        pub request_hash: String,
+        /// The sending number.
+        pub phone_number_id: String,
+        /// The recipient.
+        pub recipient: ContactRef,
+        /// `text`, `template`, `image`, ...
+        pub message_type: String,
+        /// A template's category as decided at request time (`marketing`, `utility`,
+        /// `authentication`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub category: Option<String>,
+        /// The type's object exactly as Meta expects it.
+        pub body: serde_json::Value,
+    }
+
+    /// A send was refused at request time (`contact_opted_out`,
+    /// `marketing_opted_out`, `outside_service_window`); nothing was posted to Meta.
+    #[event(type = "message.send_blocked", v = 1, category = "send", scope = Workspace, aggregate = |s| s.id.clone())]
+    pub struct MessageSendBlocked {
+        /// wabridge's message id (for the record; the request got a 422).
+        pub id: String,
+        /// The sending number.
+        pub phone_number_id: String,
+        /// The recipient.
+        pub recipient: ContactRef,
+        /// The message type.
+        pub message_type: String,
+        /// The template category, when a template.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub category: Option<String>,
+        /// Stable reason code.
+        pub reason: String,
+        /// Human detail.
+        pub detail: String,
+    }
+
+    /// The sender is about to post the message to Meta (recorded before the call, so a
+    /// crash between the call and its outcome is never re-posted blindly).
+    #[event(type = "message.send_attempted", v = 1, category = "send", scope = Workspace, aggregate = |s| s.id.clone())]
+    pub struct MessageSendAttempted {
+        /// wabridge's message id.
+        pub id: String,
+        /// 1 for the first call.
+        pub attempt: u32,
+    }
+
+    /// Meta accepted the message.
+    #[event(type = "message.sent", v = 1, category = "send", scope = Workspace, aggregate = |s| s.id.clone())]
+    pub struct MessageSent {
+        /// wabridge's message id.
+        pub id: String,
+        /// The sending number.
+        pub phone_number_id: String,
+        /// Meta's message id.
+        pub wamid: String,
+        /// Which attempt.
+        pub attempt: u32,
+    }
+
+    /// A call failed with a retryable answer; the sender tries again at `retry_at`.
+    #[event(type = "message.send_retrying", v = 1, category = "send", scope = Workspace, aggregate = |s| s.id.clone())]
+    pub struct MessageSendRetrying {
+        /// wabridge's message id.
+        pub id: String,
+        /// The attempt that failed.
+        pub attempt: u32,
+        /// Stable reason (`rate_limited`, `pair_rate_limited`, `meta_unavailable`, `timeout`, ...).
+        pub reason: String,
+        /// Meta's error, when it gave one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub error: Option<MetaError>,
+        /// When the next attempt is due.
+        pub retry_at: Timestamp,
+    }
+
+    /// The send failed for good (a permanent error, no token, or retries exhausted).
+    #[event(type = "message.send_failed", v = 1, category = "send", scope = Workspace, aggregate = |s| s.id.clone())]
+    pub struct MessageSendFailed {
+        /// wabridge's message id.
+        pub id: String,
+        /// The last attempt (0 when nothing was posted).
+        pub attempt: u32,
+        /// Stable reason (`no_token`, `invalid_recipient`, `token_invalid`, ...).
+        pub reason: String,
+        /// Meta's error, when it gave one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub error: Option<MetaError>,
+    }
+
+    /// An attempt was recorded but its outcome was not (the sender stopped between the
+    /// call and the answer): it is not re-posted; a status webhook naming the message
+    /// resolves it later.
+    #[event(type = "message.send_unknown", v = 1, category = "send", scope = Workspace, aggregate = |s| s.id.clone())]
+    pub struct MessageSendUnknown {
+        /// wabridge's message id.
+        pub id: String,
+        /// The attempt without an outcome.
+        pub attempt: u32,
+    }
+
+    /// A workspace's send rate limit (GCRA).
+    #[event(type = "rate_limit.set", v = 1, category = "ratelimit", scope = Workspace, aggregate = |_s| "policy".to_string())]
+    pub struct RateLimitSet {
+        /// Sustained sends per second.
+        pub requests_per_second: f64,
+        /// Sends allowed at once.
+        pub burst: u32,
+    }
+
+    /// Sends refused by the rate limit, counted by one instance over a short interval
+    /// (appended about once a second while there are refusals, not once per refusal).
+    #[event(type = "rate_limit.rejected", v = 1, category = "ratelimit", scope = Workspace, aggregate = |_s| "rejected".to_string())]
+    pub struct RateLimitRejected {
+        /// The minute they fell in (`2026-12-01T10:15:00Z`).
+        pub minute: String,
+        /// How many.
+        pub count: u64,
+    }
+
     // ----- operations -----
 
     /// A consumer could not process an event.

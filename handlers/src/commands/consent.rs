@@ -25,21 +25,34 @@ pub const MAX_REASON_CHARS: usize = 500;
 /// The most keywords a workspace may add.
 pub const MAX_KEYWORDS: usize = 500;
 
-/// Makes the consent read model as fresh as the log's head: first the webhook
-/// processor has turned every raw webhook received so far into domain events (a STOP
-/// whose webhook got its 200 a moment ago is among them), then the consent projection
-/// has applied every domain event up to the head. Fails closed (503) when either
-/// cannot be confirmed in time. This is the send gate's consent check.
-pub async fn make_fresh(ctx: &Ctx) -> Result<(), CommandError> {
+/// Makes read models as fresh as the log's head: first the webhook processor has
+/// turned every raw webhook received so far into domain events (a STOP whose webhook
+/// got its 200 a moment ago is among them), then each named projection has applied
+/// every domain event up to the head. Fails closed (503) when that cannot be
+/// confirmed in time.
+pub async fn make_fresh_all(ctx: &Ctx, projections: &[&str]) -> Result<(), CommandError> {
     let raw_head = ctx.log.last_seq(StreamKind::Raw).await?;
     if raw_head > 0 {
         ctx.wait(processor::NAME, raw_head).await?;
     }
     let domain_head = ctx.log.last_seq(StreamKind::Domain).await?;
     if domain_head > 0 {
-        ctx.wait("consent", domain_head).await?;
+        for p in projections {
+            ctx.wait(p, domain_head).await?;
+        }
     }
     Ok(())
+}
+
+/// The consent read model as fresh as the log's head (see [`make_fresh_all`]).
+pub async fn make_fresh(ctx: &Ctx) -> Result<(), CommandError> {
+    make_fresh_all(ctx, &["consent"]).await
+}
+
+/// What the send gate reads, as fresh as the log's head: consent, and the last
+/// inbound times and template categories.
+pub async fn make_fresh_for_send(ctx: &Ctx) -> Result<(), CommandError> {
+    make_fresh_all(ctx, &["consent", "send_context"]).await
 }
 
 /// A contact's consent and history as of the log's head (an unknown contact is not

@@ -7,6 +7,7 @@ pub mod consent;
 pub mod dead_letters;
 pub mod keys;
 pub mod numbers;
+pub mod send;
 pub mod tokens;
 pub mod workspaces;
 
@@ -108,6 +109,25 @@ pub enum CommandError {
         code: &'static str,
         /// What is missing.
         detail: String,
+    },
+    /// A rule refuses it (422): `contact_opted_out`, `outside_service_window`, ...
+    #[error("{detail}")]
+    Unprocessable {
+        /// Stable code.
+        code: &'static str,
+        /// What the rule says, for this request.
+        detail: String,
+    },
+    /// The same `Idempotency-Key` came with another body (409 `idempotency_conflict`).
+    #[error("{0}")]
+    IdempotencyConflict(String),
+    /// Over the workspace's rate limit (429), with the headers to answer with.
+    #[error("{detail}")]
+    RateLimited {
+        /// What to tell the client.
+        detail: String,
+        /// `Retry-After`, `RateLimit`, `RateLimit-Policy`.
+        headers: Vec<(&'static str, String)>,
     },
     /// Anything else (log or database failure).
     #[error(transparent)]

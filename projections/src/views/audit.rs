@@ -138,6 +138,7 @@ pub fn describe(event: &DomainEvent) -> Option<(String, &'static str)> {
             s.suspected_automatic,
             s.confirmations.len()
         ),
+        E::RateLimitSet(p) => format!("rate_limit: {}/s burst {}", p.requests_per_second, p.burst),
         E::WorkspaceCreated(w) => format!("workspace:{}", w.slug),
         E::ApiKeyCreated(k) => format!("api_key:{} role:{}", k.key_id, k.role),
         E::ApiKeyRevoked(k) => format!("api_key:{}", k.key_id),

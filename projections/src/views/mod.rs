@@ -11,6 +11,9 @@ pub mod consent;
 pub mod dead_letters;
 pub mod messages;
 pub mod phone_numbers;
+pub mod rate_limits;
+pub mod send_context;
+pub mod sends;
 pub mod tokens;
 pub mod unrouted;
 pub mod webhook_items;
@@ -59,6 +62,9 @@ pub fn all(keys: &Keys) -> Vec<Arc<dyn Projection>> {
         Arc::new(tokens::Tokens),
         Arc::new(messages::Messages),
         Arc::new(consent::Consent),
+        Arc::new(sends::Sends),
+        Arc::new(send_context::SendContext),
+        Arc::new(rate_limits::RateLimits),
     ]
 }
 

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod audit;
 pub mod consent;
 pub mod keys;
+pub mod messages;
 pub mod meta;
 pub mod numbers;
 pub mod ops;

@@ -70,6 +70,8 @@ pub struct TestOptions {
     pub dedup_window: Option<Duration>,
     /// Adjusts the configuration after it is loaded (timeouts, limits).
     pub configure: Option<fn(&mut Config)>,
+    /// `META_GRAPH_URL` (default: a closed local port, so nothing reaches Meta).
+    pub graph_url: Option<String>,
     /// Use this operator key instead of creating one (an instance that cannot make
     /// a new key visible: no workers anywhere).
     pub operator_key: Option<String>,
@@ -90,6 +92,7 @@ impl TestOptions {
             audit_key: Some("audit-signing-key".into()),
             dedup_window: None,
             configure: None,
+            graph_url: None,
             operator_key: None,
         }
     }
@@ -190,6 +193,10 @@ pub async fn try_spawn_app_with(mut opts: TestOptions) -> anyhow::Result<TestApp
         }
     }
     cfg.lease_ttl = TEST_LEASE_TTL;
+    cfg.meta_graph_url = opts
+        .graph_url
+        .clone()
+        .unwrap_or_else(|| "http://127.0.0.1:9".into());
     if let Some(f) = opts.configure {
         f(&mut cfg);
     }
