@@ -108,7 +108,7 @@ super::events! {
 
     /// An inbound message from a WhatsApp user (v2: the sender is a [`ContactRef`],
     /// so a user Meta names only by a business-scoped user id is a sender too).
-    #[event(type = "message.received", v = 2, category = "message", scope = Workspace, aggregate = |s| format!("{}:{}", s.source.phone_number_id.as_deref().unwrap_or("-"), s.wamid))]
+    #[event(type = "message.received", v = 2, category = "message", scope = Workspace, aggregate = |_s| "inbound".to_string())]
     pub struct MessageReceived {
         /// Where it came from.
         pub source: MetaSource,
@@ -193,7 +193,7 @@ super::events! {
 
     /// A `user_preferences` item: the user stopped or resumed marketing messages in
     /// WhatsApp itself (v2: the user is a [`ContactRef`]).
-    #[event(type = "contact.marketing_preference", v = 2, category = "contact", scope = Workspace, aggregate = |s| s.contact.key())]
+    #[event(type = "contact.marketing_preference", v = 2, category = "contact", scope = Workspace, aggregate = |_s| "all".to_string())]
     pub struct ContactMarketingPreference {
         /// Where it came from.
         pub source: MetaSource,
@@ -212,7 +212,7 @@ super::events! {
 
     /// The same person got a new business-scoped user id (the `user_id_update` field,
     /// or a `user_changed_user_id` system message).
-    #[event(type = "contact.user_id_changed", v = 1, category = "contact", scope = Workspace, aggregate = |s| s.current_user_id.clone())]
+    #[event(type = "contact.user_id_changed", v = 1, category = "contact", scope = Workspace, aggregate = |_s| "all".to_string())]
     pub struct ContactUserIdChanged {
         /// Where it came from.
         pub source: MetaSource,
@@ -331,7 +331,7 @@ super::events! {
     // ----- consent -----
 
     /// A contact opted out: of every message (`all`) or of marketing templates only.
-    #[event(type = "contact.opted_out", v = 1, category = "consent", scope = Workspace, aggregate = |s| s.contact.key())]
+    #[event(type = "contact.opted_out", v = 1, category = "consent", scope = Workspace, aggregate = |_s| "all".to_string())]
     pub struct ContactOptedOut {
         /// Who.
         pub contact: ContactRef,
@@ -348,7 +348,7 @@ super::events! {
 
     /// A contact opted back in (`all`: every opt-out is lifted; `marketing`: the
     /// marketing one).
-    #[event(type = "contact.opted_in", v = 1, category = "consent", scope = Workspace, aggregate = |s| s.contact.key())]
+    #[event(type = "contact.opted_in", v = 1, category = "consent", scope = Workspace, aggregate = |_s| "all".to_string())]
     pub struct ContactOptedIn {
         /// Who.
         pub contact: ContactRef,
@@ -364,7 +364,7 @@ super::events! {
     }
 
     /// A contact asked for help (HELP, INFO, AYUDA, ...).
-    #[event(type = "contact.help_requested", v = 1, category = "consent", scope = Workspace, aggregate = |s| s.contact.key())]
+    #[event(type = "contact.help_requested", v = 1, category = "consent", scope = Workspace, aggregate = |_s| "all".to_string())]
     pub struct ContactHelpRequested {
         /// Who.
         pub contact: ContactRef,
@@ -380,7 +380,7 @@ super::events! {
 
     /// A message looks like an opt-out but did not match a keyword exactly ("please
     /// stop sending me these"): for a person to confirm or dismiss.
-    #[event(type = "contact.optout_suspected", v = 1, category = "consent", scope = Workspace, aggregate = |s| s.contact.key())]
+    #[event(type = "contact.optout_suspected", v = 1, category = "consent", scope = Workspace, aggregate = |_s| "all".to_string())]
     pub struct ContactOptoutSuspected {
         /// The suspicion's id (the message's wamid).
         pub id: String,

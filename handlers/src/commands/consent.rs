@@ -5,8 +5,8 @@
 use wabridge_events::{
     types::{
         ConsentConfirmation, ConsentKeyword, ConsentKeywordsSet, ConsentScope, ConsentSettingsSet,
-        ConsentSource, ConsentSourceKind, ContactOptedIn, ContactOptedOut, ContactRef, EventData,
-        OptoutSuspicionResolved,
+        ConsentSource, ConsentSourceKind, ContactMarketingPreference, ContactOptedIn,
+        ContactOptedOut, ContactRef, EventData, MessageReceived, OptoutSuspicionResolved,
     },
     ActorKind, Slug, StreamKind, Timestamp,
 };
@@ -49,10 +49,44 @@ pub async fn make_fresh(ctx: &Ctx) -> Result<(), CommandError> {
     make_fresh_all(ctx, &["consent"]).await
 }
 
-/// What the send gate reads, as fresh as the log's head: consent, and the last
-/// inbound times and template categories.
-pub async fn make_fresh_for_send(ctx: &Ctx) -> Result<(), CommandError> {
-    make_fresh_all(ctx, &["consent", "send_context"]).await
+/// The subjects whose events the consent state of a workspace's contacts depends on:
+/// consent changes, contact events (preferences, user-id changes) and inbound
+/// messages (they link a wa_id to a user id, and open the 24-hour window). Each is a
+/// single subject per workspace, so its last sequence is one exact look-up.
+pub fn gate_subjects(ctx: &Ctx, ws: &Slug) -> [String; 3] {
+    let ns = ctx.log.namespace();
+    [
+        ContactOptedOut::subject(ns, Some(ws), "all"),
+        ContactMarketingPreference::subject(ns, Some(ws), "all"),
+        MessageReceived::subject(ns, Some(ws), "inbound"),
+    ]
+}
+
+/// What the send gate reads, as fresh as the log: the webhook processor has handled
+/// every raw webhook received so far, then the consent projection has applied the
+/// last event on each of the workspace's [`gate_subjects`], and `send_context` the
+/// last inbound message. This checks the workspace's own subjects rather than waiting
+/// for the whole domain head (which moves with every send of every workspace), so it
+/// costs four look-ups and rarely a wait. Fails closed (503).
+pub async fn make_fresh_for_send(ctx: &Ctx, ws: &Slug) -> Result<(), CommandError> {
+    let raw_head = ctx.log.last_seq(StreamKind::Raw).await?;
+    if raw_head > 0 {
+        ctx.wait(processor::NAME, raw_head).await?;
+    }
+    let [a, b, c] = gate_subjects(ctx, ws);
+    let (a, b, c) = tokio::try_join!(
+        ctx.log.last_subject_seq(&a),
+        ctx.log.last_subject_seq(&b),
+        ctx.log.last_subject_seq(&c)
+    )?;
+    let consent_at = a.max(b).max(c);
+    if consent_at > 0 {
+        ctx.wait("consent", consent_at).await?;
+    }
+    if c > 0 {
+        ctx.wait("send_context", c).await?;
+    }
+    Ok(())
 }
 
 /// A contact's consent and history as of the log's head (an unknown contact is not
@@ -70,7 +104,7 @@ pub async fn state_for_send(
     ws: &Slug,
     idents: &[&str],
 ) -> Result<consent::ConsentState, CommandError> {
-    make_fresh(ctx).await?;
+    make_fresh_for_send(ctx, ws).await?;
     Ok(consent::state(&ctx.store, ws.as_str(), idents).await?)
 }
 

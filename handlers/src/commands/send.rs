@@ -291,7 +291,10 @@ pub async fn send(
         .map_err(|e| CommandError::Validation(format!("invalid request body: {e}")))?;
     let valid = request::validate(&req).map_err(CommandError::Validation)?;
     let hash = request::request_hash(&raw);
-    super::workspaces::require(ctx, ws).await?;
+    if caller.role_limit.is_none() {
+        // A workspace key proves its workspace exists (they are never deleted).
+        super::workspaces::require(ctx, ws).await?;
+    }
     let id = message_id(ws, idempotency_key);
     if idempotency_key.is_some() {
         if let Some(answer) = earlier(ctx, ws, &id, &hash).await? {
@@ -324,7 +327,11 @@ pub async fn send(
     }
 
     // Consent, the window and template categories as of the log's head.
-    super::consent::make_fresh_for_send(ctx).await?;
+    super::consent::make_fresh_for_send(ctx, ws).await?;
+    if valid.is_template && valid.category.is_none() {
+        // The category comes from Meta's template webhooks: as fresh as the head.
+        super::consent::make_fresh_all(ctx, &["send_context"]).await?;
+    }
     let category = category(ctx, ws, &valid).await?;
     if let Some((code, detail)) = refusal(ctx, ws, &valid, category.as_deref()).await? {
         let data = MessageSendBlocked {

@@ -19,11 +19,16 @@ struct Bucket {
 pub struct Pacer {
     interval: Duration,
     tolerance: Duration,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Mutex<Buckets>,
 }
 
-/// Buckets idle this long are dropped (when the map grows).
-const IDLE: Duration = Duration::from_secs(600);
+struct Buckets {
+    map: HashMap<String, Bucket>,
+    swept: Instant,
+}
+
+/// Above this many buckets, those back to full are dropped (at most once a second).
+const SWEEP_ABOVE: usize = 10_000;
 
 impl Pacer {
     /// `per_second` sends a second on average, `burst` at once.
@@ -32,7 +37,10 @@ impl Pacer {
         Pacer {
             interval,
             tolerance: interval * burst.saturating_sub(1),
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Buckets {
+                map: HashMap::new(),
+                swept: Instant::now(),
+            }),
         }
     }
 
@@ -41,10 +49,17 @@ impl Pacer {
     pub fn reserve(&self, key: &str) -> Duration {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().expect("pacer lock");
-        if buckets.len() > 10_000 {
-            buckets.retain(|_, b| b.tat + IDLE > now);
+        if buckets.map.len() > SWEEP_ABOVE
+            && now.duration_since(buckets.swept) > Duration::from_secs(1)
+        {
+            // A bucket whose TAT has passed is as good as a new one.
+            buckets.map.retain(|_, b| b.tat > now);
+            buckets.swept = now;
         }
-        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket { tat: now });
+        let bucket = buckets
+            .map
+            .entry(key.to_owned())
+            .or_insert(Bucket { tat: now });
         let tat = bucket.tat.max(now);
         // GCRA: admitted at `tat - tolerance`; the slot after it is `tat + interval`.
         let allowed_at = tat.checked_sub(self.tolerance).unwrap_or(now).max(now);
@@ -56,7 +71,10 @@ impl Pacer {
     pub fn penalise(&self, key: &str, by: Duration) {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().expect("pacer lock");
-        let b = buckets.entry(key.to_owned()).or_insert(Bucket { tat: now });
+        let b = buckets
+            .map
+            .entry(key.to_owned())
+            .or_insert(Bucket { tat: now });
         b.tat = b.tat.max(now) + by;
     }
 }
