@@ -27,3 +27,35 @@ pub async fn advance(conn: &mut AnyConnection, name: &str, seq: u64) -> sqlx::Re
     .await?;
     Ok(res.rows_affected() > 0)
 }
+
+/// Moves the checkpoint of `name` from exactly `expected` to `seq`; false when it is
+/// not at `expected` any more (another applier moved it: roll back). Conditional on
+/// the expected value, not only on "forward": on PostgreSQL two appliers that both
+/// read `expected` and hold batches of different lengths would otherwise both commit
+/// (the second re-checks `seq < new` after the first commits, which still holds),
+/// applying the shorter batch's events twice.
+pub async fn advance_from(
+    conn: &mut AnyConnection,
+    name: &str,
+    expected: u64,
+    seq: u64,
+) -> sqlx::Result<bool> {
+    let res = if expected == 0 {
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (name, seq) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET seq = excluded.seq WHERE projection_checkpoints.seq = 0",
+        )
+        .bind(name)
+        .bind(seq as i64)
+        .execute(conn)
+        .await?
+    } else {
+        sqlx::query("UPDATE projection_checkpoints SET seq = $1 WHERE name = $2 AND seq = $3")
+            .bind(seq as i64)
+            .bind(name)
+            .bind(expected as i64)
+            .execute(conn)
+            .await?
+    };
+    Ok(res.rows_affected() > 0)
+}

@@ -389,7 +389,7 @@ impl Driver {
             }
             r.record(&mut tx, events, staged).await.map_err(classify)?;
             let last = events.last().expect("not empty").seq;
-            if !checkpoint::advance(&mut tx, r.name(), last)
+            if !checkpoint::advance_from(&mut tx, r.name(), expected, last)
                 .await
                 .map_err(classify)?
             {

@@ -547,3 +547,40 @@ async fn serve_starts_with_no_variables_and_generates_a_development_key() {
         "the key was printed"
     );
 }
+
+/// Two appliers that read the same checkpoint and hold batches of different lengths
+/// (a host command catching up beside the follower): on PostgreSQL the second waits
+/// for the first's row lock, and must then find the checkpoint moved, not commit its
+/// batch on top (which would apply the first batch's events twice).
+#[tokio::test]
+async fn two_appliers_from_one_checkpoint_never_both_commit_postgres() {
+    use wabridge_projections::checkpoint;
+    let store = Store::connect(&fresh_postgres().await).await.unwrap();
+    let mut setup = store.pool.begin().await.unwrap();
+    assert!(checkpoint::advance_from(&mut setup, "p", 0, 5)
+        .await
+        .unwrap());
+    setup.commit().await.unwrap();
+    let mut first = store.pool.begin().await.unwrap();
+    assert!(checkpoint::advance_from(&mut first, "p", 5, 10)
+        .await
+        .unwrap());
+    let second = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut tx = store.pool.begin().await.unwrap();
+            let moved = checkpoint::advance_from(&mut tx, "p", 5, 15).await.unwrap();
+            if moved {
+                tx.commit().await.unwrap();
+            }
+            moved
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    first.commit().await.unwrap();
+    assert!(
+        !second.await.unwrap(),
+        "the second applier committed on top of the first"
+    );
+    assert_eq!(store.checkpoint("p").await.unwrap(), 10);
+}

@@ -13,6 +13,10 @@ use super::parts::{
 };
 use crate::{Slug, Timestamp};
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 super::events! {
     // ----- workspaces, keys, numbers -----
 
@@ -102,6 +106,11 @@ super::events! {
         pub workspace: Slug,
         /// How many items were attached.
         pub items: u64,
+        /// The domain sequence the command read the waiting items up to: only items
+        /// recorded at or before it were attached (0 in events before this field:
+        /// every item recorded before the assignment).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        pub through_seq: u64,
     }
 
     // ----- from Meta's webhooks (one event per item of a body) -----

@@ -173,7 +173,7 @@ pub async fn assign_unrouted(
         .last_seq(wabridge_events::StreamKind::Domain)
         .await?;
     ctx.wait("unrouted", head).await?;
-    let items = unrouted::pending(&ctx.store, phone_number_id).await?;
+    let (items, through_seq) = unrouted::pending_through(&ctx.store, phone_number_id).await?;
     if items.is_empty() {
         return Err(CommandError::NotFound(format!(
             "no unrouted items for phone number {phone_number_id}"
@@ -235,6 +235,7 @@ pub async fn assign_unrouted(
         phone_number_id: phone_number_id.to_string(),
         workspace: ws.clone(),
         items: count,
+        through_seq,
     };
     let ev = ctx.event(Some(ws), caller, &data);
     ctx.append_and_wait(ev, &["unrouted", "audit"]).await?;

@@ -82,7 +82,9 @@ fn target_of(event: &DomainEvent) -> Option<Target<'_>> {
 /// - `webhook.unrouted` records the item at the log time; an item already recorded
 ///   stays as it is (a redelivery).
 /// - `unrouted.assigned` gives the assignment's workspace to the number's items that
-///   were recorded before it and are not assigned yet; items of other numbers,
+///   were recorded before it (at or before its `through_seq`, the position the
+///   command read them at: an item arriving while it ran stays waiting) and are not
+///   assigned yet; items of other numbers,
 ///   items assigned already and items recorded after it stay as they are.
 pub fn next_item(
     current: Option<&StoredItem>,
@@ -94,7 +96,8 @@ pub fn next_item(
         (DomainEvent::UnroutedAssigned(a), Some(cur))
             if cur.item.phone_number_id == a.phone_number_id
                 && cur.item.assigned_to.is_none()
-                && cur.log_seq < meta.seq =>
+                && cur.log_seq < meta.seq
+                && (a.through_seq == 0 || cur.log_seq <= a.through_seq) =>
         {
             let mut next = cur.clone();
             next.item.assigned_to = Some(a.workspace.to_string());
@@ -246,6 +249,18 @@ pub async fn pending(store: &Store, phone_number_id: &str) -> anyhow::Result<Vec
     Ok(items.into_iter().map(|s| s.item).collect())
 }
 
+/// As [`pending`], with the log sequence the last of them was recorded at (0 when
+/// none): an assignment attaches exactly the items up to it.
+pub async fn pending_through(
+    store: &Store,
+    phone_number_id: &str,
+) -> anyhow::Result<(Vec<UnroutedRow>, u64)> {
+    let mut conn = store.reads.acquire().await?;
+    let items = waiting(&mut conn, phone_number_id).await?;
+    let through = items.iter().map(|s| s.log_seq).max().unwrap_or(0);
+    Ok((items.into_iter().map(|s| s.item).collect(), through))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -308,6 +323,7 @@ mod tests {
             phone_number_id: number.into(),
             workspace: Slug::parse(ws).unwrap(),
             items,
+            through_seq: 0,
         }
         .into_event()
     }
@@ -351,6 +367,21 @@ mod tests {
         assert_eq!(items.assigned_to("a"), Some("globex"));
         assert_eq!(items.assigned_to("b"), Some("globex"));
         assert_eq!(items.assigned_to("c"), None, "another number's item waits");
+    }
+
+    #[test]
+    fn an_item_arriving_while_the_assignment_runs_keeps_waiting() {
+        // "a" at seq 1 was read and delivered; "b" (seq 2) arrived meanwhile.
+        let through_1 = UnroutedAssigned {
+            phone_number_id: "100".into(),
+            workspace: Slug::parse("acme").unwrap(),
+            items: 1,
+            through_seq: 1,
+        }
+        .into_event();
+        let then = given::<Items>(&[unrouted("a", "100"), unrouted("b", "100")]).when(through_1);
+        assert_eq!(then.state().assigned_to("a"), Some("acme"));
+        assert_eq!(then.state().assigned_to("b"), None);
     }
 
     #[test]
