@@ -1,6 +1,5 @@
 //! Stored Meta tokens: ciphertext and metadata only.
 
-use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 use wabridge_events::{
     types::{SealedToken, TokenStored},
@@ -13,11 +12,11 @@ use crate::{Projection, Store};
 /// The `tokens` projection.
 pub struct Tokens;
 
-/// A stored token's row (ciphertext, never plaintext).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+/// A stored token's row (ciphertext, never plaintext). Not an HTTP type: the API
+/// answers `TokenMetadata`, which has no ciphertext.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenRow {
     /// Workspace.
-    #[serde(skip)]
     pub workspace: String,
     /// The number.
     pub phone_number_id: String,
@@ -32,10 +31,8 @@ pub struct TokenRow {
     /// First 8 bytes of SHA-256 of the token, hex.
     pub fingerprint: String,
     /// The sealed token.
-    #[serde(skip)]
     pub sealed: SealedToken,
     /// Sequence of the last event applied (for optimistic concurrency).
-    #[serde(skip)]
     pub log_seq: u64,
 }
 

@@ -11,7 +11,7 @@ use crate::{Projection, Store};
 pub struct Unrouted;
 
 /// One unrouted item.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnroutedRow {
     /// Natural key of the item.
     pub dedup_key: String,
@@ -22,10 +22,8 @@ pub struct UnroutedRow {
     /// The event type it becomes.
     pub event_type: String,
     /// Schema version.
-    #[serde(skip)]
     pub v: i64,
     /// The data (JSON text).
-    #[serde(skip)]
     pub data: String,
     /// When it happened.
     pub occurred_at: String,
