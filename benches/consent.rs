@@ -10,7 +10,6 @@ mod common;
 
 use std::{
     net::SocketAddr,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -154,11 +153,12 @@ async fn check_table(name: &str, nats: Option<&Nats>) {
     // Some history: 1,000 contacts, one in ten opted out.
     for i in 0..1_000u64 {
         if i % 10 == 0 {
-            consent_cmd::opt_out(
+            consent_cmd::change(
                 &app.ctx,
                 &caller,
                 &ws,
                 &contact(i * 7),
+                consent_cmd::Manual::OptOut,
                 wabridge_events::types::ConsentScope::All,
                 None,
             )

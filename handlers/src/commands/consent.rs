@@ -132,51 +132,54 @@ fn reason(reason: Option<&str>) -> Result<Option<String>, CommandError> {
     }
 }
 
-/// Opts a contact out (`all` or `marketing`) on a person's word.
-pub async fn opt_out(
-    ctx: &Ctx,
-    caller: &Caller,
-    ws: &Slug,
-    contact: &str,
-    scope: ConsentScope,
-    why: Option<&str>,
-) -> Result<ContactConsent, CommandError> {
-    let contact = contact_ref(contact)?;
-    let why = reason(why)?;
-    super::workspaces::require(ctx, ws).await?;
-    let data = ContactOptedOut {
-        contact: contact.clone(),
-        scope,
-        source: source_of(caller),
-        reason: why,
-        at: Timestamp::now(),
-    };
-    ctx.append_and_wait(ctx.event(Some(ws), caller, &data), AFFECTS)
-        .await?;
-    Ok(consent::get(&ctx.store, ws.as_str(), &contact.key()).await?)
+/// A manual consent change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Manual {
+    /// Opt out (`all` or `marketing`).
+    OptOut,
+    /// Opt back in (`all` lifts every opt-out; `marketing` the marketing one).
+    OptIn,
 }
 
-/// Opts a contact back in (`all` lifts every opt-out; `marketing` the marketing one).
-pub async fn opt_in(
+/// Opts a contact out or back in on a person's word (audited, with the reason).
+pub async fn change(
     ctx: &Ctx,
     caller: &Caller,
     ws: &Slug,
     contact: &str,
+    manual: Manual,
     scope: ConsentScope,
     why: Option<&str>,
 ) -> Result<ContactConsent, CommandError> {
     let contact = contact_ref(contact)?;
-    let why = reason(why)?;
+    let reason = reason(why)?;
     super::workspaces::require(ctx, ws).await?;
-    let data = ContactOptedIn {
-        contact: contact.clone(),
-        scope,
-        source: source_of(caller),
-        reason: why,
-        at: Timestamp::now(),
+    let (source, at) = (source_of(caller), Timestamp::now());
+    let event = match manual {
+        Manual::OptOut => ctx.event(
+            Some(ws),
+            caller,
+            &ContactOptedOut {
+                contact: contact.clone(),
+                scope,
+                source,
+                reason,
+                at,
+            },
+        ),
+        Manual::OptIn => ctx.event(
+            Some(ws),
+            caller,
+            &ContactOptedIn {
+                contact: contact.clone(),
+                scope,
+                source,
+                reason,
+                at,
+            },
+        ),
     };
-    ctx.append_and_wait(ctx.event(Some(ws), caller, &data), AFFECTS)
-        .await?;
+    ctx.append_and_wait(event, AFFECTS).await?;
     Ok(consent::get(&ctx.store, ws.as_str(), &contact.key()).await?)
 }
 

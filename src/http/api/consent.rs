@@ -108,6 +108,28 @@ pub struct ManualChange {
     pub reason: Option<String>,
 }
 
+async fn manual(
+    app: &App,
+    auth: &Authed,
+    p: &ContactPath,
+    body: ManualChange,
+    change: cmd::Manual,
+) -> Result<AxumJson<ContactConsentBody>, AppError> {
+    let scope = body.scope.unwrap_or(ConsentScope::All);
+    let c = cmd::change(
+        &app.ctx,
+        &auth.caller,
+        auth.ws(),
+        &p.wa_id,
+        change,
+        scope,
+        body.reason.as_deref(),
+    )
+    .await?;
+    let ids = identifiers(app, auth.ws().as_str(), &c).await?;
+    Ok(AxumJson(answer(&p.wa_id, c, ids)))
+}
+
 /// Opts a contact out on a person's word (audited).
 pub async fn opt_out(
     State(app): State<App>,
@@ -115,18 +137,7 @@ pub async fn opt_out(
     Path(p): Path<ContactPath>,
     Json(body): Json<ManualChange>,
 ) -> Result<AxumJson<ContactConsentBody>, AppError> {
-    let scope = body.scope.unwrap_or(ConsentScope::All);
-    let c = cmd::opt_out(
-        &app.ctx,
-        &auth.caller,
-        auth.ws(),
-        &p.wa_id,
-        scope,
-        body.reason.as_deref(),
-    )
-    .await?;
-    let ids = identifiers(&app, auth.ws().as_str(), &c).await?;
-    Ok(AxumJson(answer(&p.wa_id, c, ids)))
+    manual(&app, &auth, &p, body, cmd::Manual::OptOut).await
 }
 
 /// Opts a contact back in (audited).
@@ -136,18 +147,7 @@ pub async fn opt_in(
     Path(p): Path<ContactPath>,
     Json(body): Json<ManualChange>,
 ) -> Result<AxumJson<ContactConsentBody>, AppError> {
-    let scope = body.scope.unwrap_or(ConsentScope::All);
-    let c = cmd::opt_in(
-        &app.ctx,
-        &auth.caller,
-        auth.ws(),
-        &p.wa_id,
-        scope,
-        body.reason.as_deref(),
-    )
-    .await?;
-    let ids = identifiers(&app, auth.ws().as_str(), &c).await?;
-    Ok(AxumJson(answer(&p.wa_id, c, ids)))
+    manual(&app, &auth, &p, body, cmd::Manual::OptIn).await
 }
 
 /// Which list `GET …/opt-outs` gives.
