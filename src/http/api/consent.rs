@@ -249,6 +249,25 @@ pub struct Resolve {
     pub reason: Option<String>,
 }
 
+async fn resolve(
+    app: &App,
+    auth: &Authed,
+    p: &SuspicionPath,
+    body: Resolve,
+    resolution: Resolution,
+) -> Result<AxumJson<Suspicion>, AppError> {
+    let s = cmd::resolve(
+        &app.ctx,
+        &auth.caller,
+        auth.ws(),
+        &p.id,
+        resolution,
+        body.reason.as_deref(),
+    )
+    .await?;
+    Ok(AxumJson(s))
+}
+
 /// Confirms a suspected opt-out: the contact is opted out of everything (audited).
 pub async fn confirm(
     State(app): State<App>,
@@ -256,17 +275,7 @@ pub async fn confirm(
     Path(p): Path<SuspicionPath>,
     Json(body): Json<Resolve>,
 ) -> Result<AxumJson<Suspicion>, AppError> {
-    Ok(AxumJson(
-        cmd::resolve(
-            &app.ctx,
-            &auth.caller,
-            auth.ws(),
-            &p.id,
-            Resolution::Confirm,
-            body.reason.as_deref(),
-        )
-        .await?,
-    ))
+    resolve(&app, &auth, &p, body, Resolution::Confirm).await
 }
 
 /// Dismisses a suspected opt-out (audited).
@@ -276,17 +285,7 @@ pub async fn dismiss(
     Path(p): Path<SuspicionPath>,
     Json(body): Json<Resolve>,
 ) -> Result<AxumJson<Suspicion>, AppError> {
-    Ok(AxumJson(
-        cmd::resolve(
-            &app.ctx,
-            &auth.caller,
-            auth.ws(),
-            &p.id,
-            Resolution::Dismiss,
-            body.reason.as_deref(),
-        )
-        .await?,
-    ))
+    resolve(&app, &auth, &p, body, Resolution::Dismiss).await
 }
 
 /// A marketing-opt-out button label.
