@@ -7,17 +7,14 @@ use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use sha2::{Digest, Sha256};
 use wabridge_events::{
-    types::{
-        ContactRef, EventData, MessageSendBlocked, MessageSendRequested, RateLimitRejected,
-        RateLimitSet,
-    },
+    types::{EventData, MessageSendBlocked, MessageSendRequested, RateLimitRejected, RateLimitSet},
     DomainEvent, ReadFrom, Slug, StreamKind, Timestamp,
 };
 use wabridge_projections::views::{phone_numbers, rate_limits, send_context};
 
 use super::{Caller, CommandError, Ctx};
 use crate::ratelimit::{self, Decision, Policy, SharedLimiter};
-use crate::sending::request::{self, Recipient, SendRequest, TemplateCategory, ValidSend};
+use crate::sending::request::{self, SendRequest, TemplateCategory, ValidSend};
 
 /// Meta's customer service window: free-form messages only within 24 h of the
 /// contact's last message.
@@ -189,19 +186,6 @@ fn now_nanos() -> i128 {
         .unwrap_or_default()
 }
 
-fn contact_of(r: &Recipient) -> ContactRef {
-    match r {
-        Recipient::Phone(d) => ContactRef {
-            wa_id: Some(d.clone()),
-            ..ContactRef::default()
-        },
-        Recipient::UserId(u) => ContactRef {
-            user_id: Some(u.clone()),
-            ..ContactRef::default()
-        },
-    }
-}
-
 /// A template's category: the request's, else Meta's template webhooks', else
 /// marketing (the strictest).
 async fn category(ctx: &Ctx, ws: &Slug, v: &ValidSend) -> Result<Option<String>, CommandError> {
@@ -337,8 +321,8 @@ pub async fn send(
         let data = MessageSendBlocked {
             id: id.clone(),
             phone_number_id: number.clone(),
-            recipient: contact_of(&valid.recipient),
-            message_type: req_type(&valid),
+            recipient: valid.recipient.contact(),
+            message_type: valid.kind.as_str().to_owned(),
             category: category.clone(),
             reason: code.into(),
             detail: detail.clone(),
@@ -357,8 +341,8 @@ pub async fn send(
         idempotency_key: idempotency_key.map(str::to_owned),
         request_hash: hash.clone(),
         phone_number_id: number,
-        recipient: contact_of(&valid.recipient),
-        message_type: req_type(&valid),
+        recipient: valid.recipient.contact(),
+        message_type: valid.kind.as_str().to_owned(),
         category,
         body: valid.body.clone(),
     };
@@ -380,11 +364,4 @@ pub async fn send(
         }
         Err(e) => Err(e.into()),
     }
-}
-
-fn req_type(v: &ValidSend) -> String {
-    serde_json::to_value(v.kind)
-        .ok()
-        .and_then(|k| k.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }

@@ -11,6 +11,7 @@ use wabridge_events::{
 use wabridge_projections::views::consent;
 
 use crate::commands::{CommandError, Ctx};
+use crate::sending::request::Recipient;
 
 /// The subject of a workspace's consent configuration (keywords and settings).
 pub fn config_subject(ctx: &Ctx, ws: &Slug) -> String {
@@ -24,40 +25,18 @@ pub async fn current(ctx: &Ctx, ws: &Slug) -> Result<detect::Consent, CommandErr
     Ok(detect::Consent::new(&c.keywords, c.suspected_automatic))
 }
 
-/// A contact named in a path or a request: a phone number's digits (E.164 without
-/// or with its `+`, 6 to 15 digits) or a business-scoped user id (`US.1349…`, or a
-/// parent id `US.ENT.…`).
+/// A contact named in a path or a request: a phone number's digits (E.164, `+`
+/// optional) or a business-scoped user id (`US.1349…`, or a parent id `US.ENT.…`),
+/// by the same rules as a send's recipient.
 pub fn contact_ref(id: &str) -> Result<ContactRef, CommandError> {
-    let digits = id.strip_prefix('+').unwrap_or(id);
-    if (6..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Ok(ContactRef {
-            wa_id: Some(digits.to_owned()),
-            ..ContactRef::default()
-        });
-    }
-    if is_user_id(id) {
-        return Ok(ContactRef {
-            user_id: Some(id.to_owned()),
-            ..ContactRef::default()
-        });
-    }
-    Err(CommandError::Validation(format!(
-        "contact {:?} is neither a phone number (6 to 15 digits) nor a business-scoped user id (such as US.13491208655302741918)",
-        id.chars().take(64).collect::<String>()
-    )))
-}
-
-/// A business-scoped user id: a two-letter country code, a dot, an optional `ENT.`,
-/// then 1 to 128 letters or digits.
-pub fn is_user_id(id: &str) -> bool {
-    let Some((country, rest)) = id.split_once('.') else {
-        return false;
-    };
-    let rest = rest.strip_prefix("ENT.").unwrap_or(rest);
-    country.len() == 2
-        && country.bytes().all(|b| b.is_ascii_uppercase())
-        && (1..=128).contains(&rest.len())
-        && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    Recipient::parse(id)
+        .map(|r| r.contact())
+        .map_err(|why| {
+            CommandError::Validation(format!(
+                "contact {:?} is neither a phone number nor a business-scoped user id (such as US.13491208655302741918): {why}",
+                id.chars().take(64).collect::<String>()
+            ))
+        })
 }
 
 #[cfg(test)]

@@ -126,11 +126,7 @@ fn event_error(e: &MetaError) -> EventMetaError {
 /// was accepted).
 fn meta_body_of(job: &Job) -> Option<serde_json::Value> {
     let kind: MessageKind = serde_json::from_value(serde_json::json!(job.message_type)).ok()?;
-    let recipient = match (&job.recipient.wa_id, &job.recipient.user_id) {
-        (Some(d), _) => Recipient::Phone(d.clone()),
-        (None, Some(u)) => Recipient::UserId(u.clone()),
-        (None, None) => return None,
-    };
+    let recipient = Recipient::of_contact(&job.recipient)?;
     let v = ValidSend {
         recipient,
         kind,

@@ -44,6 +44,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
+use wabridge_events::types::ContactRef;
 
 /// Fewest digits accepted in `to` (ours: shorter numbers are not reachable on WhatsApp).
 pub const PHONE_MIN_DIGITS: usize = 6;
@@ -340,6 +341,39 @@ impl Recipient {
             Recipient::UserId(id) => id,
         }
     }
+
+    /// A contact named by either form in one string (a path's `{wa_id}`): a user id
+    /// when it looks like one, else an E.164 number.
+    pub fn parse(id: &str) -> Result<Recipient, String> {
+        if is_user_id(id) {
+            Ok(Recipient::UserId(id.to_owned()))
+        } else {
+            parse_phone(id).map(Recipient::Phone)
+        }
+    }
+
+    /// The contact reference events carry.
+    pub fn contact(&self) -> ContactRef {
+        match self {
+            Recipient::Phone(d) => ContactRef {
+                wa_id: Some(d.clone()),
+                ..ContactRef::default()
+            },
+            Recipient::UserId(u) => ContactRef {
+                user_id: Some(u.clone()),
+                ..ContactRef::default()
+            },
+        }
+    }
+
+    /// The recipient of a contact reference (its wa_id when known).
+    pub fn of_contact(c: &ContactRef) -> Option<Recipient> {
+        match (&c.wa_id, &c.user_id) {
+            (Some(d), _) => Some(Recipient::Phone(d.clone())),
+            (None, Some(u)) => Some(Recipient::UserId(u.clone())),
+            (None, None) => None,
+        }
+    }
 }
 
 /// A send request that passed [`validate`].
@@ -534,7 +568,7 @@ fn parse_phone(to: &str) -> Result<String, String> {
 }
 
 /// `CC.` + optional `ENT.` + 1..=128 ASCII alphanumerics (round2-facts §1.1).
-fn is_user_id(id: &str) -> bool {
+pub fn is_user_id(id: &str) -> bool {
     let b = id.as_bytes();
     if b.len() < 4 || !b[0].is_ascii_uppercase() || !b[1].is_ascii_uppercase() || b[2] != b'.' {
         return false;
