@@ -324,10 +324,13 @@ async fn stop_then_send(log: LogKind, db: DbKind) {
         200
     );
     assert!(sim.sim.calls_to("/messages").is_empty());
-    // START restores.
+    // START restores; a request refused before does not hold its Idempotency-Key.
     let who = "447700930000";
+    inbound(&app, who, "STOP").await;
+    let (status, _, _) = send(&app, &key, Some("welcome-1"), text_to(who, "welcome back")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     inbound(&app, who, "START").await;
-    let (status, body, _) = send(&app, &key, None, text_to(who, "welcome back")).await;
+    let (status, body, _) = send(&app, &key, Some("welcome-1"), text_to(who, "welcome back")).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
 }
 

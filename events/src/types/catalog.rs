@@ -465,7 +465,9 @@ super::events! {
 
     /// A send was refused at request time (`contact_opted_out`,
     /// `marketing_opted_out`, `outside_service_window`); nothing was posted to Meta.
-    #[event(type = "message.send_blocked", v = 1, category = "send", scope = Workspace, aggregate = |s| s.id.clone())]
+    /// It is on a subject of its own (`<id>-blocked`): a blocked request does not take
+    /// its message's subject, so the same idempotent request may be accepted later.
+    #[event(type = "message.send_blocked", v = 1, category = "send", scope = Workspace, aggregate = |s| format!("{}-blocked", s.id))]
     pub struct MessageSendBlocked {
         /// wabridge's message id (for the record; the request got a 422).
         pub id: String,

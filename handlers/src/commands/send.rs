@@ -327,12 +327,9 @@ pub async fn send(
             reason: code.into(),
             detail: detail.clone(),
         };
-        // Recorded under its own subject: a blocked request does not take the key,
-        // so the same request may be sent once the contact opts back in.
-        let mut ev = ctx.event(Some(ws), caller, &data);
-        ev.subject =
-            MessageSendBlocked::subject(ctx.log.namespace(), Some(ws), &format!("{id}-blocked"));
-        ctx.log.append(ev).await?;
+        // On its own subject (see the catalog): a blocked request does not take the
+        // key, so the same request may be sent once the contact opts back in.
+        ctx.log.append(ctx.event(Some(ws), caller, &data)).await?;
         return Err(CommandError::Unprocessable { code, detail });
     }
 
@@ -347,7 +344,6 @@ pub async fn send(
         body: valid.body.clone(),
     };
     let mut ev = ctx.event(Some(ws), caller, &data);
-    ev.subject = subject(ctx, ws, &id);
     if idempotency_key.is_some() {
         // Only the first request of a key is appended (on any instance).
         ev.expected_last_subject_seq = Some(0);
