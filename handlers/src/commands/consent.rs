@@ -8,13 +8,12 @@ use wabridge_events::{
         ConsentSource, ConsentSourceKind, ContactMarketingPreference, ContactOptedIn,
         ContactOptedOut, ContactRef, EventData, MessageReceived, OptoutSuspicionResolved,
     },
-    ActorKind, Slug, StreamKind, Timestamp,
+    ActorKind, Slug, Timestamp,
 };
 use wabridge_projections::views::consent::{self, ConsentConfig, ContactConsent, Suspicion};
 
 use super::{Caller, CommandError, Ctx};
 use crate::consent::{contact_ref, detect};
-use crate::webhooks::processor;
 
 /// The projections a consent change must reach before its command answers.
 const AFFECTS: &[&str] = &["consent", "audit"];
@@ -24,30 +23,6 @@ pub const MAX_REASON_CHARS: usize = 500;
 
 /// The most keywords a workspace may add.
 pub const MAX_KEYWORDS: usize = 500;
-
-/// Makes read models as fresh as the log's head: first the webhook processor has
-/// turned every raw webhook received so far into domain events (a STOP whose webhook
-/// got its 200 a moment ago is among them), then each named projection has applied
-/// every domain event up to the head. Fails closed (503) when that cannot be
-/// confirmed in time.
-pub async fn make_fresh_all(ctx: &Ctx, projections: &[&str]) -> Result<(), CommandError> {
-    let raw_head = ctx.log.last_seq(StreamKind::Raw).await?;
-    if raw_head > 0 {
-        ctx.wait(processor::NAME, raw_head).await?;
-    }
-    let domain_head = ctx.log.last_seq(StreamKind::Domain).await?;
-    if domain_head > 0 {
-        for p in projections {
-            ctx.wait(p, domain_head).await?;
-        }
-    }
-    Ok(())
-}
-
-/// The consent read model as fresh as the log's head (see [`make_fresh_all`]).
-pub async fn make_fresh(ctx: &Ctx) -> Result<(), CommandError> {
-    make_fresh_all(ctx, &["consent"]).await
-}
 
 /// The subjects whose events the consent state of a workspace's contacts depends on:
 /// consent changes, contact events (preferences, user-id changes) and inbound
@@ -62,17 +37,16 @@ pub fn gate_subjects(ctx: &Ctx, ws: &Slug) -> [String; 3] {
     ]
 }
 
-/// What the send gate reads, as fresh as the log: the webhook processor has handled
-/// every raw webhook received so far, then the consent projection has applied the
-/// last event on each of the workspace's [`gate_subjects`], and `send_context` the
-/// last inbound message. This checks the workspace's own subjects rather than waiting
-/// for the whole domain head (which moves with every send of every workspace), so it
-/// costs four look-ups and rarely a wait. Fails closed (503).
-pub async fn make_fresh_for_send(ctx: &Ctx, ws: &Slug) -> Result<(), CommandError> {
-    let raw_head = ctx.log.last_seq(StreamKind::Raw).await?;
-    if raw_head > 0 {
-        ctx.wait(processor::NAME, raw_head).await?;
-    }
+/// Makes a workspace's consent (and its contacts' last inbound times) as fresh as
+/// the log, for every consent read and the send gate: the webhook processor has
+/// handled every raw webhook received so far (a STOP whose webhook got its 200 a
+/// moment ago is among them), then the consent projection has applied the last event
+/// on each of the workspace's [`gate_subjects`], and `send_context` the last inbound
+/// message. This checks the workspace's own subjects rather than waiting for the
+/// whole domain head (which moves with every send of every workspace), so it costs
+/// four look-ups and rarely a wait. Fails closed (503).
+pub async fn fresh_consent(ctx: &Ctx, ws: &Slug) -> Result<(), CommandError> {
+    ctx.wait_webhooks().await?;
     let [a, b, c] = gate_subjects(ctx, ws);
     let (a, b, c) = tokio::try_join!(
         ctx.log.last_subject_seq(&a),
@@ -94,18 +68,8 @@ pub async fn make_fresh_for_send(ctx: &Ctx, ws: &Slug) -> Result<(), CommandErro
 pub async fn get(ctx: &Ctx, ws: &Slug, contact: &str) -> Result<ContactConsent, CommandError> {
     let contact = contact_ref(contact)?;
     super::workspaces::require(ctx, ws).await?;
-    make_fresh(ctx).await?;
+    fresh_consent(ctx, ws).await?;
     Ok(consent::get(&ctx.store, ws.as_str(), &contact.key()).await?)
-}
-
-/// The state deciding a send to any of the contact's identifiers, as of the head.
-pub async fn state_for_send(
-    ctx: &Ctx,
-    ws: &Slug,
-    idents: &[&str],
-) -> Result<consent::ConsentState, CommandError> {
-    make_fresh_for_send(ctx, ws).await?;
-    Ok(consent::state(&ctx.store, ws.as_str(), idents).await?)
 }
 
 fn source_of(caller: &Caller) -> ConsentSource {
@@ -298,7 +262,7 @@ pub async fn resolve(
     super::workspaces::require(ctx, ws).await?;
     let subject = OptoutSuspicionResolved::subject(ctx.log.namespace(), Some(ws), id);
     // The suspicion may come from a webhook that got its 200 a moment ago.
-    make_fresh(ctx).await?;
+    fresh_consent(ctx, ws).await?;
     loop {
         let seq = ctx.fresh("consent", &subject).await?;
         let found = consent::suspicion(&ctx.store, ws.as_str(), id)

@@ -237,6 +237,33 @@ impl Ctx {
         Ok(())
     }
 
+    /// Waits until the webhook processor has handled every raw webhook received so far
+    /// (so what they say is in the domain stream). Fails closed (503).
+    pub async fn wait_webhooks(&self) -> Result<(), CommandError> {
+        let raw_head = self.log.last_seq(wabridge_events::StreamKind::Raw).await?;
+        if raw_head > 0 {
+            self.wait(crate::webhooks::processor::NAME, raw_head)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Makes projections as fresh as the log's head: every raw webhook processed, then
+    /// every domain event up to the head applied by each. Fails closed (503).
+    pub async fn fresh_as_log(&self, projections: &[&str]) -> Result<(), CommandError> {
+        self.wait_webhooks().await?;
+        let head = self
+            .log
+            .last_seq(wabridge_events::StreamKind::Domain)
+            .await?;
+        if head > 0 {
+            for p in projections {
+                self.wait(p, head).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Makes a projection at least as fresh as the last event on `subject`, for a
     /// decision about that aggregate; returns that sequence (for an optimistic
     /// concurrency check on the append).

@@ -213,7 +213,7 @@ async fn category(ctx: &Ctx, ws: &Slug, v: &ValidSend) -> Result<Option<String>,
 }
 
 /// What refuses a send, if anything: an opt-out, or a free-form message outside the
-/// 24-hour window (the read models must be fresh: see `make_fresh_for_send`).
+/// 24-hour window (the read models must be fresh: see `consent::fresh_consent`).
 async fn refusal(
     ctx: &Ctx,
     ws: &Slug,
@@ -311,10 +311,10 @@ pub async fn send(
     }
 
     // Consent, the window and template categories as of the log's head.
-    super::consent::make_fresh_for_send(ctx, ws).await?;
+    super::consent::fresh_consent(ctx, ws).await?;
     if valid.is_template && valid.category.is_none() {
         // The category comes from Meta's template webhooks: as fresh as the head.
-        super::consent::make_fresh_all(ctx, &["send_context"]).await?;
+        ctx.fresh_as_log(&["send_context"]).await?;
     }
     let category = category(ctx, ws, &valid).await?;
     if let Some((code, detail)) = refusal(ctx, ws, &valid, category.as_deref()).await? {

@@ -207,7 +207,7 @@ pub async fn list(
         ));
     }
     wabridge_handlers::commands::workspaces::require(&app.ctx, auth.ws()).await?;
-    cmd::make_fresh(&app.ctx).await?;
+    cmd::fresh_consent(&app.ctx, auth.ws()).await?;
     let ws = auth.ws().as_str();
     let store = &app.ctx.store;
     let cursor = q.cursor.as_deref();

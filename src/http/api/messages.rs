@@ -148,7 +148,7 @@ fn message(r: SendRow, history: Option<Vec<HistoryEntry>>) -> Message {
 
 /// Makes the `sends` read model as fresh as the log (read your own writes).
 async fn fresh(app: &App) -> Result<(), AppError> {
-    Ok(wabridge_handlers::commands::consent::make_fresh_all(&app.ctx, &["sends"]).await?)
+    Ok(app.ctx.fresh_as_log(&["sends"]).await?)
 }
 
 /// A message's state and history.
