@@ -348,36 +348,38 @@ impl Projection for Consent {
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
         let ws = super::ws_of(event);
         // Most events are not about consent: decide by type before decoding.
-        let t = event.envelope.event_type.as_str();
-        let relevant =
-            t.starts_with("contact.") || t.starts_with("consent.") || t == "message.received";
-        if !relevant && wabridge_events::types::is_known(t, event.envelope.v) {
+        let relevant = |t: &str| {
+            t.starts_with("contact.") || t.starts_with("consent.") || t == "message.received"
+        };
+        if super::skip(event, relevant) {
             return Ok(());
         }
         match super::decode(event)? {
             DomainEvent::ContactOptedOut(o) => {
-                let at = o.at.to_string();
+                let change = Change::OptOut(o.scope);
+                let reason = o.reason.as_deref();
                 record_change(
                     conn,
                     event,
                     &o.contact,
-                    Change::OptOut(o.scope),
+                    change,
                     &o.source,
-                    o.reason.as_deref(),
-                    &at,
+                    reason,
+                    &o.at.to_string(),
                 )
                 .await?;
             }
             DomainEvent::ContactOptedIn(o) => {
-                let at = o.at.to_string();
+                let change = Change::OptIn(o.scope);
+                let reason = o.reason.as_deref();
                 record_change(
                     conn,
                     event,
                     &o.contact,
-                    Change::OptIn(o.scope),
+                    change,
                     &o.source,
-                    o.reason.as_deref(),
-                    &at,
+                    reason,
+                    &o.at.to_string(),
                 )
                 .await?;
             }

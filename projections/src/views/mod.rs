@@ -68,6 +68,14 @@ pub fn all(keys: &Keys) -> Vec<Arc<dyn Projection>> {
     ]
 }
 
+/// Whether a projection may skip an event without decoding it: its type is one this
+/// build knows and `relevant` says the projection does not fold it. An unknown type
+/// is never skipped (decoding it fails: a dead letter, not a silent gap).
+pub fn skip(event: &StoredEvent, relevant: impl Fn(&str) -> bool) -> bool {
+    let t = event.envelope.event_type.as_str();
+    !relevant(t) && wabridge_events::types::is_known(t, event.envelope.v)
+}
+
 /// Decodes a domain event (an unknown type or bad data is an error: dead-lettered).
 pub fn decode(event: &StoredEvent) -> anyhow::Result<DomainEvent> {
     Ok(DomainEvent::decode(&event.envelope, &event.payload)?)

@@ -91,12 +91,13 @@ impl Projection for RateLimits {
          UNION ALL SELECT 'u|' || workspace || '|' || minute || '|' || CAST(admitted AS TEXT) || '|' || CAST(rejected AS TEXT) || '|' || CAST(requests_per_second AS TEXT) || '|' || CAST(burst AS TEXT) FROM rate_limit_usage ORDER BY 1"
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
-        let t = event.envelope.event_type.as_str();
-        let relevant = matches!(
-            t,
-            "message.send_requested" | "rate_limit.set" | "rate_limit.rejected"
-        );
-        if !relevant && wabridge_events::types::is_known(t, event.envelope.v) {
+        let relevant = |t: &str| {
+            matches!(
+                t,
+                "message.send_requested" | "rate_limit.set" | "rate_limit.rejected"
+            )
+        };
+        if super::skip(event, relevant) {
             return Ok(());
         }
         let meta = EventMeta::of(event);

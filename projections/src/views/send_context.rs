@@ -71,12 +71,13 @@ impl Projection for SendContext {
          UNION ALL SELECT 't|' || workspace || '|' || name || '|' || language || '|' || category FROM template_categories ORDER BY 1"
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
-        let t = event.envelope.event_type.as_str();
-        let relevant = matches!(
-            t,
-            "message.received" | "template.status_updated" | "account.updated"
-        );
-        if !relevant && wabridge_events::types::is_known(t, event.envelope.v) {
+        let relevant = |t: &str| {
+            matches!(
+                t,
+                "message.received" | "template.status_updated" | "account.updated"
+            )
+        };
+        if super::skip(event, relevant) {
             return Ok(());
         }
         let decoded = super::decode(event)?;

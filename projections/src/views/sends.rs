@@ -445,10 +445,10 @@ impl Projection for Sends {
          UNION ALL SELECT 'w|' || workspace || '|' || phone_number_id || '|' || wamid || '|' || id FROM send_wamids ORDER BY 1"
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
-        let t = event.envelope.event_type.as_str();
-        let relevant =
-            t.starts_with("message.send") || t == "message.sent" || t == "message.status_updated";
-        if !relevant && wabridge_events::types::is_known(t, event.envelope.v) {
+        let relevant = |t: &str| {
+            t.starts_with("message.send") || t == "message.sent" || t == "message.status_updated"
+        };
+        if super::skip(event, relevant) {
             return Ok(());
         }
         let decoded = super::decode(event)?;
