@@ -50,19 +50,37 @@ impl Rejections {
             .or_default() += 1;
     }
 
-    /// Appends what was counted since the last flush.
+    /// Appends what was counted since the last flush; what could not be appended is
+    /// counted again for the next flush.
     pub async fn flush(&self, ctx: &Ctx) -> anyhow::Result<()> {
         let taken: Vec<((Slug, String), u64)> =
             std::mem::take(&mut *self.0.lock().expect("rejections lock"))
                 .into_iter()
                 .collect();
+        let mut failed = None;
         for ((ws, minute), count) in taken {
-            let data = RateLimitRejected { minute, count };
-            ctx.log
-                .append(ctx.event(Some(&ws), &Caller::system("rate_limiter"), &data))
-                .await?;
+            if failed.is_none() {
+                let data = RateLimitRejected {
+                    minute: minute.clone(),
+                    count,
+                };
+                let ev = ctx.event(Some(&ws), &Caller::system("rate_limiter"), &data);
+                match ctx.log.append(ev).await {
+                    Ok(_) => continue,
+                    Err(e) => failed = Some(e),
+                }
+            }
+            *self
+                .0
+                .lock()
+                .expect("rejections lock")
+                .entry((ws, minute))
+                .or_default() += count;
         }
-        Ok(())
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 }
 
