@@ -4,7 +4,7 @@
 //! changes, custom keywords, read-your-writes after a STOP's 200, and a rebuild that
 //! gives the same state.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -774,7 +774,6 @@ async fn an_unrouted_stop_counts_once_assigned() {
         )
         .await;
     assert!(r.status.is_success(), "{} {}", r.status, r.text);
-    tokio::time::sleep(Duration::from_millis(10)).await;
     let c = consent_of(&app, &key, "447700900501").await;
     assert_eq!(c["opted_out"], true, "{c}");
 }
