@@ -14,10 +14,9 @@ use std::{
 };
 
 use axum::body::Bytes;
-use common::{header, row, stats, Nats};
+use common::{header, row, serve, stats, wabridge_app, Nats, SECRET};
 use wabridge::{
     app::App,
-    config::{Config, ConfigArgs},
     dev::webhook::{build, Kind, WebhookSpec},
 };
 use wabridge_events::Slug;
@@ -28,7 +27,6 @@ use wabridge_handlers::{
 };
 use wabridge_projections::views::consent;
 
-const SECRET: &str = "test_app_secret";
 const NUMBER: &str = "700800900100200";
 const WABA: &str = "300100200300400";
 /// Inbound webhooks per second while the checks run.
@@ -36,30 +34,6 @@ const INBOUND_RATE: u64 = 200;
 /// Consent checks per second.
 const CHECK_RATE: u64 = 200;
 const SECONDS: u64 = 10;
-
-async fn app(nats: Option<&Nats>) -> (App, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let args = ConfigArgs {
-        data_dir: Some(dir.path().to_path_buf()),
-        roles: Some("api,workers".into()),
-        ..Default::default()
-    };
-    let mut cfg = Config::load(&args).unwrap();
-    if let Some(n) = nats {
-        cfg.nats = Some(wabridge_events::backends::jetstream::JetStreamConfig::new(
-            &n.url,
-        ));
-    }
-    cfg.meta_app_secrets = vec![SECRET.to_string().into()];
-    (App::build(cfg).await.unwrap(), dir)
-}
-
-async fn serve(app: App) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(wabridge::server::run(app, listener, std::future::pending()));
-    addr
-}
 
 fn contact(i: u64) -> String {
     format!("4477009{:05}", i % 100_000)
@@ -137,7 +111,7 @@ async fn checks(app: &App, fresh: bool) -> common::Stats {
 }
 
 async fn check_table(name: &str, nats: Option<&Nats>) {
-    let (app, _dir) = app(nats).await;
+    let (app, _dir) = wabridge_app(nats, true).await;
     let addr = serve(app.clone()).await;
     let caller = Caller::cli("bench");
     let ws = Slug::parse("bench").unwrap();

@@ -16,22 +16,17 @@ use std::{
 
 use async_nats::jetstream;
 use axum::{body::Bytes, extract::State, http::HeaderMap, routing::post, Router};
-use common::{gathered, header, row, stats, Nats};
+use common::{gathered, header, row, serve, stats, wabridge_app, Nats, SECRET};
 use futures_util::future::join_all;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use sqlx::Row;
-use wabridge::{
-    app::App,
-    config::{Config, ConfigArgs},
-};
 use wabridge_handlers::{
     access::Role,
     commands::{self, Caller},
     webhooks::sign,
 };
 
-const SECRET: &str = "test_app_secret";
 const CONNECTIONS: usize = 32;
 
 fn bodies(n: usize, tag: &str) -> Vec<(Bytes, String, String)> {
@@ -93,30 +88,6 @@ async fn load(addr: SocketAddr, bodies: Vec<(Bytes, String, String)>) -> common:
         })
     });
     gathered(tasks, start).await
-}
-
-async fn wabridge_app(nats: Option<&Nats>, workers: bool) -> (App, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let args = ConfigArgs {
-        data_dir: Some(dir.path().to_path_buf()),
-        roles: Some(if workers { "api,workers" } else { "api" }.into()),
-        ..Default::default()
-    };
-    let mut cfg = Config::load(&args).unwrap();
-    if let Some(n) = nats {
-        cfg.nats = Some(wabridge_events::backends::jetstream::JetStreamConfig::new(
-            &n.url,
-        ));
-    }
-    cfg.meta_app_secrets = vec![SECRET.to_string().into()];
-    (App::build(cfg).await.unwrap(), dir)
-}
-
-async fn serve(app: App) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(wabridge::server::run(app, listener, std::future::pending()));
-    addr
 }
 
 /// The reference: a minimal axum handler that checks the HMAC and appends once.

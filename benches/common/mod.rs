@@ -1,4 +1,5 @@
-//! Shared bench helpers: a private nats-server and latency statistics.
+//! Shared bench helpers: a private nats-server, an in-process wabridge, and latency
+//! statistics.
 
 #![allow(dead_code)]
 
@@ -119,4 +120,37 @@ pub fn row(name: &str, s: &Stats) {
 /// Prints the table header.
 pub fn header(title: &str) {
     println!("\n{title}\n\n| case | ops/s | p50 µs | p99 µs | p99.9 µs |\n|---|---|---|---|---|");
+}
+
+/// The app secret of the fixtures (and of the bench's signed webhooks).
+pub const SECRET: &str = "test_app_secret";
+
+/// A wabridge in this process on a temporary data dir: JetStream when `nats` is
+/// given, else the embedded log; the API, plus the workers when `workers`.
+pub async fn wabridge_app(
+    nats: Option<&Nats>,
+    workers: bool,
+) -> (wabridge::app::App, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let args = wabridge::config::ConfigArgs {
+        data_dir: Some(dir.path().to_path_buf()),
+        roles: Some(if workers { "api,workers" } else { "api" }.into()),
+        ..Default::default()
+    };
+    let mut cfg = wabridge::config::Config::load(&args).unwrap();
+    if let Some(n) = nats {
+        cfg.nats = Some(wabridge_events::backends::jetstream::JetStreamConfig::new(
+            &n.url,
+        ));
+    }
+    cfg.meta_app_secrets = vec![SECRET.to_string().into()];
+    (wabridge::app::App::build(cfg).await.unwrap(), dir)
+}
+
+/// Serves an app on a random loopback port.
+pub async fn serve(app: wabridge::app::App) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(wabridge::server::run(app, listener, std::future::pending()));
+    addr
 }
