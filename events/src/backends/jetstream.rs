@@ -656,8 +656,12 @@ impl EventLog for JetStreamLog {
         let key = lease_key(name);
         if let Some(e) = store.entry(&key).await.map_err(LogError::new)? {
             if decode_lease(&e).is_some_and(|l| l.holder == holder) {
-                // Lost a race with a new holder: nothing to release.
-                let _ = store.delete_expect_revision(&key, Some(e.revision)).await;
+                // A revision mismatch: a new holder won meanwhile, nothing to release.
+                if let Err(err) = store.delete_expect_revision(&key, Some(e.revision)).await {
+                    if !is_revision_mismatch(&err) {
+                        return Err(LogError::new(err));
+                    }
+                }
             }
         }
         Ok(())
