@@ -152,14 +152,13 @@ async fn process_chunk<'a>(
                 consents.insert(ws.clone(), c);
             }
             let derived = detect(&consents[&ws], &item.event);
-            planned.push((key.clone(), routed_event(ctx, raw, &item, &ws, &key)?));
-            for (i, event) in derived.into_iter().enumerate() {
+            planned.push((
+                key.clone(),
+                routed_event(ctx, raw, &item.event, &item, &ws, &key),
+            ));
+            for (i, event) in derived.iter().enumerate() {
                 let derived_key = format!("{key}#consent{i}");
-                let derived_item = WebhookItem {
-                    event,
-                    ..item.clone()
-                };
-                let new = routed_event(ctx, raw, &derived_item, &ws, &derived_key)?;
+                let new = routed_event(ctx, raw, event, &item, &ws, &derived_key);
                 planned.push((derived_key, new));
             }
         }
@@ -237,22 +236,23 @@ fn actor() -> Actor {
     Actor::system(NAME)
 }
 
+/// The domain event of an item (or of what it says about consent), caused by its
+/// raw webhook, keyed by its natural key.
 fn routed_event(
     ctx: &Ctx,
     raw: &StoredEvent,
+    event: &DomainEvent,
     item: &WebhookItem,
     ws: &Slug,
     key: &str,
-) -> anyhow::Result<NewEvent> {
-    let mut new = item
-        .event
-        .to_new_event(ctx.log.namespace(), Some(ws.clone()), actor());
+) -> NewEvent {
+    let mut new = event.to_new_event(ctx.log.namespace(), Some(ws.clone()), actor());
     new.envelope = new
         .envelope
         .caused_by(&raw.envelope)
         .occurred(item.occurred_at);
     new.msg_id = Some(key.to_string());
-    Ok(new)
+    new
 }
 
 fn unrouted_event(
