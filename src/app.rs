@@ -66,6 +66,15 @@ pub async fn open_log(cfg: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
 }
 
 impl App {
+    /// Where and how to call Meta's Graph API.
+    pub fn graph_config(&self) -> wabridge_handlers::sender::graph::GraphConfig {
+        wabridge_handlers::sender::graph::GraphConfig {
+            base_url: self.cfg.meta_graph_url.clone(),
+            version: self.cfg.meta_graph_version.clone(),
+            timeout: self.cfg.graph_timeout,
+        }
+    }
+
     /// What the projections need from the configuration (the audit key).
     pub fn projection_keys(&self) -> wabridge_projections::views::Keys {
         wabridge_projections::views::Keys {

@@ -24,7 +24,7 @@ use crate::app::App;
 
 /// Starts every follower (projections, webhook processor, redrive) and the periodic
 /// jobs into `tasks`.
-use wabridge_handlers::sender::{graph::GraphConfig, Sender, SenderConfig};
+use wabridge_handlers::sender::{Sender, SenderConfig};
 
 fn spawn_workers(app: &App, tasks: &mut JoinSet<()>) {
     let driver = Driver {
@@ -57,17 +57,28 @@ fn spawn_workers(app: &App, tasks: &mut JoinSet<()>) {
     tasks.spawn(supervise(wabridge_handlers::sender::NAME, move || {
         let app = app2.clone();
         async move {
-            let cfg = SenderConfig::new(
-                GraphConfig {
-                    base_url: app.cfg.meta_graph_url.clone(),
-                    version: app.cfg.meta_graph_version.clone(),
-                    timeout: app.cfg.graph_timeout,
-                },
-                app.cfg.number_mps,
-            );
+            let cfg = SenderConfig::new(app.graph_config(), app.cfg.number_mps);
             Sender::new(app.ctx.clone(), app.cfg.token_keys.clone(), cfg)?
                 .run()
                 .await
+        }
+    }));
+    let app2 = app.clone();
+    tasks.spawn(supervise(wabridge_handlers::onboarding::NAME, move || {
+        let app = app2.clone();
+        async move {
+            let meta_app = wabridge_handlers::commands::onboarding::MetaApp {
+                id: app.cfg.meta_app_id.clone(),
+                secrets: app.cfg.meta_app_secrets.clone(),
+            };
+            wabridge_handlers::onboarding::Onboarder::new(
+                app.ctx.clone(),
+                app.cfg.token_keys.clone(),
+                meta_app,
+                app.graph_config(),
+            )?
+            .run()
+            .await
         }
     }));
     let app2 = app.clone();

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod commands;
 pub mod consent;
+pub mod onboarding;
 pub mod ratelimit;
 pub mod redrive;
 pub mod sender;

@@ -75,6 +75,18 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
         "CREATE TABLE rate_limit_policies (workspace TEXT PRIMARY KEY, requests_per_second DOUBLE PRECISION NOT NULL, burst BIGINT NOT NULL, updated_at TEXT NOT NULL)",
         "CREATE TABLE rate_limit_usage (workspace TEXT NOT NULL, minute TEXT NOT NULL, admitted BIGINT NOT NULL, rejected BIGINT NOT NULL, requests_per_second DOUBLE PRECISION NOT NULL, burst BIGINT NOT NULL, PRIMARY KEY (workspace, minute))",
     ],
+),
+(
+    6,
+    &[
+        // Embedded Signup sagas (the whole state as one JSON document) and the
+        // partner events Meta sent about WABAs.
+        "CREATE TABLE onboarding (workspace TEXT NOT NULL, id TEXT NOT NULL, waba_id TEXT NOT NULL, phone_number_id TEXT NOT NULL, state TEXT NOT NULL, started_seq BIGINT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (workspace, id))",
+        "CREATE INDEX onboarding_order ON onboarding (workspace, started_seq)",
+        "CREATE INDEX onboarding_state ON onboarding (state)",
+        "CREATE INDEX onboarding_waba ON onboarding (waba_id)",
+        "CREATE TABLE onboarding_partner (waba_id TEXT NOT NULL, seq BIGINT NOT NULL, workspace TEXT NOT NULL, event TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (waba_id, seq))",
+    ],
 )];
 
 /// Applies pending migrations, each version in its own transaction.

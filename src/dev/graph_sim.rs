@@ -164,6 +164,8 @@ struct Inner {
     recipient_scripts: HashMap<String, Script>,
     register_scripts: HashMap<String, Script>,
     subscribe_scripts: HashMap<String, Script>,
+    exchange_scripts: HashMap<String, Script>,
+    number_scripts: HashMap<String, Script>,
     codes: HashMap<String, CodeState>,
     issued_tokens: HashSet<String>,
     media: HashMap<String, Media>,
@@ -193,6 +195,8 @@ enum Table {
     Recipient,
     Register,
     Subscribe,
+    Exchange,
+    Number,
 }
 
 /// What a script decided for one call.
@@ -270,6 +274,20 @@ impl GraphSim {
         self.lock()
             .subscribe_scripts
             .insert(waba_id.to_string(), script);
+    }
+
+    /// Scripts the code exchange for a code (a failure does not use the code up).
+    pub fn script_exchange(&self, code: &str, script: Script) {
+        self.lock()
+            .exchange_scripts
+            .insert(code.to_string(), script);
+    }
+
+    /// Scripts `GET /<PHONE_NUMBER_ID>?fields=…` (the number's details).
+    pub fn script_number(&self, phone_number_id: &str, script: Script) {
+        self.lock()
+            .number_scripts
+            .insert(phone_number_id.to_string(), script);
     }
 
     /// Marks an ESB code as expired (100/36007 "This authorization code has expired.").
@@ -430,8 +448,11 @@ impl GraphSim {
             (&Method::POST, [id, "messages"]) => self.send_message(req, id).await,
             (&Method::POST, [id, "register"]) => self.register(req, id).await,
             (&Method::POST, [id, "subscribed_apps"]) => self.subscribe(req, id).await,
-            (&Method::GET, ["oauth", "access_token"]) => self.exchange_code(req),
+            (&Method::GET, ["oauth", "access_token"]) => self.exchange_code(req).await,
             (&Method::GET, ["media-download", id]) => self.download_media(req, id),
+            (&Method::GET, [id]) if req.param("fields").is_some() && !self.has_media(id) => {
+                self.number_info(req, id).await
+            }
             (&Method::GET, [id]) => self.media_info(req, id),
             _ => Err(unsupported(req, segments.first().copied())),
         };
@@ -477,6 +498,8 @@ impl GraphSim {
             Table::Recipient => &mut inner.recipient_scripts,
             Table::Register => &mut inner.register_scripts,
             Table::Subscribe => &mut inner.subscribe_scripts,
+            Table::Exchange => &mut inner.exchange_scripts,
+            Table::Number => &mut inner.number_scripts,
         };
         let Some(script) = scripts.get_mut(key) else {
             return Outcome::Normal;
@@ -964,7 +987,7 @@ impl Delivery {
 // Embedded Signup: code exchange, subscribed_apps, register
 
 impl GraphSim {
-    fn exchange_code(&self, req: &Req) -> Result<Response, ApiError> {
+    async fn exchange_code(&self, req: &Req) -> Result<Response, ApiError> {
         for name in ["client_id", "client_secret", "code"] {
             if req.param(name).is_none() {
                 return Err(ApiError::oauth(
@@ -984,6 +1007,9 @@ impl GraphSim {
             return Err(ApiError::oauth(1, None, "Error validating client secret."));
         }
         let code = req.param("code").unwrap_or_default().to_string();
+        if let Err(response) = self.scripted(Table::Exchange, &code).await {
+            return Ok(response);
+        }
         let token = format!("EAAG{}", random_text(120));
         let mut inner = self.lock();
         match inner.codes.get(&code) {
@@ -1060,6 +1086,43 @@ fn check_register_body(body: &Value) -> Result<(), ApiError> {
         Some(pin) if pin.len() == 6 && pin.bytes().all(|b| b.is_ascii_digit()) => Ok(()),
         Some(_) => Err(invalid("Param pin must be a 6-digit number.")),
         None => Err(invalid("The parameter pin is required.")),
+    }
+}
+
+/// A display number as Meta's phone-number node shows it: `+1 555-123-0000` for a
+/// North American number, else `+` and the digits.
+fn formatted_display(digits: &str) -> String {
+    match digits.as_bytes() {
+        [b'1', rest @ ..] if rest.len() == 10 => {
+            let r = &digits[1..];
+            format!("+1 {}-{}-{}", &r[..3], &r[3..6], &r[6..])
+        }
+        _ => format!("+{digits}"),
+    }
+}
+
+impl GraphSim {
+    fn has_media(&self, id: &str) -> bool {
+        self.lock().media.contains_key(id)
+    }
+
+    /// `GET /<PHONE_NUMBER_ID>?fields=…`: the number's details.
+    async fn number_info(&self, req: &Req, phone_number_id: &str) -> Result<Response, ApiError> {
+        self.authorize(req)?;
+        if !phone_number_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(unsupported(req, Some(phone_number_id)));
+        }
+        if let Err(response) = self.scripted(Table::Number, phone_number_id).await {
+            return Ok(response);
+        }
+        let (_, display) = self.number(phone_number_id);
+        Ok(Json(json!({
+            "display_phone_number": formatted_display(&display),
+            "verified_name": "Test Business",
+            "quality_rating": "GREEN",
+            "id": phone_number_id
+        }))
+        .into_response())
     }
 }
 

@@ -8,7 +8,9 @@ use aide::axum::routing::{delete, get, post, put, ApiMethodRouter};
 use axum::http::Method;
 use wabridge_handlers::access::Permission;
 
-use super::api::{admin, audit, consent, keys, messages, meta, numbers, ops, tokens, workspaces};
+use super::api::{
+    admin, audit, consent, keys, messages, meta, numbers, onboarding, ops, tokens, workspaces,
+};
 pub use super::auth::Access;
 use crate::app::App;
 
@@ -309,6 +311,30 @@ pub fn routes() -> Vec<RouteDef> {
             "Release a phone number.",
             &[Conflict],
             delete(numbers::release),
+        ),
+        r(
+            Method::POST,
+            "/v1/workspaces/{ws}/onboarding",
+            Workspace(P::OnboardingRun),
+            "Start Embedded Signup onboarding with the code, WABA, number and PIN from Meta's flow (202 at once; the same code gives the same id).",
+            &[Conflict, TooLarge, NotConfigured],
+            post(onboarding::start),
+        ),
+        r(
+            Method::GET,
+            "/v1/workspaces/{ws}/onboarding",
+            Workspace(P::OnboardingRead),
+            "List onboardings, newest first.",
+            &[],
+            get(onboarding::list),
+        ),
+        r(
+            Method::GET,
+            "/v1/workspaces/{ws}/onboarding/{id}",
+            Workspace(P::OnboardingRead),
+            "An onboarding's state, steps (with times and Meta's errors), webhooks_subscribed, partner events and token status.",
+            &[],
+            get(onboarding::get),
         ),
         r(
             Method::PUT,

@@ -10,6 +10,7 @@ mod cli;
 mod consent;
 mod http;
 mod log_conformance;
+mod onboarding;
 mod ratelimit_shared;
 mod realworld;
 mod security;

@@ -1479,7 +1479,7 @@ async fn no_master_key(log: LogKind, db: DbKind) {
 const BIN: &str = env!("CARGO_BIN_EXE_wabridge");
 
 /// A `wabridge` command with a clean environment (nothing inherited).
-fn wabridge(data_dir: &Path, env: &[(&str, &str)]) -> Command {
+pub(crate) fn wabridge(data_dir: &Path, env: &[(&str, &str)]) -> Command {
     let mut c = Command::new(BIN);
     c.env_clear()
         .env("WABRIDGE_DATA_DIR", data_dir)
@@ -1495,7 +1495,7 @@ fn wabridge(data_dir: &Path, env: &[(&str, &str)]) -> Command {
 }
 
 /// Runs `wabridge bootstrap --workspace ws` and returns the owner key (last line).
-fn bootstrap(data_dir: &Path, env: &[(&str, &str)], ws: &str) -> String {
+pub(crate) fn bootstrap(data_dir: &Path, env: &[(&str, &str)], ws: &str) -> String {
     let out = wabridge(data_dir, env)
         .args(["bootstrap", "--workspace", ws])
         .output()
@@ -1553,14 +1553,14 @@ async fn put_then_get_token(
     res.json().await.unwrap()
 }
 
-struct Served {
+pub(crate) struct Served {
     child: Child,
     addr: String,
     out_dir: tempfile::TempDir,
 }
 
 impl Served {
-    fn start(data_dir: &Path, env: &[(&str, &str)]) -> Served {
+    pub(crate) fn start(data_dir: &Path, env: &[(&str, &str)]) -> Served {
         let out_dir = tempfile::tempdir().expect("tempdir");
         let stdout = std::fs::File::create(out_dir.path().join("stdout")).unwrap();
         let stderr = std::fs::File::create(out_dir.path().join("stderr")).unwrap();
@@ -1592,12 +1592,29 @@ impl Served {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// stdout + stderr so far.
+    pub(crate) fn output(&self) -> String {
+        let mut out = String::new();
+        for f in ["stdout", "stderr"] {
+            out.push_str(&std::fs::read_to_string(self.out_dir.path().join(f)).unwrap_or_default());
+            out.push('\n');
+        }
+        out
+    }
+
+    /// SIGKILL, wait; returns stdout + stderr.
+    pub(crate) fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.output()
+    }
+
     /// SIGTERM, wait; returns stdout + stderr.
-    fn stop(mut self) -> String {
+    pub(crate) fn stop(mut self) -> String {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();

@@ -8,8 +8,8 @@
 
 use super::parts::{
     ButtonReply, ConsentConfirmation, ConsentKeyword, ConsentScope, ConsentSource, ContactRef,
-    InteractiveReply, Media, MetaError, MetaSource, Reaction, SealedToken, SystemChange,
-    UnroutedItem,
+    InteractiveReply, Media, MetaError, MetaSource, OnboardingStep, Reaction, SealedToken,
+    StepError, SystemChange, UnroutedItem,
 };
 use crate::{Slug, Timestamp};
 
@@ -711,5 +711,99 @@ super::events! {
         pub phone_number_id: String,
         /// Why (e.g. Meta's error code and message).
         pub reason: String,
+    }
+
+    // ----- onboarding (Embedded Signup) -----
+
+    /// Embedded Signup onboarding was asked for. The signup code and the number's
+    /// PIN are sealed with the token vault's master key (never in clear in the log);
+    /// the code's fingerprint (first 8 bytes of its SHA-256) identifies a repeat.
+    #[event(type = "onboarding.started", v = 1, category = "onboarding", scope = Workspace, aggregate = |s| s.id.clone())]
+    pub struct OnboardingStarted {
+        /// The onboarding id (`onb_…`).
+        pub id: String,
+        /// The WhatsApp Business Account the business shared.
+        pub waba_id: String,
+        /// The number to register and route.
+        pub phone_number_id: String,
+        /// The signup code, sealed.
+        pub code: SealedToken,
+        /// The two-step verification PIN, sealed.
+        pub pin: SealedToken,
+        /// First 8 bytes of SHA-256 of the code, hex.
+        pub code_fingerprint: String,
+    }
+
+    /// A step began (its Graph API call is about to be made).
+    #[event(type = "onboarding.step_started", v = 1, category = "onboarding", scope = Workspace, aggregate = |s| s.id.clone())]
+    pub struct OnboardingStepStarted {
+        /// The onboarding id.
+        pub id: String,
+        /// The step.
+        pub step: OnboardingStep,
+        /// 1 for the first try.
+        pub attempt: u32,
+    }
+
+    /// A step succeeded; it never runs again.
+    #[event(type = "onboarding.step_succeeded", v = 1, category = "onboarding", scope = Workspace, aggregate = |s| s.id.clone())]
+    pub struct OnboardingStepSucceeded {
+        /// The onboarding id.
+        pub id: String,
+        /// The step.
+        pub step: OnboardingStep,
+        /// The attempt that succeeded.
+        pub attempt: u32,
+        /// What it produced, when worth showing (the token's fingerprint and expiry, the
+        /// display number; never a secret).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub detail: Option<String>,
+    }
+
+    /// A step failed. With `retry_at` it is tried again then; without, the failure is
+    /// permanent and an `onboarding.failed` follows.
+    #[event(type = "onboarding.step_failed", v = 1, category = "onboarding", scope = Workspace, aggregate = |s| s.id.clone())]
+    pub struct OnboardingStepFailed {
+        /// The onboarding id.
+        pub id: String,
+        /// The step.
+        pub step: OnboardingStep,
+        /// The attempt that failed.
+        pub attempt: u32,
+        /// Whether the failure was transient (a timeout, no connection, a 5xx): the
+        /// call may or may not have reached Meta.
+        pub transient: bool,
+        /// What Meta (or wabridge) said.
+        pub error: StepError,
+        /// When the step is tried again; none when it is not.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub retry_at: Option<Timestamp>,
+        /// For a permanent failure, the stable reason (as in `onboarding.failed`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reason: Option<String>,
+    }
+
+    /// Every step succeeded: the number is registered, subscribed and routed, and its
+    /// token is in the vault.
+    #[event(type = "onboarding.completed", v = 1, category = "onboarding", scope = Workspace, aggregate = |s| s.id.clone())]
+    pub struct OnboardingCompleted {
+        /// The onboarding id.
+        pub id: String,
+    }
+
+    /// Onboarding stopped for good.
+    #[event(type = "onboarding.failed", v = 1, category = "onboarding", scope = Workspace, aggregate = |s| s.id.clone())]
+    pub struct OnboardingFailed {
+        /// The onboarding id.
+        pub id: String,
+        /// The step it stopped at.
+        pub step: OnboardingStep,
+        /// Stable reason: `code_expired`, `code_used`, `code_invalid`,
+        /// `app_credentials_rejected`, `registration_limit`, `wrong_pin`,
+        /// `number_held_by_another_workspace`, `waba_held_by_another_workspace`,
+        /// `retries_exhausted`, `meta_error`, ...
+        pub reason: String,
+        /// What to do about it, for a person.
+        pub detail: String,
     }
 }

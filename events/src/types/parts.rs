@@ -268,3 +268,53 @@ pub struct ConsentConfirmation {
     /// The text sent after an opt-out in that language.
     pub text: String,
 }
+
+/// A step of Embedded Signup onboarding, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnboardingStep {
+    /// Exchange the signup code for a business token and store it in the vault.
+    ExchangeCode,
+    /// Subscribe the app to the WABA's webhooks (`POST /{waba_id}/subscribed_apps`).
+    SubscribeWebhooks,
+    /// Register the number for Cloud API (`POST /{phone_number_id}/register`).
+    RegisterNumber,
+    /// Route the number's webhooks to the workspace (the phone-number claim).
+    RouteNumber,
+}
+
+impl OnboardingStep {
+    /// Every step, in order.
+    pub const ALL: [OnboardingStep; 4] = [
+        OnboardingStep::ExchangeCode,
+        OnboardingStep::SubscribeWebhooks,
+        OnboardingStep::RegisterNumber,
+        OnboardingStep::RouteNumber,
+    ];
+
+    /// The name used in the API and the read model.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            OnboardingStep::ExchangeCode => "exchange_code",
+            OnboardingStep::SubscribeWebhooks => "subscribe_webhooks",
+            OnboardingStep::RegisterNumber => "register_number",
+            OnboardingStep::RouteNumber => "route_number",
+        }
+    }
+}
+
+/// Why an onboarding step failed (never a secret: Meta's code and message, or ours).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct StepError {
+    /// Meta's numeric error code, when Meta answered with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i64>,
+    /// Meta's error subcode, when it sent one (e.g. 36007: the code expired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subcode: Option<i64>,
+    /// The HTTP status of Meta's answer, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    /// What happened.
+    pub message: String,
+}

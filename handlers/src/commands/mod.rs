@@ -7,6 +7,7 @@ pub mod consent;
 pub mod dead_letters;
 pub mod keys;
 pub mod numbers;
+pub mod onboarding;
 pub mod send;
 pub mod tokens;
 pub mod workspaces;

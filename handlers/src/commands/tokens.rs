@@ -64,6 +64,53 @@ pub async fn store(
     }
     super::workspaces::require(ctx, ws).await?;
     super::numbers::require_held(ctx, ws, phone_number_id).await?;
+    append_stored(ctx, keys, caller, ws, phone_number_id, token, expires_at).await
+}
+
+/// Stores the token Embedded Signup's code exchange gave for a number being
+/// onboarded: the workspace need not hold the number yet (routing it is the saga's
+/// last step), but no other workspace may.
+pub async fn store_onboarded(
+    ctx: &Ctx,
+    keys: Option<&KeyRing>,
+    caller: &Caller,
+    ws: &Slug,
+    phone_number_id: &str,
+    token: &SecretString,
+    expires_at: Option<Timestamp>,
+) -> Result<(), CommandError> {
+    let keys = ring(keys)?;
+    validate_id("phone_number_id", phone_number_id)?;
+    use secrecy::ExposeSecret;
+    let len = token.expose_secret().len();
+    if len == 0 || len > 4096 || token.expose_secret().chars().any(char::is_whitespace) {
+        return Err(CommandError::Validation(
+            "the exchanged token is empty, too long or has whitespace".into(),
+        ));
+    }
+    ctx.fresh("phone_numbers", &super::numbers::routing_subject(ctx))
+        .await?;
+    if let Some(holder) =
+        wabridge_projections::views::phone_numbers::get(&ctx.store, phone_number_id).await?
+    {
+        if holder.workspace != ws.as_str() {
+            return Err(CommandError::Conflict(format!(
+                "phone number {phone_number_id} is held by another workspace"
+            )));
+        }
+    }
+    append_stored(ctx, keys, caller, ws, phone_number_id, token, expires_at).await
+}
+
+async fn append_stored(
+    ctx: &Ctx,
+    keys: &KeyRing,
+    caller: &Caller,
+    ws: &Slug,
+    phone_number_id: &str,
+    token: &SecretString,
+    expires_at: Option<Timestamp>,
+) -> Result<(), CommandError> {
     let data = TokenStored {
         phone_number_id: phone_number_id.to_string(),
         sealed: vault::seal(keys, ws.as_str(), phone_number_id, token),

@@ -1,6 +1,9 @@
-//! The one Graph API call the sender makes: `POST {base}/{version}/{phone_number_id}/messages`
-//! with the number's token as `Authorization: Bearer`. The token is exposed only to
-//! build that header.
+//! The Graph API client: the sender's `POST {base}/{version}/{phone_number_id}/messages`
+//! with the number's token as `Authorization: Bearer`, and the calls of Embedded
+//! Signup onboarding (the code exchange, `subscribed_apps`, `register`, the number's
+//! details). Secrets are exposed only to build the header or the exchange's query;
+//! no error text carries a URL (reqwest's would hold the query), and redirects are
+//! never followed (they would carry it elsewhere).
 
 use std::time::Duration;
 
@@ -55,6 +58,7 @@ impl Graph {
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
             .pool_max_idle_per_host(64)
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Graph { cfg, http })
     }
@@ -65,6 +69,58 @@ impl Graph {
             "{}/{}/{}/messages",
             self.cfg.base_url, self.cfg.version, phone_number_id
         )
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/{}/{}", self.cfg.base_url, self.cfg.version, path)
+    }
+
+    /// Exchanges an Embedded Signup code for a business token:
+    /// `GET /oauth/access_token?client_id&client_secret&code`.
+    pub async fn exchange_code(
+        &self,
+        app_id: &str,
+        app_secret: &SecretString,
+        code: &SecretString,
+    ) -> Answer {
+        let req = self.http.get(self.url("oauth/access_token")).query(&[
+            ("client_id", app_id),
+            ("client_secret", app_secret.expose_secret()),
+            ("code", code.expose_secret()),
+        ]);
+        answer(req.send().await).await
+    }
+
+    /// `POST /{path}` with a bearer token and a JSON body.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        token: &SecretString,
+        body: &serde_json::Value,
+    ) -> Answer {
+        let req = self
+            .http
+            .post(self.url(path))
+            .header(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {}", token.expose_secret()),
+            )
+            .json(body);
+        answer(req.send().await).await
+    }
+
+    /// `GET /{path}?{query}` with a bearer token.
+    pub async fn get_json(
+        &self,
+        path: &str,
+        token: &SecretString,
+        query: &[(&str, &str)],
+    ) -> Answer {
+        let req = self.http.get(self.url(path)).query(query).header(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", token.expose_secret()),
+        );
+        answer(req.send().await).await
     }
 
     /// Posts a message body.
@@ -87,17 +143,9 @@ impl Graph {
         let res = match res {
             Ok(r) => r,
             Err(e) => {
-                let what = if e.is_timeout() {
-                    "timed out"
-                } else if e.is_connect() {
-                    "could not connect"
-                } else {
-                    "request failed"
-                };
-                // reqwest's error text can hold the URL, never the header.
                 return CallOutcome::NoAnswer {
-                    detail: format!("the Graph API call {what}"),
-                };
+                    detail: no_answer(&e),
+                }
             }
         };
         let status = res.status().as_u16();
@@ -125,5 +173,61 @@ impl Graph {
             status,
             error: parse_error(&bytes),
         }
+    }
+}
+
+/// What a call other than a send came to.
+#[derive(Debug)]
+pub enum Answer {
+    /// 2xx with this JSON body (`Null` when it was not JSON).
+    Ok(serde_json::Value),
+    /// An answer that is not a success (Meta's error, when it sent its envelope).
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// Meta's error.
+        error: Option<MetaError>,
+    },
+    /// No answer in time, or no connection.
+    NoAnswer {
+        /// What happened (no secret, no URL in it).
+        detail: String,
+    },
+}
+
+/// What went wrong, in words without the URL (reqwest's error text holds the whole
+/// URL, with its query; the headers never appear in it).
+fn no_answer(e: &reqwest::Error) -> String {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "request failed"
+    };
+    format!("the Graph API call {what}")
+}
+
+async fn answer(res: Result<reqwest::Response, reqwest::Error>) -> Answer {
+    let res = match res {
+        Ok(r) => r,
+        Err(e) => {
+            return Answer::NoAnswer {
+                detail: no_answer(&e),
+            }
+        }
+    };
+    let status = res.status().as_u16();
+    let Ok(bytes) = res.bytes().await else {
+        return Answer::NoAnswer {
+            detail: "the Graph API answer was cut off".into(),
+        };
+    };
+    if (200..300).contains(&status) {
+        return Answer::Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null));
+    }
+    Answer::Rejected {
+        status,
+        error: parse_error(&bytes),
     }
 }

@@ -140,6 +140,13 @@ async fn process_chunk<'a>(
         for mut item in split.items {
             let (ws, key, number) = target(ctx, &item, &mut routes).await?;
             item.event = with_number(&item.event, number);
+            for (i, (ws, new)) in uninstalled(ctx, &item).await?.into_iter().enumerate() {
+                let derived_key = format!("{key}#token{i}");
+                planned.push((
+                    derived_key.clone(),
+                    routed_event(ctx, raw, &new, &item, &ws, &derived_key),
+                ));
+            }
             let Some(ws) = ws else {
                 let new = unrouted_event(ctx, raw, &item, &key)?;
                 planned.push((key, new));
@@ -181,6 +188,48 @@ async fn process_chunk<'a>(
         keys: planned.into_iter().map(|(k, _)| k).collect(),
         unparsable,
     })
+}
+
+/// `PARTNER_APP_UNINSTALLED`: the business took the app's access to its WABA away,
+/// so every valid token of the WABA's numbers — held ones, and those of onboarding
+/// sagas that have not routed their number yet — is marked invalid.
+async fn uninstalled(ctx: &Ctx, item: &WebhookItem) -> anyhow::Result<Vec<(Slug, DomainEvent)>> {
+    let DomainEvent::AccountUpdated(a) = &item.event else {
+        return Ok(vec![]);
+    };
+    if a.event.as_deref() != Some("PARTNER_APP_UNINSTALLED") {
+        return Ok(vec![]);
+    }
+    let waba = &a.source.waba_id;
+    let mut targets: Vec<(String, String)> = phone_numbers::numbers_of_waba(&ctx.store, waba)
+        .await?
+        .into_iter()
+        .map(|n| (n.workspace, n.phone_number_id))
+        .collect();
+    for saga in wabridge_projections::views::onboarding::of_waba(&ctx.store, waba).await? {
+        targets.push((saga.workspace, saga.phone_number_id));
+    }
+    targets.sort();
+    targets.dedup();
+    let mut out = vec![];
+    for (ws, number) in targets {
+        let valid = wabridge_projections::views::tokens::get(&ctx.store, &ws, &number)
+            .await?
+            .is_some_and(|t| t.status == "valid");
+        if !valid {
+            continue;
+        }
+        out.push((
+            Slug::parse(&ws)?,
+            DomainEvent::TokenInvalidated(wabridge_events::types::TokenInvalidated {
+                phone_number_id: number,
+                reason: format!(
+                    "PARTNER_APP_UNINSTALLED: the business removed the app's access to WABA {waba}"
+                ),
+            }),
+        ));
+    }
+    Ok(out)
 }
 
 /// Where a route leads: the workspace (none: unrouted) and, for a display number,

@@ -150,6 +150,54 @@ pub fn describe(event: &DomainEvent) -> Option<(String, &'static str)> {
         E::TokenRewrapped(t) => format!("token:{} key:{}", t.phone_number_id, t.sealed.key_version),
         E::TokenRevoked(t) => format!("token:{}", t.phone_number_id),
         E::TokenInvalidated(t) => format!("token:{}", t.phone_number_id),
+        E::OnboardingStarted(o) => format!(
+            "onboarding:{} waba:{} number:{}",
+            o.id, o.waba_id, o.phone_number_id
+        ),
+        E::OnboardingStepStarted(s) => {
+            format!(
+                "onboarding:{} {} attempt {}",
+                s.id,
+                s.step.as_str(),
+                s.attempt
+            )
+        }
+        E::OnboardingStepSucceeded(s) => {
+            format!(
+                "onboarding:{} {} attempt {}",
+                s.id,
+                s.step.as_str(),
+                s.attempt
+            )
+        }
+        E::OnboardingStepFailed(f) => {
+            let code = f
+                .error
+                .code
+                .map(|c| format!(" (Meta {c})"))
+                .unwrap_or_default();
+            return Some((
+                format!(
+                    "onboarding:{} {} attempt {}{code}{}",
+                    f.id,
+                    f.step.as_str(),
+                    f.attempt,
+                    if f.retry_at.is_some() {
+                        ", retrying"
+                    } else {
+                        ""
+                    }
+                ),
+                "failed",
+            ));
+        }
+        E::OnboardingCompleted(c) => format!("onboarding:{}", c.id),
+        E::OnboardingFailed(f) => {
+            return Some((
+                format!("onboarding:{} {}: {}", f.id, f.step.as_str(), f.reason),
+                "failed",
+            ))
+        }
         E::DeadLetterRedriven(x) => format!("dead_letter:{}", x.id),
         E::DeadLetterDiscarded(x) => format!("dead_letter:{}", x.id),
         E::AuditRetentionCut(c) => format!("audit:through:{}", c.through_seq),

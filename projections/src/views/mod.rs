@@ -10,6 +10,7 @@ pub mod audit;
 pub mod consent;
 pub mod dead_letters;
 pub mod messages;
+pub mod onboarding;
 pub mod phone_numbers;
 pub mod rate_limits;
 pub mod send_context;
@@ -65,6 +66,7 @@ pub fn all(keys: &Keys) -> Vec<Arc<dyn Projection>> {
         Arc::new(sends::Sends),
         Arc::new(send_context::SendContext),
         Arc::new(rate_limits::RateLimits),
+        Arc::new(onboarding::Onboarding),
     ]
 }
 
@@ -190,6 +192,11 @@ pub(crate) mod spec {
                 self.model.fold(event, &meta(self.seq, ws));
             }
             self
+        }
+
+        /// The tables after what happened.
+        pub(crate) fn model(&self) -> &M {
+            &self.model
         }
 
         /// The event under test, in [`WS`].

@@ -217,6 +217,15 @@ pub async fn list(
     Ok(rows.into_iter().map(row).collect())
 }
 
+/// Every held number of a WABA, in any workspace.
+pub async fn numbers_of_waba(store: &Store, waba_id: &str) -> anyhow::Result<Vec<PhoneNumber>> {
+    let rows = sqlx::query("SELECT phone_number_id, workspace, waba_id, display_phone_number, claimed_at FROM phone_numbers WHERE waba_id = $1 ORDER BY phone_number_id")
+        .bind(waba_id)
+        .fetch_all(&store.reads)
+        .await?;
+    Ok(rows.into_iter().map(row).collect())
+}
+
 /// The workspaces holding at least one number of a WABA.
 pub async fn workspaces_of_waba(store: &Store, waba_id: &str) -> anyhow::Result<Vec<String>> {
     Ok(sqlx::query_scalar(

@@ -7,6 +7,7 @@ pub mod keys;
 pub mod messages;
 pub mod meta;
 pub mod numbers;
+pub mod onboarding;
 pub mod ops;
 pub mod tokens;
 pub mod workspaces;
