@@ -12,10 +12,47 @@ use serde_json::{json, Value};
 use wabridge::dev::graph_sim::{Call, Script, SimConfig};
 use wabridge_events::StreamKind;
 
+use std::sync::Arc;
+
+use wabridge_projections::{
+    driver::Follower, projection::checksum, projection::AsReactor, views::onboarding::Onboarding,
+    Driver, Progress, Store,
+};
+
 use crate::sending::{start_sim, Sim};
 use crate::support::app::{
-    assert_problem, spawn_app_with, DbKind, LogKind, TestApp, TestOptions, APP_SECRET, MASTER_V1,
+    assert_problem, fresh_postgres, spawn_app_with, DbKind, LogKind, TestApp, TestOptions,
+    APP_SECRET, MASTER_V1,
 };
+
+/// Rebuilds the onboarding read model from the log into a fresh store: its checksum
+/// equals the live one.
+async fn rebuild_matches(app: &TestApp, db: DbKind) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = match db {
+        DbKind::Sqlite => format!("sqlite://{}", dir.path().join("rebuild.db").display()),
+        DbKind::Postgres => fresh_postgres().await,
+    };
+    let store = Store::connect(&url).await.expect("fresh store");
+    let driver = Driver {
+        log: app.app.ctx.log.clone(),
+        store: store.clone(),
+        progress: Progress::default(),
+    };
+    let follower = Follower {
+        consumer: "rebuild",
+        stream: StreamKind::Domain,
+        reactors: vec![Arc::new(AsReactor(Arc::new(Onboarding)))],
+    };
+    app.settle().await;
+    driver.catch_up(&follower).await.expect("rebuild");
+    let live = checksum(&app.app.ctx.store, &Onboarding).await.unwrap();
+    let rebuilt = checksum(&store, &Onboarding).await.unwrap();
+    assert_eq!(
+        rebuilt, live,
+        "a rebuild differs from the live onboarding state"
+    );
+}
 
 const WABA: &str = "300100200300777";
 const NUMBER: &str = "700800900100777";
