@@ -44,6 +44,8 @@ pub struct AppState {
     pub limiter: Arc<wabridge_handlers::ratelimit::SharedLimiter>,
     /// Sends refused by the limiter, waiting to be appended.
     pub rejections: Arc<wabridge_handlers::commands::send::Rejections>,
+    /// Rebuilds started from the API in this process.
+    pub rebuilds: Arc<crate::replay::Rebuilds>,
     /// Workspaces known to exist (they are never deleted).
     pub known_workspaces: Arc<std::sync::RwLock<std::collections::HashSet<wabridge_events::Slug>>>,
 }
@@ -123,6 +125,7 @@ impl App {
             key_use: Arc::default(),
             known_workspaces: Arc::default(),
             auth_failures: Arc::default(),
+            rebuilds: Arc::default(),
         })))
     }
 }

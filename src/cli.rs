@@ -75,6 +75,23 @@ pub enum Command {
         /// What to do.
         action: EventsCommand,
     },
+    /// Rebuild read models from the log beside the live ones (the server may keep
+    /// serving), then swap them in atomically; prints a checksum per projection.
+    Replay {
+        /// A projection's name (`wabridge projections list`), or `all`.
+        #[arg(long)]
+        projection: String,
+        /// Rebuild and compare with the live state; swap nothing (exit 1 when they
+        /// differ).
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The read models.
+    Projections {
+        /// What to do.
+        #[command(subcommand)]
+        action: ProjectionsCommand,
+    },
     /// The checked-in schemas.
     Schemas {
         #[command(subcommand)]
@@ -171,6 +188,20 @@ pub enum DeadLetterCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+}
+
+/// `projections` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum ProjectionsCommand {
+    /// Print each projection's checksum over a canonical dump of its live state,
+    /// with the checkpoint it is at (`name checkpoint checksum`).
+    Checksum {
+        /// A projection's name, or `all`.
+        #[arg(long, default_value = "all")]
+        projection: String,
+    },
+    /// Print each projection's checkpoint and lag.
+    List,
 }
 
 /// `events` subcommands.
@@ -419,6 +450,13 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 out.flush()?;
             }
         }
+        Command::Projections { action } => {
+            let mut cfg = Config::load(&config)?;
+            cfg.ensure_dev_keys_quiet()?;
+            cfg.roles.workers = false;
+            let app = App::build(cfg).await?;
+            projections_command(&app, action, out).await?;
+        }
         command => {
             let (app, fresh) = host_app(&config).await?;
             let result = host_command(&app, command, out).await;
@@ -429,9 +467,108 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn projections_command(
+    app: &App,
+    action: ProjectionsCommand,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    match action {
+        ProjectionsCommand::Checksum { projection } => {
+            let projections = crate::replay::select(app, &projection)
+                .with_context(|| format!("no projection {projection:?}"))?;
+            for p in projections {
+                let (cp, sum) =
+                    wabridge_projections::rebuild::live_checksum(&app.ctx.store, &*p).await?;
+                writeln!(out, "{} {cp} {sum}", p.name())?;
+            }
+        }
+        ProjectionsCommand::List => {
+            let report = crate::replay::status(app).await?;
+            writeln!(
+                out,
+                "workers lease: {}",
+                report.workers_lease_holder.as_deref().unwrap_or("nobody")
+            )?;
+            for p in report.projections {
+                writeln!(
+                    out,
+                    "{:<18} {:<6} checkpoint {:>9} head {:>9} lag {:>7} events {:>8.1} s",
+                    p.name, p.stream, p.checkpoint, p.head, p.lag_events, p.lag_seconds
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Progress on stderr: one line rewritten in place on a terminal, else a line each.
+fn print_progress(p: &wabridge_projections::rebuild::RebuildProgress) {
+    use std::io::IsTerminal;
+    let pct = if p.head == 0 {
+        100.0
+    } else {
+        p.position as f64 * 100.0 / p.head as f64
+    };
+    let line = format!(
+        "replay: {}/{} events ({pct:.0} %), {} events/s, ETA {} s",
+        p.position, p.head, p.events_per_second, p.eta_seconds
+    );
+    let mut err = std::io::stderr();
+    if err.is_terminal() {
+        let _ = write!(err, "\r\x1b[2K{line}");
+    } else {
+        let _ = writeln!(err, "{line}");
+    }
+    let _ = err.flush();
+}
+
 async fn host_command(app: &App, command: Command, out: &mut impl Write) -> anyhow::Result<()> {
     let ctx = &app.ctx;
     match command {
+        Command::Replay {
+            projection,
+            dry_run,
+        } => {
+            let projections = crate::replay::select(app, &projection).with_context(|| {
+                format!("no projection {projection:?}; see `wabridge projections list`")
+            })?;
+            let report = wabridge_projections::rebuild::rebuild(
+                ctx.log.clone(),
+                &ctx.store,
+                projections,
+                dry_run,
+                print_progress,
+            )
+            .await?;
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                eprintln!();
+            }
+            for p in &report.projections {
+                if dry_run {
+                    let verdict = if p.checksum == p.live_checksum {
+                        "equal".to_string()
+                    } else {
+                        format!("DIFFERS from live {}", p.live_checksum)
+                    };
+                    writeln!(out, "{} {} {} {verdict}", p.name, p.position, p.checksum)?;
+                } else {
+                    writeln!(out, "{} {} {}", p.name, p.position, p.checksum)?;
+                }
+            }
+            eprintln!(
+                "replay: {} events in {:.1} s; {}",
+                report.events,
+                report.seconds,
+                if dry_run {
+                    "dry run, nothing swapped"
+                } else {
+                    "swapped in"
+                }
+            );
+            if dry_run && !report.all_equal() {
+                anyhow::bail!("the rebuilt state differs from the live one");
+            }
+        }
         Command::Bootstrap {
             workspace: Some(ws),
             name,
@@ -586,6 +723,7 @@ async fn host_command(app: &App, command: Command, out: &mut impl Write) -> anyh
         Command::Events { action } => events(app, action, out).await?,
         Command::Serve(_)
         | Command::Schemas { .. }
+        | Command::Projections { .. }
         | Command::Debug { .. }
         | Command::Dev { .. }
         | Command::Keys {

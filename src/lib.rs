@@ -9,6 +9,7 @@ pub mod dev;
 pub mod failures;
 pub mod http;
 pub mod metrics;
+pub mod replay;
 pub mod schemas;
 pub mod security;
 pub mod server;

@@ -257,6 +257,44 @@ impl Driver {
         }
     }
 
+    /// Applies events up to and including `target` (not past it), reading `batch`
+    /// events per transaction; returns the lowest checkpoint of the reactors after.
+    /// A rebuild uses it to stop exactly where the live read model stands.
+    pub async fn catch_up_to(
+        &self,
+        f: &Follower,
+        target: u64,
+        batch: usize,
+    ) -> anyhow::Result<u64> {
+        // Never past the log's head (that would skip events still to come).
+        let target = target.min(self.log.last_seq(f.stream).await?);
+        let mut done = self.positions(f).await?;
+        loop {
+            let low = done.values().copied().min().unwrap_or(0);
+            if low >= target {
+                return Ok(low);
+            }
+            let mut events = self
+                .log
+                .read(f.stream, ReadFrom::Seq(low + 1), None, batch.max(1))
+                .await?;
+            events.retain(|e| e.seq <= target);
+            if events.is_empty() {
+                // Nothing more in the log up to `target` (gaps: purged or expired).
+                for r in &f.reactors {
+                    let cp = done.get(r.name()).copied().unwrap_or(0);
+                    if cp < target {
+                        let mut conn = self.store.pool.acquire().await?;
+                        checkpoint::advance(&mut conn, r.name(), target).await?;
+                        done.insert(r.name(), target);
+                    }
+                }
+                continue;
+            }
+            self.handle(f, &mut done, &events).await?;
+        }
+    }
+
     /// Each reactor's checkpoint (also published as this process's progress).
     async fn positions(&self, f: &Follower) -> anyhow::Result<Positions> {
         let mut done = HashMap::new();

@@ -10,6 +10,7 @@ pub mod driver;
 pub mod migrations;
 pub mod progress;
 pub mod projection;
+pub mod rebuild;
 pub mod store;
 pub mod views;
 

@@ -21,6 +21,8 @@ pub trait Projection: Send + Sync + 'static {
     fn stream(&self) -> StreamKind {
         StreamKind::Domain
     }
+    /// The tables it alone writes (a rebuild swaps exactly these).
+    fn tables(&self) -> &'static [&'static str];
     /// One SQL query returning one TEXT column per row, in a stable order: the
     /// canonical dump that [`checksum`] hashes (the same on SQLite and PostgreSQL).
     fn dump_sql(&self) -> &'static str;
@@ -33,6 +35,22 @@ pub trait Projection: Send + Sync + 'static {
 pub async fn checksum(store: &Store, projection: &dyn Projection) -> anyhow::Result<String> {
     let rows: Vec<String> = sqlx::query_scalar(projection.dump_sql())
         .fetch_all(&store.reads)
+        .await?;
+    let mut h = Sha256::new();
+    for row in rows {
+        h.update(row.as_bytes());
+        h.update(b"\n");
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// As [`checksum`], on a connection (inside a transaction: the state as of it).
+pub async fn checksum_on(
+    conn: &mut AnyConnection,
+    projection: &dyn Projection,
+) -> anyhow::Result<String> {
+    let rows: Vec<String> = sqlx::query_scalar(projection.dump_sql())
+        .fetch_all(conn)
         .await?;
     let mut h = Sha256::new();
     for row in rows {

@@ -30,13 +30,24 @@ pub struct Store {
     pub reads: AnyPool,
     /// The backend.
     pub backend: Backend,
+    /// The URL it was opened with (a rebuild opens its shadow beside it); it may
+    /// hold a password.
+    pub url: secrecy::SecretString,
 }
 
 impl Store {
     /// Connects to `sqlite://…` or `postgres://…`, failing within seconds when the
     /// database is unreachable, and applies pending migrations.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        Self::connect_in(url, None).await
+    }
+
+    /// As [`Store::connect`], on PostgreSQL with every table in `schema` (the
+    /// connection's `search_path`): a rebuild's shadow beside the live tables.
+    pub async fn connect_in(url: &str, schema: Option<&str>) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
+        let given_url = url.to_string();
+        let schema = schema.map(str::to_owned);
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
@@ -68,25 +79,33 @@ impl Store {
                 // the server's CPU under send load); a dead connection fails its
                 // query, which callers already treat as unavailable and retry.
                 .test_before_acquire(false)
-                .after_connect(move |conn, _| {
-                    Box::pin(async move {
-                        if backend == Backend::Sqlite {
-                            conn.execute(
-                                format!(
-                                    "PRAGMA busy_timeout = {}",
-                                    SQLITE_BUSY_TIMEOUT.as_millis()
+                .after_connect({
+                    let schema = schema.clone();
+                    move |conn, _| {
+                        let schema = schema.clone();
+                        Box::pin(async move {
+                            if let Some(schema) = schema.filter(|_| backend == Backend::Postgres) {
+                                conn.execute(format!("SET search_path TO {schema}").as_str())
+                                    .await?;
+                            }
+                            if backend == Backend::Sqlite {
+                                conn.execute(
+                                    format!(
+                                        "PRAGMA busy_timeout = {}",
+                                        SQLITE_BUSY_TIMEOUT.as_millis()
+                                    )
+                                    .as_str(),
                                 )
-                                .as_str(),
-                            )
-                            .await?;
-                            // Read models are rebuilt from the log, and each checkpoint
-                            // commits with its rows: NORMAL (no fsync per commit in WAL
-                            // mode) can lose the last commits on power loss, never
-                            // consistency; the projection replays what it lacks.
-                            conn.execute("PRAGMA synchronous = NORMAL").await?;
-                        }
-                        Ok(())
-                    })
+                                .await?;
+                                // Read models are rebuilt from the log, and each checkpoint
+                                // commits with its rows: NORMAL (no fsync per commit in WAL
+                                // mode) can lose the last commits on power loss, never
+                                // consistency; the projection replays what it lacks.
+                                conn.execute("PRAGMA synchronous = NORMAL").await?;
+                            }
+                            Ok(())
+                        })
+                    }
                 })
         };
         let pool = options(match backend {
@@ -113,6 +132,7 @@ impl Store {
             pool,
             reads,
             backend,
+            url: given_url.into(),
         };
         crate::migrations::run(&store)
             .await

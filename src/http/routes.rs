@@ -434,6 +434,22 @@ pub fn routes() -> Vec<RouteDef> {
         ),
         r(
             Method::GET,
+            "/v1/admin/projections",
+            Operator,
+            "Each read model's checkpoint, the log head, lag in events and seconds, the workers lease holder, and rebuilds.",
+            &[],
+            get(admin::projections),
+        ),
+        r(
+            Method::POST,
+            "/v1/admin/projections/{name}/rebuild",
+            Operator,
+            "Rebuild a read model (or all) from the log beside the live one and swap it in atomically (202; progress in GET /v1/admin/projections).",
+            &[Conflict],
+            post(admin::rebuild),
+        ),
+        r(
+            Method::GET,
             "/v1/admin/dead-letters",
             Operator,
             "List dead letters.",

@@ -245,7 +245,7 @@ async fn metrics_and_readiness() {
     assert_eq!(r.json["ready"], true);
 }
 
-async fn activity(app: &crate::support::app::TestApp) {
+pub(crate) async fn activity(app: &crate::support::app::TestApp) {
     let owner = app.workspace("acme").await;
     app.workspace("beta").await;
     app.claim("acme", "700800900100200", "300100200300400")

@@ -13,6 +13,7 @@ mod log_conformance;
 mod onboarding;
 mod ratelimit_shared;
 mod realworld;
+mod replay;
 mod security;
 mod sending;
 mod vault;

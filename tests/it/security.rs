@@ -82,6 +82,18 @@ async fn revocation_fails_closed(log: LogKind) {
         StatusCode::OK,
         "the agent key works before its revocation"
     );
+    // Readiness says why: nobody runs the workers.
+    let r = api.call(reqwest::Method::GET, "/readyz", None, None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert!(r.json["workers_lease_holder"].is_null(), "{}", r.text);
+    assert!(
+        r.json["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("WABRIDGE_ROLES=workers"),
+        "{}",
+        r.text
+    );
     let path = format!("/v1/workspaces/ws-a/api-keys/{}", key_id(&agent));
     let r = api.delete(&path, &owner).await;
     assert_problem(

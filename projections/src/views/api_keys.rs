@@ -109,6 +109,9 @@ impl Projection for ApiKeys {
     fn name(&self) -> &'static str {
         "api_keys"
     }
+    fn tables(&self) -> &'static [&'static str] {
+        &["api_keys"]
+    }
     fn dump_sql(&self) -> &'static str {
         "SELECT key_id || '|' || COALESCE(workspace, '') || '|' || name || '|' || role || '|' || secret_hash || '|' || created_at || '|' || COALESCE(expires_at, '') || '|' || COALESCE(revoked_at, '') || '|' || COALESCE(last_used_at, '') || '|' || CAST(log_seq AS TEXT) FROM api_keys ORDER BY key_id"
     }

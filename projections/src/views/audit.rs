@@ -281,6 +281,9 @@ impl Projection for Audit {
     fn name(&self) -> &'static str {
         "audit"
     }
+    fn tables(&self) -> &'static [&'static str] {
+        &["audit_entries", "audit_heads"]
+    }
     fn dump_sql(&self) -> &'static str {
         "SELECT workspace || '|' || CAST(seq AS TEXT) || '|' || at || '|' || actor || '|' || action || '|' || target || '|' || outcome || '|' || COALESCE(ip, '') || '|' || prev_hash || '|' || hash FROM audit_entries \
          UNION ALL SELECT 'head|' || workspace || '|' || CAST(seq AS TEXT) || '|' || hash || '|' || CAST(cut_through AS TEXT) || '|' || cut_hash || '|' || COALESCE(cut_signature, '') FROM audit_heads ORDER BY 1"

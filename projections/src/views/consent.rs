@@ -338,6 +338,15 @@ impl Projection for Consent {
     fn name(&self) -> &'static str {
         "consent"
     }
+    fn tables(&self) -> &'static [&'static str] {
+        &[
+            "consent_aliases",
+            "consent_config",
+            "consent_contacts",
+            "consent_history",
+            "consent_suspected",
+        ]
+    }
     fn dump_sql(&self) -> &'static str {
         "SELECT 'c|' || workspace || '|' || contact_id || '|' || CAST(opted_out AS TEXT) || '|' || CAST(marketing_opted_out AS TEXT) || '|' || updated_at FROM consent_contacts \
          UNION ALL SELECT 'a|' || workspace || '|' || ident || '|' || contact_id FROM consent_aliases \

@@ -113,6 +113,9 @@ impl Projection for DeadLetters {
     fn name(&self) -> &'static str {
         "dead_letters"
     }
+    fn tables(&self) -> &'static [&'static str] {
+        &["dead_letters"]
+    }
     fn dump_sql(&self) -> &'static str {
         "SELECT id || '|' || consumer || '|' || stream || '|' || CAST(seq AS TEXT) || '|' || event_type || '|' || reason || '|' || CAST(attempts AS TEXT) || '|' || status || '|' || recorded_at || '|' || updated_at FROM dead_letters ORDER BY id"
     }

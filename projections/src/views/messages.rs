@@ -61,6 +61,9 @@ impl Projection for Messages {
     fn name(&self) -> &'static str {
         "messages"
     }
+    fn tables(&self) -> &'static [&'static str] {
+        &["messages", "message_history"]
+    }
     fn dump_sql(&self) -> &'static str {
         "SELECT workspace || '|' || phone_number_id || '|' || wamid || '|' || direction || '|' || contact || '|' || message_type || '|' || status || '|' || occurred_at || '|' || updated_at FROM messages \
          UNION ALL SELECT 'h|' || workspace || '|' || phone_number_id || '|' || wamid || '|' || CAST(log_seq AS TEXT) || '|' || status || '|' || at || '|' || COALESCE(CAST(error_code AS TEXT), '') FROM message_history ORDER BY 1"

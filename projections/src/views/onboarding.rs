@@ -384,6 +384,9 @@ impl Projection for Onboarding {
     fn name(&self) -> &'static str {
         "onboarding"
     }
+    fn tables(&self) -> &'static [&'static str] {
+        &["onboarding", "onboarding_partner"]
+    }
     fn dump_sql(&self) -> &'static str {
         "SELECT 's|' || workspace || '|' || id || '|' || doc FROM onboarding \
          UNION ALL SELECT 'p|' || waba_id || '|' || CAST(seq AS TEXT) || '|' || workspace || '|' || event || '|' || at FROM onboarding_partner ORDER BY 1"

@@ -92,6 +92,9 @@ impl Projection for PhoneNumbers {
     fn name(&self) -> &'static str {
         "phone_numbers"
     }
+    fn tables(&self) -> &'static [&'static str] {
+        &["phone_numbers", "wabas"]
+    }
     fn dump_sql(&self) -> &'static str {
         "SELECT phone_number_id || '|' || workspace || '|' || waba_id || '|' || display_phone_number || '|' || claimed_at FROM phone_numbers \
          UNION ALL SELECT 'waba|' || waba_id || '|' || workspace FROM wabas ORDER BY 1"

@@ -86,6 +86,9 @@ impl Projection for RateLimits {
     fn name(&self) -> &'static str {
         "rate_limits"
     }
+    fn tables(&self) -> &'static [&'static str] {
+        &["rate_limit_policies", "rate_limit_usage"]
+    }
     fn dump_sql(&self) -> &'static str {
         "SELECT 'p|' || workspace || '|' || CAST(requests_per_second AS TEXT) || '|' || CAST(burst AS TEXT) || '|' || updated_at FROM rate_limit_policies \
          UNION ALL SELECT 'u|' || workspace || '|' || minute || '|' || CAST(admitted AS TEXT) || '|' || CAST(rejected AS TEXT) || '|' || CAST(requests_per_second AS TEXT) || '|' || CAST(burst AS TEXT) FROM rate_limit_usage ORDER BY 1"

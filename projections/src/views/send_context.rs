@@ -66,6 +66,9 @@ impl Projection for SendContext {
     fn name(&self) -> &'static str {
         "send_context"
     }
+    fn tables(&self) -> &'static [&'static str] {
+        &["last_inbound", "template_categories"]
+    }
     fn dump_sql(&self) -> &'static str {
         "SELECT 'i|' || workspace || '|' || ident || '|' || at FROM last_inbound \
          UNION ALL SELECT 't|' || workspace || '|' || name || '|' || language || '|' || category FROM template_categories ORDER BY 1"

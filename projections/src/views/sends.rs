@@ -439,6 +439,9 @@ impl Projection for Sends {
     fn name(&self) -> &'static str {
         "sends"
     }
+    fn tables(&self) -> &'static [&'static str] {
+        &["sends", "send_history", "send_wamids"]
+    }
     fn dump_sql(&self) -> &'static str {
         "SELECT workspace || '|' || id || '|' || phone_number_id || '|' || COALESCE(recipient_to, '') || '|' || COALESCE(recipient_user, '') || '|' || message_type || '|' || COALESCE(category, '') || '|' || status || '|' || phase || '|' || COALESCE(wamid, '') || '|' || CAST(attempts AS TEXT) || '|' || COALESCE(reason, '') || '|' || COALESCE(CAST(error_code AS TEXT), '') || '|' || COALESCE(error_title, '') || '|' || COALESCE(retry_at, '') || '|' || created_at || '|' || updated_at || '|' || CAST(requested_seq AS TEXT) FROM sends \
          UNION ALL SELECT 'h|' || workspace || '|' || id || '|' || CAST(log_seq AS TEXT) || '|' || status || '|' || detail || '|' || at || '|' || COALESCE(CAST(error_code AS TEXT), '') FROM send_history \

@@ -106,6 +106,9 @@ impl Projection for Tokens {
     fn name(&self) -> &'static str {
         "tokens"
     }
+    fn tables(&self) -> &'static [&'static str] {
+        &["tokens"]
+    }
     fn dump_sql(&self) -> &'static str {
         "SELECT workspace || '|' || phone_number_id || '|' || key_version || '|' || nonce || '|' || ciphertext || '|' || fingerprint || '|' || status || '|' || stored_at || '|' || COALESCE(expires_at, '') || '|' || CAST(log_seq AS TEXT) FROM tokens ORDER BY workspace, phone_number_id"
     }

@@ -128,6 +128,9 @@ impl Projection for Unrouted {
     fn name(&self) -> &'static str {
         "unrouted"
     }
+    fn tables(&self) -> &'static [&'static str] {
+        &["unrouted"]
+    }
     fn dump_sql(&self) -> &'static str {
         "SELECT dedup_key || '|' || phone_number_id || '|' || waba_id || '|' || event_type || '|' || data || '|' || occurred_at || '|' || recorded_at || '|' || COALESCE(assigned_to, '') FROM unrouted ORDER BY dedup_key"
     }

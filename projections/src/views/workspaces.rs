@@ -47,6 +47,9 @@ impl Projection for Workspaces {
     fn name(&self) -> &'static str {
         "workspaces"
     }
+    fn tables(&self) -> &'static [&'static str] {
+        &["workspaces"]
+    }
     fn dump_sql(&self) -> &'static str {
         "SELECT slug || '|' || name || '|' || created_at FROM workspaces ORDER BY slug"
     }

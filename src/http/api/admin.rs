@@ -1,4 +1,5 @@
-//! Operator routes: unrouted webhooks and dead letters.
+//! Operator routes: unrouted webhooks, dead letters, and the read models (status and
+//! rebuilds).
 
 use axum::{extract::State, Json as AxumJson};
 use serde::{Deserialize, Serialize};
@@ -210,4 +211,55 @@ pub async fn discard(
 ) -> Result<NoContent, AppError> {
     dl_cmd::discard(&app.ctx, &auth.caller, &p.id, body.reason).await?;
     Ok(NoContent)
+}
+
+/// Every read model's checkpoint, the log's head, the lag in events and seconds,
+/// who holds the workers lease, and rebuilds started here.
+pub async fn projections(
+    State(app): State<App>,
+    _auth: Authed,
+) -> Result<AxumJson<crate::replay::ProjectionsReport>, AppError> {
+    Ok(AxumJson(crate::replay::status(&app).await?))
+}
+
+/// Path of a projection.
+#[derive(Deserialize, schemars::JsonSchema)]
+pub struct ProjectionPath {
+    /// A projection's name (see `GET /v1/admin/projections`), or `all`.
+    pub name: String,
+}
+
+/// A rebuild that was started.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct RebuildStarted {
+    /// What is rebuilt.
+    pub name: String,
+    /// `running`: follow it in `GET /v1/admin/projections`.
+    pub state: &'static str,
+}
+
+/// Rebuilds a read model (or `all`) from the log beside the live one, then swaps it
+/// in atomically (202 at once; 409 while one of that name runs).
+pub async fn rebuild(
+    State(app): State<App>,
+    _auth: Authed,
+    Path(p): Path<ProjectionPath>,
+) -> Result<Accepted<RebuildStarted>, AppError> {
+    let Some(projections) = crate::replay::select(&app, &p.name) else {
+        return Err(AppError::not_found(format!(
+            "no projection {:?}; see GET /v1/admin/projections",
+            p.name
+        )));
+    };
+    if !crate::replay::start(&app, &p.name, projections) {
+        return Err(AppError::new(
+            axum::http::StatusCode::CONFLICT,
+            "conflict",
+            format!("a rebuild of {} is running", p.name),
+        ));
+    }
+    Ok(Accepted(RebuildStarted {
+        name: p.name,
+        state: "running",
+    }))
 }

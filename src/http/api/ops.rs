@@ -34,6 +34,12 @@ pub struct Readiness {
     pub store: bool,
     /// Projections more than the bound behind the log.
     pub lagging: Vec<String>,
+    /// The instance running the workers (projections, webhook processor, sender,
+    /// onboarding), by its lease; none when no instance runs them.
+    pub workers_lease_holder: Option<String>,
+    /// Why it is not ready, for a person.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// Lag per projection: (name, log head - checkpoint).
@@ -84,7 +90,37 @@ pub async fn readyz(State(app): State<App>) -> Response {
     } else {
         vec![]
     };
-    let ready = log && store && lagging.is_empty();
+    let holder = if log {
+        app.ctx
+            .log
+            .lease(wabridge_handlers::commands::WORKERS_LEASE)
+            .await
+            .ok()
+            .flatten()
+            .map(|l| l.holder)
+    } else {
+        None
+    };
+    let mut problems = vec![];
+    if !log {
+        problems.push("the event log is unreachable".to_string());
+    }
+    if !store {
+        problems.push("the read-model database is unreachable".to_string());
+    }
+    if log && holder.is_none() {
+        problems.push(
+            "no instance runs the workers (none holds the workers lease): start one with WABRIDGE_ROLES=workers (or api,workers); until then commands answer 503 workers_unavailable"
+                .to_string(),
+        );
+    }
+    if !lagging.is_empty() {
+        problems.push(format!(
+            "more than {READY_LAG} events behind the log: {}",
+            lagging.join(", ")
+        ));
+    }
+    let ready = problems.is_empty();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -97,6 +133,8 @@ pub async fn readyz(State(app): State<App>) -> Response {
             log,
             store,
             lagging,
+            workers_lease_holder: holder,
+            problems,
         }),
     )
         .into_response()

@@ -1,0 +1,373 @@
+//! Rebuilding read models from the log beside the live ones, while the server keeps
+//! serving, then swapping them in atomically.
+//!
+//! 1. A shadow store is created next to the live one (a SQLite file beside the live
+//!    database; a schema of its own in the same PostgreSQL database) and the
+//!    projections are replayed into it from the start of the log, in large
+//!    transactions, reporting progress.
+//! 2. Once the shadow is close to the log's head, one transaction on the live store
+//!    locks the projections' checkpoint rows (the live applier waits on them), reads
+//!    where each live projection stands (`L`), and brings the shadow to exactly `L`.
+//! 3. In that same transaction: the live tables are emptied and filled from the
+//!    shadow's; the checkpoints stay at `L`. On commit the live applier goes on from
+//!    `L + 1` on the rebuilt state: no event is applied twice or missed. Readers see
+//!    the old state until the commit and the new one after it, never a half-built one.
+//!    A dry run compares the checksums at `L` instead, and swaps nothing.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use sqlx::Connection;
+use wabridge_events::{EventLog, StreamKind};
+
+use crate::{
+    checkpoint,
+    driver::{Driver, Follower},
+    projection::{self, checksum, checksum_on, AsReactor},
+    Backend, Progress, Projection, Reactor, Store,
+};
+
+/// Events per transaction while replaying into the shadow.
+pub const REPLAY_BATCH: usize = 5000;
+
+/// How a rebuild is going.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+pub struct RebuildProgress {
+    /// The log position the shadow has reached.
+    pub position: u64,
+    /// The log's head when last looked at.
+    pub head: u64,
+    /// Events applied so far.
+    pub events: u64,
+    /// Events per second so far.
+    pub events_per_second: u64,
+    /// Seconds left at this pace (an estimate).
+    pub eta_seconds: u64,
+}
+
+/// One projection's outcome.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+pub struct RebuiltProjection {
+    /// The projection.
+    pub name: String,
+    /// Where both states stood when compared or swapped.
+    pub position: u64,
+    /// SHA-256 of the rebuilt state's canonical dump.
+    pub checksum: String,
+    /// The live state's, at the same position.
+    pub live_checksum: String,
+}
+
+/// What a rebuild did.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, schemars::JsonSchema)]
+pub struct RebuildReport {
+    /// Each projection.
+    pub projections: Vec<RebuiltProjection>,
+    /// Events replayed.
+    pub events: u64,
+    /// Seconds it took.
+    pub seconds: f64,
+    /// Whether the rebuilt state replaced the live one.
+    pub swapped: bool,
+}
+
+impl RebuildReport {
+    /// Whether every rebuilt state equals the live one (before a swap).
+    pub fn all_equal(&self) -> bool {
+        self.projections
+            .iter()
+            .all(|p| p.checksum == p.live_checksum)
+    }
+}
+
+/// Where the shadow lives, to remove it afterwards.
+enum Place {
+    File(std::path::PathBuf),
+    Schema(String),
+}
+
+/// A store beside the live one, with the same tables.
+struct Shadow {
+    store: Store,
+    /// How the live connection names its tables (SQLite: the attached alias).
+    qualifier: String,
+    place: Place,
+}
+
+impl Shadow {
+    async fn create(live: &Store) -> anyhow::Result<Shadow> {
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("replay_{}", &nonce[..12]);
+        match live.backend {
+            Backend::Sqlite => {
+                let url = live.url.expose_secret();
+                let live_path = url
+                    .strip_prefix("sqlite://")
+                    .and_then(|p| p.split('?').next())
+                    .filter(|p| !p.is_empty() && !p.contains(":memory:"))
+                    .context("a rebuild needs a SQLite database file")?;
+                let dir = std::path::Path::new(live_path)
+                    .parent()
+                    .map(|d| d.to_path_buf())
+                    .unwrap_or_default();
+                let path = dir.join(format!("{name}.db"));
+                let store = Store::connect(&format!("sqlite://{}", path.display())).await?;
+                Ok(Shadow {
+                    store,
+                    qualifier: "shadow".into(),
+                    place: Place::File(path),
+                })
+            }
+            Backend::Postgres => {
+                sqlx::query(&format!("CREATE SCHEMA {name}"))
+                    .execute(&live.pool)
+                    .await
+                    .context("creating the rebuild's schema")?;
+                let store = Store::connect_in(live.url.expose_secret(), Some(&name)).await?;
+                Ok(Shadow {
+                    store,
+                    qualifier: name.clone(),
+                    place: Place::Schema(name),
+                })
+            }
+        }
+    }
+
+    async fn remove(self, live: &Store) {
+        self.store.pool.close().await;
+        self.store.reads.close().await;
+        match self.place {
+            Place::File(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut p = path.clone().into_os_string();
+                    p.push(suffix);
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+            Place::Schema(name) => {
+                if let Err(e) = sqlx::query(&format!("DROP SCHEMA {name} CASCADE"))
+                    .execute(&live.pool)
+                    .await
+                {
+                    tracing::warn!(schema = %name, error = %e, "dropping the rebuild's schema failed");
+                }
+            }
+        }
+    }
+}
+
+/// Rebuilds `projections` from the log beside the live store; swaps the rebuilt
+/// state in unless `dry_run`. `on_progress` is called as the replay goes.
+pub async fn rebuild(
+    log: Arc<dyn EventLog>,
+    live: &Store,
+    projections: Vec<Arc<dyn Projection>>,
+    dry_run: bool,
+    mut on_progress: impl FnMut(&RebuildProgress) + Send,
+) -> anyhow::Result<RebuildReport> {
+    anyhow::ensure!(!projections.is_empty(), "no projection to rebuild");
+    anyhow::ensure!(
+        projections.iter().all(|p| p.stream() == StreamKind::Domain),
+        "only projections of the domain stream can be rebuilt"
+    );
+    let shadow = Shadow::create(live).await?;
+    let result = run(log, live, &shadow, projections, dry_run, &mut on_progress).await;
+    shadow.remove(live).await;
+    result
+}
+
+async fn run(
+    log: Arc<dyn EventLog>,
+    live: &Store,
+    shadow: &Shadow,
+    projections: Vec<Arc<dyn Projection>>,
+    dry_run: bool,
+    on_progress: &mut (impl FnMut(&RebuildProgress) + Send),
+) -> anyhow::Result<RebuildReport> {
+    let started = Instant::now();
+    let driver = Driver {
+        log: log.clone(),
+        store: shadow.store.clone(),
+        progress: Progress::default(),
+    };
+    let all = Follower {
+        consumer: "replay",
+        stream: StreamKind::Domain,
+        reactors: projection::reactors(projections.clone()),
+    };
+    // 1. Replay into the shadow, in steps, until close to the head.
+    let mut position = 0;
+    let mut last_report = Instant::now() - Duration::from_secs(1);
+    loop {
+        let head = log.last_seq(StreamKind::Domain).await?;
+        if head.saturating_sub(position) <= REPLAY_BATCH as u64 {
+            break;
+        }
+        let target = (position + 10 * REPLAY_BATCH as u64).min(head);
+        position = driver.catch_up_to(&all, target, REPLAY_BATCH).await?;
+        if last_report.elapsed() >= Duration::from_millis(500) || position >= head {
+            on_progress(&progress(position, head, position, started));
+            last_report = Instant::now();
+        }
+    }
+    // 2. and 3. Lock the live checkpoints, meet them exactly, swap or compare.
+    for attempt in 0.. {
+        let head = log.last_seq(StreamKind::Domain).await?;
+        position = driver.catch_up_to(&all, head, REPLAY_BATCH).await?;
+        on_progress(&progress(position, head, position, started));
+        match finish(&driver, live, shadow, &projections, dry_run).await? {
+            Some(projections) => {
+                return Ok(RebuildReport {
+                    events: projections.iter().map(|p| p.position).max().unwrap_or(0),
+                    projections,
+                    seconds: started.elapsed().as_secs_f64(),
+                    swapped: !dry_run,
+                });
+            }
+            // A dry run found the live state behind the shadow: let it catch up.
+            None if attempt < 600 => tokio::time::sleep(Duration::from_millis(100)).await,
+            None => anyhow::bail!(
+                "the live read models did not reach the rebuilt position within a minute"
+            ),
+        }
+    }
+    unreachable!()
+}
+
+fn progress(position: u64, head: u64, events: u64, started: Instant) -> RebuildProgress {
+    let secs = started.elapsed().as_secs_f64().max(1e-3);
+    let rate = (events as f64 / secs) as u64;
+    RebuildProgress {
+        position,
+        head,
+        events,
+        events_per_second: rate,
+        eta_seconds: head.saturating_sub(position) / rate.max(1),
+    }
+}
+
+/// The locked step: `None` when a dry run must wait for the live state.
+async fn finish(
+    driver: &Driver,
+    live: &Store,
+    shadow: &Shadow,
+    projections: &[Arc<dyn Projection>],
+    dry_run: bool,
+) -> anyhow::Result<Option<Vec<RebuiltProjection>>> {
+    let mut conn = live.pool.acquire().await?;
+    if live.backend == Backend::Sqlite {
+        let Place::File(path) = &shadow.place else {
+            unreachable!("a SQLite shadow is a file")
+        };
+        sqlx::query("ATTACH DATABASE $1 AS shadow")
+            .bind(path.display().to_string())
+            .execute(&mut *conn)
+            .await
+            .context("attaching the rebuilt database")?;
+    }
+    let outcome = locked(driver, &mut conn, shadow, projections, dry_run).await;
+    if live.backend == Backend::Sqlite {
+        if let Err(e) = sqlx::query("DETACH DATABASE shadow")
+            .execute(&mut *conn)
+            .await
+        {
+            // Do not hand a connection with the shadow attached back to the pool.
+            tracing::warn!(error = %e, "detaching the rebuilt database failed");
+            let _ = conn.detach().close().await;
+        }
+    }
+    outcome
+}
+
+async fn locked(
+    driver: &Driver,
+    conn: &mut sqlx::AnyConnection,
+    shadow: &Shadow,
+    projections: &[Arc<dyn Projection>],
+    dry_run: bool,
+) -> anyhow::Result<Option<Vec<RebuiltProjection>>> {
+    let mut tx = conn.begin().await?;
+    let mut at = Vec::with_capacity(projections.len());
+    for p in projections {
+        // Take the checkpoint row's lock (the live applier's advance waits on it).
+        sqlx::query("INSERT INTO projection_checkpoints (name, seq) VALUES ($1, 0) ON CONFLICT (name) DO UPDATE SET seq = projection_checkpoints.seq")
+            .bind(p.name())
+            .execute(&mut *tx)
+            .await?;
+        let live_cp = checkpoint::get(&mut tx, p.name()).await?;
+        // Bring the shadow to exactly where the live projection stands (it is at or
+        // near the head already: a few events at most).
+        let one = Follower {
+            consumer: "replay",
+            stream: StreamKind::Domain,
+            reactors: vec![Arc::new(AsReactor(p.clone())) as Arc<dyn Reactor>],
+        };
+        let shadow_cp = driver.catch_up_to(&one, live_cp, REPLAY_BATCH).await?;
+        if shadow_cp != live_cp && dry_run {
+            return Ok(None);
+        }
+        at.push((p, live_cp, shadow_cp));
+    }
+    let mut out = Vec::with_capacity(at.len());
+    for (p, live_cp, shadow_cp) in at {
+        let rebuilt = checksum(&shadow.store, &**p).await?;
+        let mut live_checksum = checksum_on(&mut tx, &**p).await?;
+        if !dry_run {
+            for table in p.tables() {
+                sqlx::query(&format!("DELETE FROM {table}"))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(&format!(
+                    "INSERT INTO {table} SELECT * FROM {}.{table}",
+                    shadow.qualifier
+                ))
+                .execute(&mut *tx)
+                .await
+                .with_context(|| format!("copying the rebuilt {table}"))?;
+            }
+            if shadow_cp != live_cp {
+                // The live projection was behind the rebuilt one: it goes on from
+                // the rebuilt position (its pending batch skips what this covers).
+                sqlx::query("UPDATE projection_checkpoints SET seq = $1 WHERE name = $2")
+                    .bind(shadow_cp as i64)
+                    .bind(p.name())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            live_checksum = checksum_on(&mut tx, &**p).await?;
+        }
+        out.push(RebuiltProjection {
+            name: p.name().to_string(),
+            position: shadow_cp,
+            checksum: rebuilt,
+            live_checksum,
+        });
+    }
+    tx.commit().await?;
+    Ok(Some(out))
+}
+
+/// The live state's checksum and the checkpoint it is at, read in one snapshot.
+pub async fn live_checksum(
+    store: &Store,
+    projection: &dyn Projection,
+) -> anyhow::Result<(u64, String)> {
+    let mut conn = store.reads.acquire().await?;
+    let begin = match store.backend {
+        Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ",
+        Backend::Sqlite => "BEGIN",
+    };
+    sqlx::query(begin).execute(&mut *conn).await?;
+    let result = async {
+        let cp = checkpoint::get(&mut conn, projection.name()).await?;
+        let sum = checksum_on(&mut conn, projection).await?;
+        anyhow::Ok((cp, sum))
+    }
+    .await;
+    let _ = sqlx::query("COMMIT").execute(&mut *conn).await;
+    result
+}

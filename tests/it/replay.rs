@@ -1,0 +1,352 @@
+//! Replay: rebuilding read models beside the live ones and swapping them in, on both
+//! databases — equal to live after a mixed workload, a wrong read model repaired,
+//! a replay while webhooks keep arriving ending equal to a quiet one, readers never
+//! seeing a half-built view during the swap, the HTTP rebuild with its progress in
+//! the operator's view, and the CLI's checksums equal to `projections checksum`.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use wabridge::dev::webhook::{build, Kind, WebhookSpec};
+use wabridge_projections::{rebuild, views};
+
+use crate::support::app::{spawn_app, DbKind, LogKind, TestApp};
+
+const NUMBER: &str = "700800900100200";
+const WABA: &str = "300100200300400";
+
+/// Rebuilds every projection without swapping: each equals the live state.
+async fn dry_run_all(app: &TestApp) -> rebuild::RebuildReport {
+    app.settle().await;
+    let report = rebuild::rebuild(
+        app.app.ctx.log.clone(),
+        &app.app.ctx.store,
+        views::all(&app.app.projection_keys()),
+        true,
+        |_| {},
+    )
+    .await
+    .expect("a dry run");
+    assert!(!report.swapped);
+    assert_eq!(
+        report.projections.len(),
+        views::all(&Default::default()).len()
+    );
+    report
+}
+
+fn assert_equal(report: &rebuild::RebuildReport) {
+    for p in &report.projections {
+        assert_eq!(p.checksum, p.live_checksum, "{} differs from live", p.name);
+    }
+}
+
+async fn inbound(app: &TestApp, from: &str, text: &str) -> StatusCode {
+    let body = build(&WebhookSpec {
+        kind: Kind::Text,
+        phone_number_id: NUMBER.into(),
+        waba_id: WABA.into(),
+        from: from.into(),
+        text: Some(text.into()),
+        ..WebhookSpec::default()
+    });
+    app.signed_webhook(&body).await.status
+}
+
+async fn replay_equals_live(log: LogKind, db: DbKind) {
+    let app = spawn_app(log, db).await;
+    crate::http::activity(&app).await;
+    let key = app.workspace("gamma").await;
+    // A STOP: consent state.
+    assert_eq!(inbound(&app, "447700900500", "STOP").await, StatusCode::OK);
+    assert_eq!(inbound(&app, "447700900501", "hello").await, StatusCode::OK);
+    let report = dry_run_all(&app).await;
+    assert_equal(&report);
+    assert!(report.events > 10, "{report:?}");
+
+    // "A projection is wrong": the read model was changed behind the log's back.
+    app.settle().await;
+    let store = &app.app.ctx.store;
+    sqlx::query("UPDATE consent_contacts SET opted_out = 0")
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM api_keys WHERE workspace = 'gamma'")
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    let report = dry_run_all(&app).await;
+    let differs: Vec<&str> = report
+        .projections
+        .iter()
+        .filter(|p| p.checksum != p.live_checksum)
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(differs, ["api_keys", "consent"], "{report:?}");
+    // The swap repairs it, and the API answers from the rebuilt state.
+    let swapped = rebuild::rebuild(
+        app.app.ctx.log.clone(),
+        store,
+        views::all(&app.app.projection_keys()),
+        false,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(swapped.swapped);
+    assert_equal(&swapped);
+    assert_equal(&dry_run_all(&app).await);
+    let r = app.get("/v1/workspaces/gamma", &key).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the rebuilt key works: {}",
+        r.text
+    );
+    let opted: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM consent_contacts WHERE opted_out = 1")
+            .fetch_one(&store.reads)
+            .await
+            .unwrap();
+    assert_eq!(opted, 1, "the STOP is back");
+    // The live projections go on after the swap: a new event is applied once.
+    assert_eq!(inbound(&app, "447700900502", "after").await, StatusCode::OK);
+    assert_equal(&dry_run_all(&app).await);
+}
+
+#[tokio::test]
+async fn replay_equals_live_and_repairs_a_wrong_read_model_sqlite() {
+    replay_equals_live(LogKind::Embedded, DbKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn replay_equals_live_and_repairs_a_wrong_read_model_postgres() {
+    replay_equals_live(LogKind::JetStream, DbKind::Postgres).await;
+}
+
+/// Webhooks keep arriving during a replay with a swap; after the load stops, the
+/// live state equals a quiet rebuild (nothing applied twice, nothing missed).
+async fn replay_under_load(log: LogKind, db: DbKind) {
+    let app = Arc::new(spawn_app(log, db).await);
+    app.workspace("acme").await;
+    app.claim("acme", NUMBER, WABA).await;
+    for i in 0..200 {
+        assert_eq!(
+            inbound(&app, &format!("4477009{i:05}"), "before").await,
+            StatusCode::OK
+        );
+    }
+    app.settle().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let load = {
+        let (app, stop, sent) = (app.clone(), stop.clone(), sent.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let from = format!("4478009{:05}", i % 100_000);
+                let text = if i % 7 == 0 { "STOP" } else { "during" };
+                assert_eq!(inbound(&app, &from, text).await, StatusCode::OK);
+                sent.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let report = rebuild::rebuild(
+        app.app.ctx.log.clone(),
+        &app.app.ctx.store,
+        views::all(&app.app.projection_keys()),
+        false,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(report.swapped);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert!(
+        sent.load(Ordering::Relaxed) > 5,
+        "the load ran during the replay"
+    );
+    assert_equal(&dry_run_all(&app).await);
+    let messages = views::messages::count(&app.app.ctx.store, "acme")
+        .await
+        .unwrap();
+    assert_eq!(messages as u64, 200 + sent.load(Ordering::Relaxed));
+}
+
+#[tokio::test]
+async fn a_replay_while_webhooks_keep_arriving_ends_equal_to_a_quiet_one_sqlite() {
+    replay_under_load(LogKind::Embedded, DbKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_replay_while_webhooks_keep_arriving_ends_equal_to_a_quiet_one_postgres() {
+    replay_under_load(LogKind::JetStream, DbKind::Postgres).await;
+}
+
+/// Readers during the swap see the whole old view or the whole new one.
+async fn swap_under_queries(db: DbKind) {
+    let app = Arc::new(spawn_app(LogKind::Embedded, db).await);
+    app.workspace("acme").await;
+    app.claim("acme", NUMBER, WABA).await;
+    const N: i64 = 300;
+    for i in 0..N {
+        assert_eq!(
+            inbound(&app, &format!("4479009{i:05}"), "hi").await,
+            StatusCode::OK
+        );
+    }
+    app.settle().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (app, stop, reads) = (app.clone(), stop.clone(), reads.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages")
+                    .fetch_one(&app.app.ctx.store.reads)
+                    .await
+                    .unwrap();
+                assert_eq!(n, N, "a reader saw a half-built messages view");
+                reads.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    for _ in 0..3 {
+        let report = rebuild::rebuild(
+            app.app.ctx.log.clone(),
+            &app.app.ctx.store,
+            views::all(&app.app.projection_keys()),
+            false,
+            |_| {},
+        )
+        .await
+        .unwrap();
+        assert!(report.swapped);
+    }
+    stop.store(true, Ordering::Relaxed);
+    reader.await.unwrap();
+    assert!(reads.load(Ordering::Relaxed) > 10, "the reader ran");
+}
+
+#[tokio::test]
+async fn the_swap_never_shows_a_half_built_view_sqlite() {
+    swap_under_queries(DbKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn the_swap_never_shows_a_half_built_view_postgres() {
+    swap_under_queries(DbKind::Postgres).await;
+}
+
+#[tokio::test]
+async fn the_operator_rebuilds_over_http_and_follows_it() {
+    let app = spawn_app(LogKind::Embedded, DbKind::Sqlite).await;
+    crate::http::activity(&app).await;
+    let op = app.operator.clone();
+    let r = app.get("/v1/admin/projections", &op).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(r.json["workers_lease_holder"].is_string(), "{}", r.text);
+    let names: Vec<&str> = r.json["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for n in ["consent", "audit", "onboarding", "webhook_processor"] {
+        assert!(names.contains(&n), "{n} missing: {names:?}");
+    }
+    for p in r.json["projections"].as_array().unwrap() {
+        assert!(
+            p["lag_events"].is_u64() && p["lag_seconds"].is_number(),
+            "{p}"
+        );
+        assert!(p["checkpoint"].as_u64() <= p["head"].as_u64(), "{p}");
+    }
+    // A workspace key may not; an unknown name is 404.
+    let owner = app.workspace("ops").await;
+    let r = app
+        .post("/v1/admin/projections/consent/rebuild", &owner, Value::Null)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    let r = app
+        .post("/v1/admin/projections/nope/rebuild", &op, Value::Null)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    let r = app
+        .post("/v1/admin/projections/all/rebuild", &op, Value::Null)
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let r = app.get("/v1/admin/projections", &op).await;
+        let state = &r.json["rebuild_all"]["state"];
+        if state != "running" {
+            break r.json["rebuild_all"].clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", r.text);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["report"]["swapped"], true);
+    for p in done["report"]["projections"].as_array().unwrap() {
+        assert_eq!(p["checksum"], p["live_checksum"], "{p}");
+    }
+}
+
+/// The binary: `replay --dry-run` prints each projection's checksum, equal to what
+/// `projections checksum` prints for the live state; `replay` swaps; an unknown
+/// projection is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replay_command_prints_the_checksums_of_projections_checksum() {
+    use crate::vault::{bootstrap, wabridge};
+    let data = tempfile::tempdir().unwrap();
+    let keys = format!("v1:{}", crate::support::app::MASTER_V1);
+    let env = [("TOKEN_MASTER_KEYS", keys.as_str())];
+    bootstrap(data.path(), &env, "acme");
+    bootstrap(data.path(), &env, "beta");
+    let run = |args: &[&str]| {
+        let out = wabridge(data.path(), &env).args(args).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, live, err) = run(&["projections", "checksum"]);
+    assert!(ok, "{err}");
+    let (ok, dry, err) = run(&["replay", "--projection", "all", "--dry-run"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("events/s"), "progress is shown: {err}");
+    assert!(err.contains("dry run"), "{err}");
+    let (ok, swapped, err) = run(&["replay", "--projection", "all"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("swapped in"), "{err}");
+    // `name checkpoint checksum` vs `name position checksum [verdict]`.
+    let first3 = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    assert_eq!(
+        first3(&live),
+        first3(&dry),
+        "live:\n{live}\ndry run:\n{dry}"
+    );
+    assert_eq!(first3(&live), first3(&swapped));
+    assert!(dry.lines().all(|l| l.ends_with("equal")), "{dry}");
+    assert!(live.lines().any(|l| l.starts_with("api_keys ")), "{live}");
+    let (ok, _, err) = run(&["replay", "--projection", "nope"]);
+    assert!(!ok);
+    assert!(err.contains("no projection"), "{err}");
+}
