@@ -57,6 +57,7 @@ pub async fn open_log(cfg: &Config) -> anyhow::Result<Arc<dyn EventLog>> {
         None => {
             let mut e = EmbeddedConfig::new(cfg.data_dir.join("events.db"));
             e.duplicate_window = cfg.dedup_window;
+            e.raw_max_age = Some(cfg.raw_retention);
             e.namespace = cfg.namespace.clone();
             Arc::new(
                 EmbeddedLog::open(e)

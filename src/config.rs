@@ -55,6 +55,10 @@ pub struct ConfigArgs {
     /// The log's duplicate window (e.g. `10m`, `600s`, `2h`; default 10m).
     #[arg(long, env = "WABRIDGE_DEDUP_WINDOW")]
     pub dedup_window: Option<String>,
+    /// Max age of raw webhook bodies in the log (e.g. `30d`; default 30d): older
+    /// ones expire; every read model rebuilds from the domain stream alone.
+    #[arg(long, env = "WABRIDGE_RAW_RETENTION")]
+    pub raw_retention: Option<String>,
     /// Audit retention in days (default 90).
     #[arg(long, env = "WABRIDGE_AUDIT_RETENTION_DAYS")]
     pub audit_retention_days: Option<String>,
@@ -141,6 +145,8 @@ pub struct Config {
     pub dedup_window: Duration,
     /// Audit retention.
     pub audit_retention: Duration,
+    /// Max age of raw webhooks in the log (`WABRIDGE_RAW_RETENTION`).
+    pub raw_retention: Duration,
     /// Trusted proxies.
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Graph API base URL.
@@ -370,6 +376,13 @@ impl Config {
             SECOND,
             7 * DAY,
         )?;
+        let raw_retention = duration_var(
+            "WABRIDGE_RAW_RETENTION",
+            args.raw_retention.as_deref(),
+            30 * DAY,
+            SECOND,
+            3650 * DAY,
+        )?;
         let days = count_var(
             "WABRIDGE_AUDIT_RETENTION_DAYS",
             args.audit_retention_days.as_deref(),
@@ -480,6 +493,7 @@ impl Config {
                     5,
                 )? as usize;
                 js.duplicate_window = dedup_window;
+                js.raw_max_age = Some(raw_retention);
                 js.namespace = namespace.clone();
                 Some(js)
             }
@@ -516,6 +530,7 @@ impl Config {
             max_body,
             dedup_window,
             audit_retention: Duration::from_secs(days * 86400),
+            raw_retention,
             trusted_proxies,
             meta_graph_url: args
                 .meta_graph_url

@@ -38,6 +38,8 @@ pub struct EmbeddedConfig {
     pub poll_interval: Duration,
     /// The subject namespace.
     pub namespace: Namespace,
+    /// Max age of raw webhooks (`WABRIDGE_RAW_RETENTION`); none: kept for ever.
+    pub raw_max_age: Option<Duration>,
 }
 
 impl EmbeddedConfig {
@@ -49,6 +51,7 @@ impl EmbeddedConfig {
             max_payload: 8 * 1024 * 1024,
             poll_interval: Duration::from_secs(1),
             namespace: Namespace::default(),
+            raw_max_age: None,
         }
     }
 }
@@ -184,7 +187,27 @@ async fn writer_loop(
     cfg: std::sync::Arc<EmbeddedConfig>,
 ) {
     let mut batches: u64 = 0;
-    while let Some(first) = rx.recv().await {
+    // Expired raw webhooks are deleted about every tenth of their max age (1 s to
+    // 1 min), between append transactions.
+    let purge_every = cfg
+        .raw_max_age
+        .map(|a| (a / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)))
+        .unwrap_or(Duration::from_secs(3600));
+    let mut purge = tokio::time::interval(purge_every);
+    purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            next = rx.recv() => match next {
+                Some(first) => first,
+                None => break,
+            },
+            _ = purge.tick() => {
+                if let Some(max_age) = cfg.raw_max_age {
+                    purge_raw(&mut conn, max_age).await;
+                }
+                continue;
+            }
+        };
         let mut batch = vec![first];
         let mut bytes = batch[0].0.payload.len();
         while batch.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
@@ -219,6 +242,28 @@ async fn writer_loop(
         if batches % 1000 == 0 {
             prune_dedup(&mut conn, &cfg).await;
         }
+    }
+}
+
+/// Deletes raw webhooks older than `max_age`, always keeping the newest (sequences
+/// are never reused: a new append follows the last one).
+async fn purge_raw(conn: &mut SqliteConnection, max_age: Duration) {
+    let cutoff = Timestamp::now().minus(max_age).unix_micros();
+    match sqlx::query(
+        "DELETE FROM events_raw WHERE recorded_us < ? AND seq < (SELECT MAX(seq) FROM events_raw)",
+    )
+    .bind(cutoff)
+    .execute(conn)
+    .await
+    {
+        Ok(r) if r.rows_affected() > 0 => {
+            tracing::info!(
+                expired = r.rows_affected(),
+                "embedded log: raw webhooks past WABRIDGE_RAW_RETENTION deleted"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "embedded log: expiring raw webhooks failed"),
     }
 }
 

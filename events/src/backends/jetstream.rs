@@ -52,6 +52,8 @@ pub struct JetStreamConfig {
     pub replicas: usize,
     /// The duplicate window.
     pub duplicate_window: Duration,
+    /// Max age of the raw stream's messages (`WABRIDGE_RAW_RETENTION`); none: kept.
+    pub raw_max_age: Option<Duration>,
     /// Largest payload we append (the server's `max_payload` also applies).
     pub max_payload: usize,
     /// The subject and stream namespace.
@@ -71,6 +73,7 @@ impl JetStreamConfig {
             tls_required: false,
             replicas: 1,
             duplicate_window: Duration::from_secs(600),
+            raw_max_age: None,
             max_payload: 8 * 1024 * 1024,
             namespace: Namespace::default(),
             connect_timeout: Duration::from_secs(5),
@@ -149,12 +152,24 @@ impl JetStreamLog {
 
     async fn ensure_stream(&self, kind: StreamKind) -> anyhow::Result<()> {
         let ns = &self.cfg.namespace;
+        // Raw webhooks expire after their max age (the domain stream keeps
+        // everything); JetStream wants the duplicate window within the max age.
+        let max_age = match kind {
+            StreamKind::Raw => self.cfg.raw_max_age.unwrap_or_default(),
+            StreamKind::Domain => Duration::ZERO,
+        };
+        let duplicate_window = if max_age.is_zero() {
+            self.cfg.duplicate_window
+        } else {
+            self.cfg.duplicate_window.min(max_age)
+        };
         let config = stream::Config {
             name: ns.stream_name(kind),
             subjects: vec![ns.stream_filter(kind)],
             storage: StorageType::File,
             num_replicas: self.cfg.replicas,
-            duplicate_window: self.cfg.duplicate_window,
+            duplicate_window,
+            max_age,
             discard: DiscardPolicy::New,
             deny_delete: true,
             deny_purge: true,
