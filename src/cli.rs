@@ -484,11 +484,14 @@ async fn projections_command(
         }
         ProjectionsCommand::List => {
             let report = crate::replay::status(app).await?;
-            writeln!(
-                out,
-                "workers lease: {}",
-                report.workers_lease_holder.as_deref().unwrap_or("nobody")
-            )?;
+            for u in &report.units {
+                writeln!(
+                    out,
+                    "{:<28} run by {}",
+                    u.unit,
+                    u.holder.as_deref().unwrap_or("NOBODY")
+                )?;
+            }
             for p in report.projections {
                 writeln!(
                     out,

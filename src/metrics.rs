@@ -44,6 +44,15 @@ pub struct StreamLabels {
     pub stream: &'static str,
 }
 
+/// A unit of work's lease changing hands on this instance.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LeaseLabels {
+    /// The unit (`projections.0`, `webhook_processor.0`, ...).
+    pub unit: String,
+    /// `acquired` or `lost`.
+    pub change: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs to ~13 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
@@ -76,6 +85,8 @@ pub struct Metrics {
     pub projection_lag: Family<ConsumerLabels, Gauge>,
     /// Dead letters waiting for the operator.
     pub dead_letters_open: Gauge,
+    /// Units of work whose lease this instance took or lost.
+    pub lease_changes: Family<LeaseLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -94,6 +105,7 @@ impl Default for Metrics {
             http: Family::default(),
             projection_lag: Family::default(),
             dead_letters_open: Gauge::default(),
+            lease_changes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -155,6 +167,11 @@ impl Default for Metrics {
             "wabridge_dead_letters_open",
             "Dead letters waiting for the operator",
             m.dead_letters_open.clone(),
+        );
+        registry.register(
+            "wabridge_lease_changes",
+            "Units of work (projections, processor, reactors) whose lease this instance took or lost",
+            m.lease_changes.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use serde::Serialize;
 use wabridge_events::{ReadFrom, StreamKind, Timestamp};
-use wabridge_handlers::commands::WORKERS_LEASE;
+use wabridge_handlers::commands::{lease_for, unit_lease, WORKER_UNITS};
 use wabridge_projections::{
     rebuild::{self, RebuildProgress, RebuildReport},
     views, Projection,
@@ -124,18 +124,39 @@ pub struct ProjectionStatus {
     pub lag_events: u64,
     /// How long the oldest event it has not applied has waited (0 when caught up).
     pub lag_seconds: f64,
+    /// The instance holding the lease of the unit that applies it (`host/pid/nonce`);
+    /// none when no instance runs it.
+    pub lease_holder: Option<String>,
     /// The rebuild of it started from this instance, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rebuild: Option<RebuildStatus>,
 }
 
+/// A unit of work and who runs it.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct UnitStatus {
+    /// Its lease (`unit.<worker>.<partition>`).
+    pub unit: String,
+    /// The instance holding it; none when no instance runs it.
+    pub holder: Option<String>,
+}
+
+/// Who runs each unit of work (projections, processor, reactors).
+pub async fn units(app: &App) -> anyhow::Result<Vec<UnitStatus>> {
+    let mut out = vec![];
+    for u in WORKER_UNITS {
+        let unit = unit_lease(u, 0);
+        let holder = app.ctx.log.lease(&unit).await?.map(|l| l.holder);
+        out.push(UnitStatus { unit, holder });
+    }
+    Ok(out)
+}
+
 /// `GET /v1/admin/projections`.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct ProjectionsReport {
-    /// The instance holding the workers lease (`host/pid/nonce`), which runs every
-    /// projection, the webhook processor and the reactors; none when no instance
-    /// runs the workers.
-    pub workers_lease_holder: Option<String>,
+    /// Every unit of work and the instance running it.
+    pub units: Vec<UnitStatus>,
     /// Each read model, then the webhook processor.
     pub projections: Vec<ProjectionStatus>,
     /// A rebuild of `all` started from this instance, if any.
@@ -175,17 +196,24 @@ pub async fn status(app: &App) -> anyhow::Result<ProjectionsReport> {
         wabridge_handlers::webhooks::processor::NAME.to_string(),
         StreamKind::Raw,
     ));
+    let units = units(app).await?;
     for (name, stream) in names {
         let head = if stream == StreamKind::Raw {
             raw
         } else {
             domain
         };
+        let lease = lease_for(&name);
+        let lease_holder = units
+            .iter()
+            .find(|u| u.unit == lease)
+            .and_then(|u| u.holder.clone());
         let checkpoint = app.ctx.store.checkpoint(&name).await?;
         projections.push(ProjectionStatus {
             lag_events: head.saturating_sub(checkpoint),
             lag_seconds: lag_seconds(app, stream, checkpoint, head).await,
             rebuild: rebuilds.get(&name).cloned(),
+            lease_holder,
             stream: if stream == StreamKind::Raw {
                 "raw"
             } else {
@@ -197,7 +225,7 @@ pub async fn status(app: &App) -> anyhow::Result<ProjectionsReport> {
         });
     }
     Ok(ProjectionsReport {
-        workers_lease_holder: app.ctx.log.lease(WORKERS_LEASE).await?.map(|l| l.holder),
+        units,
         projections,
         rebuild_all: rebuilds.get("all").cloned(),
     })

@@ -17,86 +17,106 @@ use hyper_util::{
 };
 use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
 use tower::Service;
-use wabridge_handlers::{commands::WORKERS_LEASE, redrive, webhooks::processor};
+use wabridge_handlers::{
+    commands::{unit_lease, WORKER_UNITS},
+    redrive,
+    webhooks::processor,
+};
 use wabridge_projections::{projection, views, Driver, Reactor};
 
 use crate::app::App;
 
-/// Starts every follower (projections, webhook processor, redrive) and the periodic
-/// jobs into `tasks`.
 use wabridge_handlers::sender::{Sender, SenderConfig};
 
-fn spawn_workers(app: &App, tasks: &mut JoinSet<()>) {
+/// Starts one unit of work (its partition 0) into `tasks`.
+fn spawn_unit(app: &App, unit: &str, tasks: &mut JoinSet<()>) {
     let driver = Driver {
         log: app.ctx.log.clone(),
         store: app.ctx.store.clone(),
         progress: app.ctx.progress.clone(),
     };
-    // Every read model lives in one database: one subscription and one transaction
-    // per batch for all of them (each keeps its own checkpoint).
-    let (d, keys) = (driver.clone(), app.projection_keys());
-    tasks.spawn(supervise("projections", move || {
-        let (d, keys) = (d.clone(), keys.clone());
-        async move { d.run(&views::follower(&keys)).await }
-    }));
-    let (d, ctx) = (driver.clone(), app.ctx.clone());
-    tasks.spawn(supervise(processor::NAME, move || {
-        let (d, ctx) = (d.clone(), ctx.clone());
-        async move { d.run(&processor::follower(ctx)).await }
-    }));
-    let (d, ctx, keys) = (driver.clone(), app.ctx.clone(), app.projection_keys());
-    tasks.spawn(supervise(redrive::NAME, move || {
-        let (d, ctx, keys) = (d.clone(), ctx.clone(), keys.clone());
-        async move {
-            let mut consumers = projection::reactors(views::all(&keys));
-            consumers.push(Arc::new(processor::Processor::strict(ctx.clone())) as Arc<dyn Reactor>);
-            d.run(&redrive::follower(ctx, d.clone(), consumers)).await
+    match unit {
+        // Every read model lives in one database: one subscription and one
+        // transaction per batch for all of them (each keeps its own checkpoint).
+        "projections" => {
+            let (d, keys) = (driver, app.projection_keys());
+            tasks.spawn(supervise("projections", move || {
+                let (d, keys) = (d.clone(), keys.clone());
+                async move { d.run(&views::follower(&keys)).await }
+            }));
         }
-    }));
-    let app2 = app.clone();
-    tasks.spawn(supervise(wabridge_handlers::sender::NAME, move || {
-        let app = app2.clone();
-        async move {
-            let cfg = SenderConfig::new(app.graph_config(), app.cfg.number_mps);
-            Sender::new(app.ctx.clone(), app.cfg.token_keys.clone(), cfg)?
-                .run()
-                .await
+        "webhook_processor" => {
+            let (d, ctx) = (driver, app.ctx.clone());
+            tasks.spawn(supervise(processor::NAME, move || {
+                let (d, ctx) = (d.clone(), ctx.clone());
+                async move { d.run(&processor::follower(ctx)).await }
+            }));
         }
-    }));
-    let app2 = app.clone();
-    tasks.spawn(supervise(wabridge_handlers::onboarding::NAME, move || {
-        let app = app2.clone();
-        async move {
-            let meta_app = wabridge_handlers::commands::onboarding::MetaApp {
-                id: app.cfg.meta_app_id.clone(),
-                secrets: app.cfg.meta_app_secrets.clone(),
-            };
-            wabridge_handlers::onboarding::Onboarder::new(
-                app.ctx.clone(),
-                app.cfg.token_keys.clone(),
-                meta_app,
-                app.graph_config(),
-            )?
-            .run()
-            .await
+        "redrive" => {
+            let (d, ctx, keys) = (driver, app.ctx.clone(), app.projection_keys());
+            tasks.spawn(supervise(redrive::NAME, move || {
+                let (d, ctx, keys) = (d.clone(), ctx.clone(), keys.clone());
+                async move {
+                    let mut consumers = projection::reactors(views::all(&keys));
+                    consumers.push(
+                        Arc::new(processor::Processor::strict(ctx.clone())) as Arc<dyn Reactor>
+                    );
+                    d.run(&redrive::follower(ctx, d.clone(), consumers)).await
+                }
+            }));
         }
-    }));
-    let app2 = app.clone();
-    tasks.spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            let cutoff = wabridge_events::Timestamp::now().minus(app2.cfg.audit_retention);
-            if let Err(e) = wabridge_handlers::commands::audit::retention_pass(
-                &app2.ctx,
-                app2.cfg.audit_signing_key.as_ref(),
-                cutoff,
-            )
-            .await
-            {
-                tracing::warn!(error = %e, "audit retention pass failed");
-            }
+        "sender" => {
+            let app2 = app.clone();
+            tasks.spawn(supervise(wabridge_handlers::sender::NAME, move || {
+                let app = app2.clone();
+                async move {
+                    let cfg = SenderConfig::new(app.graph_config(), app.cfg.number_mps);
+                    Sender::new(app.ctx.clone(), app.cfg.token_keys.clone(), cfg)?
+                        .run()
+                        .await
+                }
+            }));
         }
-    });
+        "onboarding" => {
+            let app2 = app.clone();
+            tasks.spawn(supervise(wabridge_handlers::onboarding::NAME, move || {
+                let app = app2.clone();
+                async move {
+                    let meta_app = wabridge_handlers::commands::onboarding::MetaApp {
+                        id: app.cfg.meta_app_id.clone(),
+                        secrets: app.cfg.meta_app_secrets.clone(),
+                    };
+                    wabridge_handlers::onboarding::Onboarder::new(
+                        app.ctx.clone(),
+                        app.cfg.token_keys.clone(),
+                        meta_app,
+                        app.graph_config(),
+                    )?
+                    .run()
+                    .await
+                }
+            }));
+        }
+        "audit_retention" => {
+            let app2 = app.clone();
+            tasks.spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    let cutoff = wabridge_events::Timestamp::now().minus(app2.cfg.audit_retention);
+                    if let Err(e) = wabridge_handlers::commands::audit::retention_pass(
+                        &app2.ctx,
+                        app2.cfg.audit_signing_key.as_ref(),
+                        cutoff,
+                    )
+                    .await
+                    {
+                        tracing::warn!(error = %e, "audit retention pass failed");
+                    }
+                }
+            });
+        }
+        other => tracing::error!(unit = other, "unknown unit of work"),
+    }
 }
 
 /// Restarts a worker that fails, with a pause, for ever.
@@ -138,96 +158,146 @@ fn holder_died_here(holder: &str, me: &str) -> bool {
         && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// The workers of this instance, run only while it holds the deployment's workers
-/// lease: a second instance on the same log never runs them at the same time.
+/// The workers of this instance: one keeper per unit of work, each running its unit
+/// only while it holds the unit's lease. Two instances with the workers role share
+/// the units: each unit runs on exactly one of them at a time, and when its holder
+/// dies another takes it over once the lease lapses (`WABRIDGE_LEASE_TTL`).
 struct Workers {
     stop: Arc<tokio::sync::Notify>,
-    keeper: tokio::task::JoinHandle<()>,
+    keepers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Workers {
-    /// Takes the lease (waiting out one lease period, in case its holder just died)
-    /// and starts the workers; refuses when another live instance holds it.
+    /// Takes every free unit lease (waiting out one lease period for the ones held
+    /// by an instance that may just have died), starts those units, and keeps
+    /// watching the others to take them over.
     async fn start(app: &App) -> anyhow::Result<Workers> {
         let me = holder_id();
         let ttl = app.cfg.lease_ttl;
         let log = app.ctx.log.clone();
+        let units: Vec<String> = WORKER_UNITS.iter().map(|u| unit_lease(u, 0)).collect();
+        let mut held = vec![false; units.len()];
         let deadline = tokio::time::Instant::now() + ttl + Duration::from_secs(1);
         loop {
-            let lease = log
-                .acquire_lease(WORKERS_LEASE, &me, ttl, None)
-                .await
-                .context("taking the workers lease")?;
-            if lease.holder == me {
-                break;
-            }
-            if holder_died_here(&lease.holder, &me) {
-                tracing::info!(previous = %lease.holder, "the last workers instance died here; taking over");
-                let lease = log
-                    .acquire_lease(WORKERS_LEASE, &me, ttl, Some(&lease.holder))
-                    .await?;
-                if lease.holder == me {
-                    break;
+            for (i, lease_name) in units.iter().enumerate() {
+                if held[i] {
+                    continue;
                 }
+                let lease = log
+                    .acquire_lease(lease_name, &me, ttl, None)
+                    .await
+                    .context("taking a unit of work's lease")?;
+                held[i] = lease.holder == me
+                    || (holder_died_here(&lease.holder, &me)
+                        && log
+                            .acquire_lease(lease_name, &me, ttl, Some(&lease.holder))
+                            .await?
+                            .holder
+                            == me);
             }
-            if tokio::time::Instant::now() >= deadline {
-                anyhow::bail!(
-                    "another wabridge instance ({}) runs the workers on this log (lease {WORKERS_LEASE:?} until {}); \
-                     start this one with WABRIDGE_ROLES=api, or stop the other first",
-                    lease.holder,
-                    lease.expires_at
-                );
+            if held.iter().all(|h| *h) || tokio::time::Instant::now() >= deadline {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        tracing::info!(holder = %me, "holding the workers lease");
+        let taken: Vec<&str> = units
+            .iter()
+            .zip(&held)
+            .filter(|(_, h)| **h)
+            .map(|(u, _)| u.as_str())
+            .collect();
+        if taken.len() == units.len() {
+            tracing::info!(holder = %me, "running every unit of work");
+        } else {
+            tracing::info!(holder = %me, running = ?taken, "another instance runs the other units of work; standing by for them");
+        }
         let stop = Arc::new(tokio::sync::Notify::new());
-        let keeper = tokio::spawn(keep(app.clone(), me, stop.clone()));
-        Ok(Workers { stop, keeper })
+        let keepers = WORKER_UNITS
+            .iter()
+            .zip(held)
+            .map(|(unit, held)| {
+                tokio::spawn(keep(app.clone(), unit, me.clone(), held, stop.clone()))
+            })
+            .collect();
+        Ok(Workers { stop, keepers })
     }
 
-    /// Stops the workers and releases the lease.
+    /// Stops the workers and releases their leases.
     async fn stop(self) {
-        self.stop.notify_one();
-        let _ = self.keeper.await;
+        self.stop.notify_waiters();
+        for k in self.keepers {
+            let _ = k.await;
+        }
     }
 }
 
-/// Runs the workers while the lease is held, renewing it; when it cannot be renewed
-/// in time (another instance took it, or the log is unreachable) the workers stop at
-/// once and this instance stands by until it can take the lease again.
-async fn keep(app: App, me: String, stop: Arc<tokio::sync::Notify>) {
+/// Runs a unit while its lease is held, renewing it; when it cannot be renewed in
+/// time (another instance took it, or the log is unreachable) the unit stops at once
+/// and this instance stands by until it can take the lease again.
+async fn keep(
+    app: App,
+    unit: &'static str,
+    me: String,
+    held: bool,
+    stop: Arc<tokio::sync::Notify>,
+) {
     let ttl = app.cfg.lease_ttl;
     let log = app.ctx.log.clone();
+    let lease_name = unit_lease(unit, 0);
+    let change = |what: &'static str| {
+        app.metrics
+            .lease_changes
+            .get_or_create(&crate::metrics::LeaseLabels {
+                unit: format!("{unit}.0"),
+                change: what,
+            })
+            .inc();
+    };
     let mut tasks = JoinSet::new();
-    spawn_workers(&app, &mut tasks);
+    if held {
+        change("acquired");
+        spawn_unit(&app, unit, &mut tasks);
+    }
     let mut renewed = tokio::time::Instant::now();
+    let stopped = stop.notified();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
-            _ = stop.notified() => break,
+            _ = &mut stopped => break,
             _ = tokio::time::sleep(ttl / 3) => {}
         }
-        let held = match log.acquire_lease(WORKERS_LEASE, &me, ttl, None).await {
-            Ok(lease) => lease.holder == me,
+        let running = !tasks.is_empty();
+        let held = match log.acquire_lease(&lease_name, &me, ttl, None).await {
+            Ok(lease) if lease.holder == me => true,
+            Ok(lease) if holder_died_here(&lease.holder, &me) => log
+                .acquire_lease(&lease_name, &me, ttl, Some(&lease.holder))
+                .await
+                .is_ok_and(|l| l.holder == me),
+            Ok(_) => false,
             Err(e) => {
-                tracing::warn!(error = %e, "renewing the workers lease failed");
-                renewed.elapsed() < ttl * 2 / 3
+                tracing::warn!(unit, error = %e, "renewing a unit's lease failed");
+                running && renewed.elapsed() < ttl * 2 / 3
             }
         };
         if held {
             renewed = tokio::time::Instant::now();
-            if tasks.is_empty() {
-                tracing::info!("took the workers lease again; starting the workers");
-                spawn_workers(&app, &mut tasks);
+            if !running {
+                tracing::info!(unit, "took the unit's lease; starting it");
+                change("acquired");
+                spawn_unit(&app, unit, &mut tasks);
             }
-        } else if !tasks.is_empty() {
-            tracing::error!("lost the workers lease; stopping the workers and standing by");
+        } else if running {
+            tracing::error!(unit, "lost the unit's lease; stopping it and standing by");
+            change("lost");
             tasks.shutdown().await;
         }
     }
+    let running = !tasks.is_empty();
     tasks.shutdown().await;
-    if let Err(e) = log.release_lease(WORKERS_LEASE, &me).await {
-        tracing::warn!(error = %e, "releasing the workers lease failed");
+    if running {
+        if let Err(e) = log.release_lease(&lease_name, &me).await {
+            tracing::warn!(unit, error = %e, "releasing a unit's lease failed");
+        }
     }
 }
 

@@ -256,7 +256,9 @@ async fn the_operator_rebuilds_over_http_and_follows_it() {
     let op = app.operator.clone();
     let r = app.get("/v1/admin/projections", &op).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert!(r.json["workers_lease_holder"].is_string(), "{}", r.text);
+    for u in r.json["units"].as_array().unwrap() {
+        assert!(u["holder"].is_string(), "{}", r.text);
+    }
     let names: Vec<&str> = r.json["projections"]
         .as_array()
         .unwrap()

@@ -19,9 +19,36 @@ use wabridge_projections::{Progress, Store};
 
 use crate::access::Role;
 
-/// The lease held by the one instance that runs the workers (projections and
-/// reactors) of a deployment.
-pub const WORKERS_LEASE: &str = "workers";
+/// The units of work of a deployment's workers, each run by exactly one instance at
+/// a time under a lease of its own: the projection group, the webhook processor, the
+/// redrive reactor, the sender, the onboarding runner and the audit retention job.
+pub const WORKER_UNITS: &[&str] = &[
+    "projections",
+    "webhook_processor",
+    "redrive",
+    "sender",
+    "onboarding",
+    "audit_retention",
+];
+
+/// Partitions of each unit. One today: a unit's lease, consumer and checkpoint are
+/// per (unit, partition), so splitting the work by a hash of the workspace later
+/// changes this number, not the design.
+pub const PARTITIONS: u32 = 1;
+
+/// The lease of a unit's partition: `unit.<worker>.<partition>`.
+pub fn unit_lease(worker: &str, partition: u32) -> String {
+    format!("unit.{worker}.{partition}")
+}
+
+/// The lease of the unit that applies a projection (or runs the webhook processor).
+pub fn lease_for(projection: &str) -> String {
+    if projection == crate::webhooks::processor::NAME {
+        unit_lease("webhook_processor", 0)
+    } else {
+        unit_lease("projections", 0)
+    }
+}
 
 /// What every command needs.
 #[derive(Clone)]
@@ -213,11 +240,12 @@ impl Ctx {
         if self.progress.get(projection) >= seq || self.store.checkpoint(projection).await? >= seq {
             return Ok(());
         }
-        if !self.projections_local && self.log.lease(WORKERS_LEASE).await?.is_none() {
+        if !self.projections_local && self.log.lease(&lease_for(projection)).await?.is_none() {
             return Err(CommandError::Unavailable {
                 code: "workers_unavailable",
                 detail: format!(
-                    "no instance runs the workers (WABRIDGE_ROLES=workers), so the {projection} read model cannot catch up with the log; start one"
+                    "no instance runs the workers (WABRIDGE_ROLES=workers; lease {} is free), so the {projection} read model cannot catch up with the log; start one",
+                    lease_for(projection)
                 ),
             });
         }

@@ -34,9 +34,9 @@ pub struct Readiness {
     pub store: bool,
     /// Projections more than the bound behind the log.
     pub lagging: Vec<String>,
-    /// The instance running the workers (projections, webhook processor, sender,
-    /// onboarding), by its lease; none when no instance runs them.
-    pub workers_lease_holder: Option<String>,
+    /// Units of work (projections, webhook processor, reactors) no instance runs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unheld_units: Vec<String>,
     /// Why it is not ready, for a person.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
@@ -90,16 +90,18 @@ pub async fn readyz(State(app): State<App>) -> Response {
     } else {
         vec![]
     };
-    let holder = if log {
-        app.ctx
-            .log
-            .lease(wabridge_handlers::commands::WORKERS_LEASE)
+    let unheld: Vec<String> = if log {
+        crate::replay::units(&app)
             .await
-            .ok()
-            .flatten()
-            .map(|l| l.holder)
+            .map(|u| {
+                u.into_iter()
+                    .filter(|u| u.holder.is_none())
+                    .map(|u| u.unit)
+                    .collect()
+            })
+            .unwrap_or_default()
     } else {
-        None
+        vec![]
     };
     let mut problems = vec![];
     if !log {
@@ -108,11 +110,11 @@ pub async fn readyz(State(app): State<App>) -> Response {
     if !store {
         problems.push("the read-model database is unreachable".to_string());
     }
-    if log && holder.is_none() {
-        problems.push(
-            "no instance runs the workers (none holds the workers lease): start one with WABRIDGE_ROLES=workers (or api,workers); until then commands answer 503 workers_unavailable"
-                .to_string(),
-        );
+    if !unheld.is_empty() {
+        problems.push(format!(
+            "no instance runs these units of work: {} — start one with WABRIDGE_ROLES=workers (or api,workers); until then commands that need them answer 503 workers_unavailable",
+            unheld.join(", ")
+        ));
     }
     if !lagging.is_empty() {
         problems.push(format!(
@@ -133,7 +135,7 @@ pub async fn readyz(State(app): State<App>) -> Response {
             log,
             store,
             lagging,
-            workers_lease_holder: holder,
+            unheld_units: unheld,
             problems,
         }),
     )
