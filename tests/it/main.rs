@@ -8,6 +8,7 @@ mod access;
 mod audit;
 mod cli;
 mod consent;
+mod failover;
 mod http;
 mod log_conformance;
 mod onboarding;

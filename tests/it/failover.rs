@@ -1,0 +1,191 @@
+//! Two `wabridge serve` processes on one JetStream and one PostgreSQL, both with the
+//! workers role: the one running every unit of work is killed with SIGKILL in the
+//! middle of a webhook load; the other takes every unit over, nothing acknowledged
+//! is lost or applied twice, and a replay of every read model equals the live state.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use wabridge::dev::webhook::{build, Kind, WebhookSpec};
+
+use crate::support::app::{fresh_postgres, APP_SECRET, MASTER_V1};
+use crate::support::NatsServer;
+use crate::vault::{bootstrap, wabridge, Served};
+
+const NUMBER: &str = "700800900100300";
+const WABA: &str = "300100200300300";
+
+async fn post_webhook(client: &reqwest::Client, base: &str, from: &str) -> bool {
+    let body = build(&WebhookSpec {
+        kind: Kind::Text,
+        phone_number_id: NUMBER.into(),
+        waba_id: WABA.into(),
+        from: from.into(),
+        text: Some("hello".into()),
+        ..WebhookSpec::default()
+    });
+    let sig = wabridge_handlers::webhooks::sign(APP_SECRET, &body);
+    match client
+        .post(format!("{base}/webhooks/meta"))
+        .header("x-hub-signature-256", sig)
+        .header("content-type", "application/json")
+        .body(body)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+    {
+        Ok(r) => r.status().as_u16() == 200,
+        Err(_) => false,
+    }
+}
+
+async fn admin(client: &reqwest::Client, served: &Served, key: &str) -> Value {
+    client
+        .get(served.url("/v1/admin/projections"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn holders(report: &Value) -> Vec<Option<String>> {
+    report["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .map(|u| u["holder"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_instance_running_the_units_mid_load_fails_over_and_loses_nothing() {
+    let nats = NatsServer::shared().await.url();
+    let db = fresh_postgres().await;
+    let ns = crate::support::unique_ns().as_str().to_string();
+    let keys = format!("v1:{MASTER_V1}");
+    let env = [
+        ("NATS_URL", nats.as_str()),
+        ("DATABASE_URL", db.as_str()),
+        ("WABRIDGE_NAMESPACE", ns.as_str()),
+        ("META_APP_SECRET", APP_SECRET),
+        ("META_VERIFY_TOKEN", "verify-me"),
+        ("TOKEN_MASTER_KEYS", keys.as_str()),
+        ("AUDIT_SIGNING_KEY", "audit-signing-key"),
+        ("WABRIDGE_LEASE_TTL", "3s"),
+    ];
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let owner = bootstrap(dir_a.path(), &env, "acme");
+    let out = wabridge(dir_a.path(), &env)
+        .args(["bootstrap", "--operator"])
+        .output()
+        .unwrap();
+    let operator = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string();
+    let a = Served::start(dir_a.path(), &env);
+    let b = Served::start(dir_b.path(), &env);
+    let client = reqwest::Client::new();
+    let r = client
+        .put(a.url(&format!("/v1/workspaces/acme/phone-numbers/{NUMBER}")))
+        .bearer_auth(&owner)
+        .json(&json!({"waba_id": WABA, "display_phone_number": "15551230300"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let before = holders(&admin(&client, &b, &operator).await);
+    let first = before[0].clone().expect("a holder");
+    assert!(
+        before.iter().all(|h| h.as_deref() == Some(first.as_str())),
+        "{before:?}"
+    );
+
+    // The load: distinct webhooks, alternately to each instance; one Meta could not
+    // deliver (no 200) is retried on the other, as Meta retries.
+    const N: usize = 300;
+    let (a_url, b_url) = (a.url(""), b.url(""));
+    let mut acknowledged = 0;
+    let mut a = Some(a);
+    let mut killed_at = None;
+    for i in 0..N {
+        let from = format!("4477003{i:05}");
+        let first_try = if i % 2 == 0 && a.is_some() {
+            &a_url
+        } else {
+            &b_url
+        };
+        if !post_webhook(&client, first_try, &from).await {
+            assert!(
+                post_webhook(&client, &b_url, &from).await,
+                "webhook {i} refused by both"
+            );
+        }
+        acknowledged += 1;
+        if i == N / 3 {
+            a.take().unwrap().kill();
+            killed_at = Some(Instant::now());
+        }
+    }
+    // The survivor runs every unit.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let took_over = loop {
+        let h = holders(&admin(&client, &b, &operator).await);
+        if h.iter()
+            .all(|h| h.is_some() && h.as_deref() != Some(first.as_str()))
+        {
+            break killed_at.unwrap().elapsed();
+        }
+        assert!(Instant::now() < deadline, "no fail-over: {h:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("fail-over: every unit running on the survivor {took_over:?} after the SIGKILL");
+    // It catches up with everything acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let report = admin(&client, &b, &operator).await;
+        let lagging: Vec<&Value> = report["projections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["lag_events"].as_u64() != Some(0))
+            .collect();
+        if lagging.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still lagging: {lagging:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every acknowledged webhook is a message, once (the read-model database).
+    let pg = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db)
+        .await
+        .unwrap();
+    let count: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE workspace = 'acme'")
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+    let count = count as usize;
+    assert_eq!(count, acknowledged, "messages lost or applied twice");
+    // A replay of every read model equals the live state.
+    let out = wabridge(dir_b.path(), &env)
+        .args(["replay", "--projection", "all", "--dry-run"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.lines().count() >= 13, "{stdout}");
+    assert!(stdout.lines().all(|l| l.ends_with("equal")), "{stdout}");
+    b.stop();
+}
