@@ -87,6 +87,8 @@ pub struct Metrics {
     pub dead_letters_open: Gauge,
     /// Units of work whose lease this instance took or lost.
     pub lease_changes: Family<LeaseLabels, Counter>,
+    /// Sends the sender scheduled to retry (a retryable Meta answer or no answer).
+    pub sender_retries: Counter,
 }
 
 impl Default for Metrics {
@@ -106,6 +108,7 @@ impl Default for Metrics {
             projection_lag: Family::default(),
             dead_letters_open: Gauge::default(),
             lease_changes: Family::default(),
+            sender_retries: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -173,6 +176,11 @@ impl Default for Metrics {
             "Units of work (projections, processor, reactors) whose lease this instance took or lost",
             m.lease_changes.clone(),
         );
+        registry.register(
+            "wabridge_sender_retries",
+            "Sends the sender scheduled to retry after a retryable answer or no answer",
+            m.sender_retries.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -195,6 +203,9 @@ impl Metrics {
 
     /// The text exposition (OpenMetrics).
     pub fn render(&self) -> String {
+        let retries = wabridge_handlers::sender::RETRIES.load(std::sync::atomic::Ordering::Relaxed);
+        self.sender_retries
+            .inc_by(retries.saturating_sub(self.sender_retries.get()));
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a string");
         out

@@ -167,11 +167,10 @@ async fn killing_the_instance_running_the_units_mid_load_fails_over_and_loses_no
         .connect(&db)
         .await
         .unwrap();
-    let count: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE workspace = 'acme'")
-            .fetch_one(&pg)
-            .await
-            .unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE workspace = 'acme'")
+        .fetch_one(&pg)
+        .await
+        .unwrap();
     let count = count as usize;
     assert_eq!(count, acknowledged, "messages lost or applied twice");
     // A replay of every read model equals the live state.

@@ -232,6 +232,10 @@ async fn metrics_and_readiness() {
         "# HELP wabridge_projection_lag_events ",
         "wabridge_log_append_seconds_bucket{le=",
         "wabridge_webhook_ingest_seconds_bucket",
+        "wabridge_sender_retries_total",
+        // this instance took every unit of work at start
+        "wabridge_lease_changes_total{unit=\"projections.0\",change=\"acquired\"} 1",
+        "wabridge_lease_changes_total{unit=\"webhook_processor.0\",change=\"acquired\"} 1",
         // counted by route template, not by raw path
         "wabridge_http_responses_total{route=\"/v1/permissions\",status=\"200\"} 1",
         "wabridge_http_responses_total{route=\"/webhooks/meta\",status=\"401\"} 1",

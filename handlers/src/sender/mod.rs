@@ -45,6 +45,9 @@ use pacing::Pacer;
 /// The sender's name (its actor on the events it appends).
 pub const NAME: &str = "sender";
 
+/// Retries this process's sender scheduled (for `/metrics`).
+pub static RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// How the sender paces and calls.
 #[derive(Clone, Debug)]
 pub struct SenderConfig {
@@ -398,6 +401,7 @@ impl Sender {
                         RetryScope::Recipient => self.pairs.penalise(&pair, delay),
                         RetryScope::Once => {}
                     }
+                    RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let data = MessageSendRetrying {
                         id: job.id.clone(),
                         attempt,

@@ -116,6 +116,11 @@ impl Projection for ApiKeys {
         "SELECT key_id || '|' || COALESCE(workspace, '') || '|' || name || '|' || role || '|' || secret_hash || '|' || created_at || '|' || COALESCE(expires_at, '') || '|' || COALESCE(revoked_at, '') || '|' || COALESCE(last_used_at, '') || '|' || CAST(log_seq AS TEXT) FROM api_keys ORDER BY key_id"
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
+        if super::skip(event, |t| {
+            matches!(t, "api_key.created" | "api_key.revoked" | "api_key.used")
+        }) {
+            return Ok(());
+        }
         let decoded = super::decode(event)?;
         let Some(key_id) = key_of(&decoded) else {
             return Ok(());

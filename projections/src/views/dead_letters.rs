@@ -120,6 +120,9 @@ impl Projection for DeadLetters {
         "SELECT id || '|' || consumer || '|' || stream || '|' || CAST(seq AS TEXT) || '|' || event_type || '|' || reason || '|' || CAST(attempts AS TEXT) || '|' || status || '|' || recorded_at || '|' || updated_at FROM dead_letters ORDER BY id"
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
+        if super::skip(event, |t| t.starts_with("dead_letter.")) {
+            return Ok(());
+        }
         let decoded = super::decode(event)?;
         let Some(id) = id_of(&decoded) else {
             return Ok(());

@@ -69,6 +69,11 @@ impl Projection for Messages {
          UNION ALL SELECT 'h|' || workspace || '|' || phone_number_id || '|' || wamid || '|' || CAST(log_seq AS TEXT) || '|' || status || '|' || at || '|' || COALESCE(CAST(error_code AS TEXT), '') FROM message_history ORDER BY 1"
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
+        if super::skip(event, |t| {
+            matches!(t, "message.received" | "message.status_updated")
+        }) {
+            return Ok(());
+        }
         let ws = super::ws_of(event);
         let at = event.envelope.recorded_at.to_string();
         let seq = event.seq as i64;

@@ -100,6 +100,14 @@ impl Projection for PhoneNumbers {
          UNION ALL SELECT 'waba|' || waba_id || '|' || workspace FROM wabas ORDER BY 1"
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
+        if super::skip(event, |t| {
+            matches!(
+                t,
+                "phone_number.claimed" | "phone_number.released" | "waba.assigned"
+            )
+        }) {
+            return Ok(());
+        }
         let decoded = super::decode(event)?;
         let meta = EventMeta::of(event);
         let (number, waba) = match &decoded {

@@ -113,6 +113,9 @@ impl Projection for Tokens {
         "SELECT workspace || '|' || phone_number_id || '|' || key_version || '|' || nonce || '|' || ciphertext || '|' || fingerprint || '|' || status || '|' || stored_at || '|' || COALESCE(expires_at, '') || '|' || CAST(log_seq AS TEXT) FROM tokens ORDER BY workspace, phone_number_id"
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
+        if super::skip(event, |t| t.starts_with("token.")) {
+            return Ok(());
+        }
         let decoded = super::decode(event)?;
         let Some(number) = number_of(&decoded) else {
             return Ok(());

@@ -135,6 +135,11 @@ impl Projection for Unrouted {
         "SELECT dedup_key || '|' || phone_number_id || '|' || waba_id || '|' || event_type || '|' || data || '|' || occurred_at || '|' || recorded_at || '|' || COALESCE(assigned_to, '') FROM unrouted ORDER BY dedup_key"
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
+        if super::skip(event, |t| {
+            matches!(t, "webhook.unrouted" | "unrouted.assigned")
+        }) {
+            return Ok(());
+        }
         let decoded = super::decode(event)?;
         let Some(target) = target_of(&decoded) else {
             return Ok(());

@@ -54,6 +54,9 @@ impl Projection for Workspaces {
         "SELECT slug || '|' || name || '|' || created_at FROM workspaces ORDER BY slug"
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
+        if super::skip(event, |t| t == "workspace.created") {
+            return Ok(());
+        }
         let decoded = super::decode(event)?;
         let DomainEvent::WorkspaceCreated(w) = &decoded else {
             return Ok(());
