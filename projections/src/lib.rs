@@ -5,6 +5,7 @@
 //! Storage is sqlx's `Any` driver over SQLite (default) or PostgreSQL, with one set
 //! of portable SQL (`$n` placeholders, TEXT times, BIGINT numbers).
 
+pub mod batch;
 pub mod checkpoint;
 pub mod driver;
 pub mod migrations;

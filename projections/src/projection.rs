@@ -29,6 +29,28 @@ pub trait Projection: Send + Sync + 'static {
     /// Applies one event inside the caller's transaction. Events it does not care
     /// about are a no-op. Must not commit.
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()>;
+
+    /// Applies a batch of events (in log order) inside the caller's transaction. By
+    /// default one at a time; a projection may fold the batch in memory and write
+    /// each table once (a few statements instead of one or more per event), which
+    /// must leave exactly the rows the one-at-a-time path leaves. Must not commit.
+    async fn apply_batch(
+        &self,
+        conn: &mut AnyConnection,
+        events: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        for event in events {
+            self.apply(&mut *conn, event).await.map_err(|e| {
+                e.context(format!(
+                    "{}: applying {} #{}",
+                    self.name(),
+                    event.envelope.event_type,
+                    event.seq
+                ))
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// SHA-256 (hex) of a projection's canonical dump.
@@ -75,17 +97,7 @@ impl Reactor for AsReactor {
         batch: &[StoredEvent],
         _staged: Staged,
     ) -> anyhow::Result<()> {
-        for event in batch {
-            self.0.apply(&mut *tx, event).await.map_err(|e| {
-                e.context(format!(
-                    "{}: applying {} #{}",
-                    self.0.name(),
-                    event.envelope.event_type,
-                    event.seq
-                ))
-            })?;
-        }
-        Ok(())
+        self.0.apply_batch(&mut *tx, batch).await
     }
 }
 

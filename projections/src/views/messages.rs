@@ -152,6 +152,231 @@ impl Projection for Messages {
         }
         Ok(())
     }
+
+    /// The batch folded in memory: the rows its events touch are loaded once, each
+    /// event decides as [`Projection::apply`] does, and each table is written once
+    /// with multi-row statements (the same rows as one event at a time).
+    async fn apply_batch(
+        &self,
+        conn: &mut AnyConnection,
+        events: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        use crate::batch::{bind_all, placeholders, rows_per_statement, Value};
+        use std::collections::HashMap;
+        type Key = (String, String, String);
+        /// A row as the batch leaves it: `full` when it is new (every column),
+        /// else only status, updated_at and log_seq change.
+        struct Row {
+            status: String,
+            updated_at: String,
+            log_seq: i64,
+            new: Option<(String, String, String, String)>,
+            dirty: bool,
+        }
+        enum Item {
+            Received(Key, String, String, String, String, i64),
+            Status(Key, String, String, String, String, i64, Option<i64>),
+        }
+        let mut items = Vec::new();
+        for event in events {
+            if super::skip(event, |t| {
+                matches!(t, "message.received" | "message.status_updated")
+            }) {
+                continue;
+            }
+            let ws = super::ws_of(event);
+            let at = event.envelope.recorded_at.to_string();
+            let seq = event.seq as i64;
+            match super::decode(event)? {
+                DomainEvent::MessageReceived(m) => {
+                    let number = m.source.phone_number_id.clone().unwrap_or_default();
+                    items.push(Item::Received(
+                        (ws, number, m.wamid.clone()),
+                        m.contact.key(),
+                        m.message_type.clone(),
+                        m.timestamp.to_string(),
+                        at,
+                        seq,
+                    ));
+                }
+                DomainEvent::MessageStatusUpdated(s) => {
+                    let number = s.source.phone_number_id.clone().unwrap_or_default();
+                    let contact = s
+                        .recipient_id
+                        .clone()
+                        .or_else(|| s.recipient_user_id.clone())
+                        .unwrap_or_default();
+                    items.push(Item::Status(
+                        (ws, number, s.wamid.clone()),
+                        contact,
+                        s.status.clone(),
+                        s.timestamp.to_string(),
+                        at,
+                        seq,
+                        s.errors.first().map(|e| e.code),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if items.is_empty() {
+            return Ok(());
+        }
+        // The current rows of the keys the batch touches.
+        let mut keys: Vec<&Key> = items
+            .iter()
+            .map(|i| match i {
+                Item::Received(k, ..) | Item::Status(k, ..) => k,
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let mut rows: HashMap<Key, Row> = HashMap::new();
+        // By workspace and wamid (the index `messages_wamid`), then the exact keys.
+        let mut workspaces: Vec<&String> = keys.iter().map(|k| &k.0).collect();
+        workspaces.sort();
+        workspaces.dedup();
+        let wanted: std::collections::HashSet<&Key> = keys.iter().copied().collect();
+        let per = rows_per_statement(1).saturating_sub(workspaces.len()).max(1);
+        let mut wamids: Vec<&String> = keys.iter().map(|k| &k.2).collect();
+        wamids.sort();
+        wamids.dedup();
+        for chunk in wamids.chunks(per) {
+            let ws_list: Vec<String> = (1..=workspaces.len()).map(|i| format!("${i}")).collect();
+            let wamid_list: Vec<String> = (1..=chunk.len())
+                .map(|i| format!("${}", workspaces.len() + i))
+                .collect();
+            let sql = format!(
+                "SELECT workspace, phone_number_id, wamid, status, updated_at, log_seq FROM messages WHERE workspace IN ({}) AND wamid IN ({})",
+                ws_list.join(", "),
+                wamid_list.join(", ")
+            );
+            let values = workspaces
+                .iter()
+                .map(|w| Value::Text((*w).clone()))
+                .chain(chunk.iter().map(|m| Value::Text((*m).clone())));
+            for r in bind_all(sqlx::query(&sql), values)
+                .fetch_all(&mut *conn)
+                .await?
+            {
+                let key: Key = (r.get(0), r.get(1), r.get(2));
+                if !wanted.contains(&key) {
+                    continue;
+                }
+                rows.insert(
+                    key,
+                    Row {
+                        status: r.get(3),
+                        updated_at: r.get(4),
+                        log_seq: r.get(5),
+                        new: None,
+                        dirty: false,
+                    },
+                );
+            }
+        }
+        // Each event decides, in log order.
+        let mut history = Vec::new();
+        for item in items {
+            match item {
+                Item::Received(key, contact, message_type, occurred_at, at, seq) => {
+                    rows.entry(key).or_insert(Row {
+                        status: "received".into(),
+                        updated_at: at,
+                        log_seq: seq,
+                        new: Some(("inbound".into(), contact, message_type, occurred_at)),
+                        dirty: true,
+                    });
+                }
+                Item::Status(key, contact, status, timestamp, at, seq, error_code) => {
+                    let current = rows.get(&key).map(|r| r.status.as_str());
+                    if let Some(next) = next_status(current, &status) {
+                        let next = next.to_string();
+                        match rows.get_mut(&key) {
+                            Some(row) => {
+                                row.status = next;
+                                row.updated_at = at;
+                                row.log_seq = seq;
+                                row.dirty = true;
+                            }
+                            None => {
+                                rows.insert(
+                                    key.clone(),
+                                    Row {
+                                        status: next,
+                                        updated_at: at,
+                                        log_seq: seq,
+                                        new: Some((
+                                            "outbound".into(),
+                                            contact,
+                                            "unknown".into(),
+                                            timestamp.clone(),
+                                        )),
+                                        dirty: true,
+                                    },
+                                );
+                            }
+                        }
+                    }
+                    history.push((key, seq, status, timestamp, error_code));
+                }
+            }
+        }
+        // Each table written once (in chunks), in a stable order.
+        let mut dirty: Vec<(&Key, &Row)> = rows.iter().filter(|(_, r)| r.dirty).collect();
+        dirty.sort_by(|a, b| a.0.cmp(b.0));
+        for chunk in dirty.chunks(rows_per_statement(10)) {
+            let sql = format!(
+                "INSERT INTO messages (workspace, phone_number_id, wamid, direction, contact, message_type, status, occurred_at, updated_at, log_seq) VALUES {} \
+                 ON CONFLICT (workspace, phone_number_id, wamid) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at, log_seq = excluded.log_seq",
+                placeholders(chunk.len(), 10)
+            );
+            let values = chunk.iter().flat_map(|((w, n, m), r)| {
+                // An existing row keeps its other columns (only the three above
+                // are updated): the values given for them are not used.
+                let (direction, contact, message_type, occurred_at) = r
+                    .new
+                    .clone()
+                    .unwrap_or_else(|| (String::new(), String::new(), String::new(), String::new()));
+                [
+                    Value::Text(w.clone()),
+                    Value::Text(n.clone()),
+                    Value::Text(m.clone()),
+                    Value::Text(direction),
+                    Value::Text(contact),
+                    Value::Text(message_type),
+                    Value::Text(r.status.clone()),
+                    Value::Text(occurred_at),
+                    Value::Text(r.updated_at.clone()),
+                    Value::Int(r.log_seq),
+                ]
+            });
+            bind_all(sqlx::query(&sql), values)
+                .execute(&mut *conn)
+                .await?;
+        }
+        for chunk in history.chunks(rows_per_statement(7)) {
+            let sql = format!(
+                "INSERT INTO message_history (workspace, phone_number_id, wamid, log_seq, status, at, error_code) VALUES {} ON CONFLICT DO NOTHING",
+                placeholders(chunk.len(), 7)
+            );
+            let values = chunk.iter().flat_map(|((w, n, m), seq, status, at, code)| {
+                [
+                    Value::Text(w.clone()),
+                    Value::Text(n.clone()),
+                    Value::Text(m.clone()),
+                    Value::Int(*seq),
+                    Value::Text(status.clone()),
+                    Value::Text(at.clone()),
+                    Value::OptInt(*code),
+                ]
+            });
+            bind_all(sqlx::query(&sql), values)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 fn row(r: sqlx::any::AnyRow) -> MessageRow {

@@ -110,6 +110,83 @@ impl Projection for SendContext {
         }
         Ok(())
     }
+
+    /// The batch folded in memory: the latest inbound time per contact identifier
+    /// and the last category per template, each table written once (an upsert that
+    /// keeps the later time, as one event at a time does).
+    async fn apply_batch(
+        &self,
+        conn: &mut AnyConnection,
+        events: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        use crate::batch::{bind_all, placeholders, rows_per_statement, Value};
+        use std::collections::BTreeMap;
+        let relevant = |t: &str| {
+            matches!(
+                t,
+                "message.received" | "template.status_updated" | "account.updated"
+            )
+        };
+        let mut inbound: BTreeMap<(String, String), String> = BTreeMap::new();
+        let mut templates: BTreeMap<(String, String, String), String> = BTreeMap::new();
+        for event in events {
+            if super::skip(event, relevant) {
+                continue;
+            }
+            let decoded = super::decode(event)?;
+            let ws = super::ws_of(event);
+            if let DomainEvent::MessageReceived(m) = &decoded {
+                let at = m.timestamp.to_string();
+                for ident in [m.contact.wa_id.as_ref(), m.contact.user_id.as_ref()]
+                    .into_iter()
+                    .flatten()
+                {
+                    let e = inbound.entry((ws.clone(), ident.clone())).or_default();
+                    if at > *e {
+                        *e = at.clone();
+                    }
+                }
+            } else if let Some((name, language, category)) = template_of(&decoded) {
+                templates.insert((ws, name, language), category);
+            }
+        }
+        let inbound: Vec<_> = inbound.into_iter().collect();
+        for chunk in inbound.chunks(rows_per_statement(3)) {
+            let sql = format!(
+                "INSERT INTO last_inbound (workspace, ident, at) VALUES {} ON CONFLICT (workspace, ident) DO UPDATE SET at = CASE WHEN excluded.at > last_inbound.at THEN excluded.at ELSE last_inbound.at END",
+                placeholders(chunk.len(), 3)
+            );
+            let values = chunk.iter().flat_map(|((w, i), at)| {
+                [
+                    Value::Text(w.clone()),
+                    Value::Text(i.clone()),
+                    Value::Text(at.clone()),
+                ]
+            });
+            bind_all(sqlx::query(&sql), values)
+                .execute(&mut *conn)
+                .await?;
+        }
+        let templates: Vec<_> = templates.into_iter().collect();
+        for chunk in templates.chunks(rows_per_statement(4)) {
+            let sql = format!(
+                "INSERT INTO template_categories (workspace, name, language, category) VALUES {} ON CONFLICT (workspace, name, language) DO UPDATE SET category = excluded.category",
+                placeholders(chunk.len(), 4)
+            );
+            let values = chunk.iter().flat_map(|((w, n, l), c)| {
+                [
+                    Value::Text(w.clone()),
+                    Value::Text(n.clone()),
+                    Value::Text(l.clone()),
+                    Value::Text(c.clone()),
+                ]
+            });
+            bind_all(sqlx::query(&sql), values)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 /// The newest inbound message time of a contact (any of its identifiers).
