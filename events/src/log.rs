@@ -81,6 +81,31 @@ pub struct StoredEvent {
     pub envelope: Envelope,
     /// The data bytes.
     pub payload: Bytes,
+    /// The payload decoded, once, for every reader of this event (clones share it).
+    pub decoded: DecodedOnce,
+}
+
+/// A stored event's decoded data, computed on first use and shared by its clones
+/// (every projection of a batch reads the same decoding).
+#[derive(Clone, Default)]
+pub struct DecodedOnce(std::sync::Arc<std::sync::OnceLock<crate::types::DomainEvent>>);
+
+impl std::fmt::Debug for DecodedOnce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DecodedOnce")
+    }
+}
+
+impl StoredEvent {
+    /// The event's data decoded (once; later calls return the same decoding). An
+    /// unknown type or bad data is an error each time.
+    pub fn decoded(&self) -> Result<&crate::types::DomainEvent, crate::types::DecodeError> {
+        if let Some(d) = self.decoded.0.get() {
+            return Ok(d);
+        }
+        let d = crate::types::DomainEvent::decode(&self.envelope, &self.payload)?;
+        Ok(self.decoded.0.get_or_init(|| d))
+    }
 }
 
 /// Where a read starts.

@@ -460,6 +460,7 @@ fn row_to_event(
         subject: row.get(1),
         envelope,
         payload: Bytes::from(payload),
+        decoded: Default::default(),
     })
 }
 

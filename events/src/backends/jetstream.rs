@@ -376,6 +376,7 @@ fn to_stored(
         subject: msg.subject.to_string(),
         envelope,
         payload: msg.payload.clone(),
+        decoded: Default::default(),
     })
 }
 

@@ -28,6 +28,7 @@ async fn append_token_event(
         subject: event.subject.clone(),
         envelope: event.envelope.clone(),
         payload: event.payload.clone(),
+        decoded: Default::default(),
     };
     let appended = ctx.append_and_wait(event, projections).await?;
     if !appended.duplicate {

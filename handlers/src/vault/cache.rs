@@ -156,6 +156,7 @@ mod tests {
             subject: ev.subject,
             envelope: ev.envelope,
             payload: ev.payload,
+            decoded: Default::default(),
         }
     }
 

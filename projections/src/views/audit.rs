@@ -677,6 +677,7 @@ mod tests {
             subject: new.subject,
             envelope: new.envelope,
             payload: new.payload,
+            decoded: Default::default(),
         }
     }
 

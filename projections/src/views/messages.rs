@@ -237,7 +237,9 @@ impl Projection for Messages {
         workspaces.sort();
         workspaces.dedup();
         let wanted: std::collections::HashSet<&Key> = keys.iter().copied().collect();
-        let per = rows_per_statement(1).saturating_sub(workspaces.len()).max(1);
+        let per = rows_per_statement(1)
+            .saturating_sub(workspaces.len())
+            .max(1);
         let mut wamids: Vec<&String> = keys.iter().map(|k| &k.2).collect();
         wamids.sort();
         wamids.dedup();
@@ -334,10 +336,10 @@ impl Projection for Messages {
             let values = chunk.iter().flat_map(|((w, n, m), r)| {
                 // An existing row keeps its other columns (only the three above
                 // are updated): the values given for them are not used.
-                let (direction, contact, message_type, occurred_at) = r
-                    .new
-                    .clone()
-                    .unwrap_or_else(|| (String::new(), String::new(), String::new(), String::new()));
+                let (direction, contact, message_type, occurred_at) =
+                    r.new.clone().unwrap_or_else(|| {
+                        (String::new(), String::new(), String::new(), String::new())
+                    });
                 [
                     Value::Text(w.clone()),
                     Value::Text(n.clone()),

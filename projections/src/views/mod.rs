@@ -79,8 +79,9 @@ pub fn skip(event: &StoredEvent, relevant: impl Fn(&str) -> bool) -> bool {
 }
 
 /// Decodes a domain event (an unknown type or bad data is an error: dead-lettered).
-pub fn decode(event: &StoredEvent) -> anyhow::Result<DomainEvent> {
-    Ok(DomainEvent::decode(&event.envelope, &event.payload)?)
+/// Decoded once per stored event: every projection of a batch shares the decoding.
+pub fn decode(event: &StoredEvent) -> anyhow::Result<&DomainEvent> {
+    Ok(event.decoded()?)
 }
 
 /// What the decisions of the read models need from an event's envelope.

@@ -480,6 +480,85 @@ impl Projection for Sends {
         }
         Ok(())
     }
+
+    /// Status webhooks name messages by wamid; most name messages wabridge did not
+    /// send (or sent without a status yet). The batch looks the wamids up once, and
+    /// a status whose wamid maps to no message of ours is a no-op without a query,
+    /// as [`Projection::apply`] would find. Every other event applies as one.
+    async fn apply_batch(
+        &self,
+        conn: &mut AnyConnection,
+        events: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        use crate::batch::{bind_all, rows_per_statement, Value};
+        use std::collections::HashSet;
+        let relevant = |t: &str| {
+            t.starts_with("message.send") || t == "message.sent" || t == "message.status_updated"
+        };
+        let mut wanted: Vec<(String, String, String)> = vec![];
+        for event in events {
+            if super::skip(event, relevant) {
+                continue;
+            }
+            if let Some(Target::Wamid(number, wamid)) = target(super::decode(event)?) {
+                wanted.push((super::ws_of(event), number, wamid));
+            }
+        }
+        let mut known: HashSet<(String, String, String)> = HashSet::new();
+        if !wanted.is_empty() {
+            let mut workspaces: Vec<&String> = wanted.iter().map(|k| &k.0).collect();
+            workspaces.sort();
+            workspaces.dedup();
+            let mut wamids: Vec<&String> = wanted.iter().map(|k| &k.2).collect();
+            wamids.sort();
+            wamids.dedup();
+            let per = rows_per_statement(1)
+                .saturating_sub(workspaces.len())
+                .max(1);
+            for chunk in wamids.chunks(per) {
+                let ws_list: Vec<String> =
+                    (1..=workspaces.len()).map(|i| format!("${i}")).collect();
+                let wamid_list: Vec<String> = (1..=chunk.len())
+                    .map(|i| format!("${}", workspaces.len() + i))
+                    .collect();
+                let sql = format!(
+                    "SELECT workspace, phone_number_id, wamid FROM send_wamids WHERE workspace IN ({}) AND wamid IN ({})",
+                    ws_list.join(", "),
+                    wamid_list.join(", ")
+                );
+                let values = workspaces
+                    .iter()
+                    .map(|w| Value::Text((*w).clone()))
+                    .chain(chunk.iter().map(|m| Value::Text((*m).clone())));
+                for r in bind_all(sqlx::query(&sql), values)
+                    .fetch_all(&mut *conn)
+                    .await?
+                {
+                    known.insert((r.get(0), r.get(1), r.get(2)));
+                }
+            }
+        }
+        // A message event of a workspace may map a new wamid: from then on its
+        // statuses are looked up one by one.
+        let mut mapping: HashSet<String> = HashSet::new();
+        for event in events {
+            if super::skip(event, relevant) {
+                continue;
+            }
+            let ws = super::ws_of(event);
+            match target(super::decode(event)?) {
+                Some(Target::Wamid(number, wamid))
+                    if !mapping.contains(&ws)
+                        && !known.contains(&(ws.clone(), number.clone(), wamid.clone())) => {}
+                Some(Target::Id(_)) => {
+                    mapping.insert(ws);
+                    self.apply(&mut *conn, event).await?;
+                }
+                _ => self.apply(&mut *conn, event).await?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One message.
