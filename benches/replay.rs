@@ -203,7 +203,9 @@ async fn main() {
     println!("| read models | events | wall | events/s (whole rebuild, swap included) | events/s (replay phase) |");
     println!("|---|---|---|---|---|");
     let sqlite = format!("sqlite://{}", dir.path().join("readmodels.db").display());
-    replay(log.clone(), &sqlite, "SQLite").await;
+    if std::env::var("REPLAY_PG_ONLY").is_err() {
+        replay(log.clone(), &sqlite, "SQLite").await;
+    }
     if std::env::var("REPLAY_SQLITE_ONLY").is_ok() {
         return;
     }

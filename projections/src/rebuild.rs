@@ -201,6 +201,7 @@ async fn run(
     };
     // 1. Replay into the shadow, in steps, until close to the head.
     let mut position = 0;
+    let mut next_analyze = 10_000;
     let mut last_report = Instant::now() - Duration::from_secs(1);
     loop {
         let head = log.last_seq(StreamKind::Domain).await?;
@@ -209,6 +210,19 @@ async fn run(
         }
         let target = (position + 10 * REPLAY_BATCH as u64).min(head);
         position = driver.catch_up_to(&all, target, REPLAY_BATCH).await?;
+        // PostgreSQL plans from table statistics, which a bulk load outgrows at
+        // once (a table planned as empty is scanned, not looked up): refresh them
+        // as the shadow grows.
+        if shadow.store.backend == Backend::Postgres && position >= next_analyze {
+            for p in &projections {
+                for table in p.tables() {
+                    sqlx::query(&format!("ANALYZE {table}"))
+                        .execute(&shadow.store.pool)
+                        .await?;
+                }
+            }
+            next_analyze = position * 2;
+        }
         if last_report.elapsed() >= Duration::from_millis(500) || position >= head {
             on_progress(&progress(position, head, position, started));
             last_report = Instant::now();

@@ -222,11 +222,13 @@ impl Projection for Messages {
         if items.is_empty() {
             return Ok(());
         }
-        // The current rows of the keys the batch touches.
+        // The current rows of the keys a status touches (a key only received is
+        // written with `ON CONFLICT DO NOTHING`, as one at a time: no need to load it).
         let mut keys: Vec<&Key> = items
             .iter()
-            .map(|i| match i {
-                Item::Received(k, ..) | Item::Status(k, ..) => k,
+            .filter_map(|i| match i {
+                Item::Status(k, ..) => Some(k),
+                Item::Received(..) => None,
             })
             .collect();
         keys.sort();
@@ -278,9 +280,21 @@ impl Projection for Messages {
             }
         }
         // Each event decides, in log order.
+        let status_keys: std::collections::HashSet<Key> =
+            keys.iter().map(|k| (*k).clone()).collect();
+        let mut received_only: Vec<(Key, String, String, String, String, i64)> = Vec::new();
+        let mut received_seen: std::collections::HashSet<Key> = std::collections::HashSet::new();
         let mut history = Vec::new();
         for item in items {
             match item {
+                Item::Received(key, contact, message_type, occurred_at, at, seq)
+                    if !status_keys.contains(&key) =>
+                {
+                    // The first one wins, as DO NOTHING does one at a time.
+                    if received_seen.insert(key.clone()) {
+                        received_only.push((key, contact, message_type, occurred_at, at, seq));
+                    }
+                }
                 Item::Received(key, contact, message_type, occurred_at, at, seq) => {
                     rows.entry(key).or_insert(Row {
                         status: "received".into(),
@@ -357,6 +371,29 @@ impl Projection for Messages {
                 .execute(&mut *conn)
                 .await?;
         }
+        for chunk in received_only.chunks(rows_per_statement(8)) {
+            let sql = format!(
+                "INSERT INTO messages (workspace, phone_number_id, wamid, direction, contact, message_type, status, occurred_at, updated_at, log_seq) VALUES {} ON CONFLICT (workspace, phone_number_id, wamid) DO NOTHING",
+                inbound_placeholders(chunk.len())
+            );
+            let values = chunk.iter().flat_map(
+                |((w, n, m), contact, message_type, occurred_at, at, seq)| {
+                    [
+                        Value::Text(w.clone()),
+                        Value::Text(n.clone()),
+                        Value::Text(m.clone()),
+                        Value::Text(contact.clone()),
+                        Value::Text(message_type.clone()),
+                        Value::Text(occurred_at.clone()),
+                        Value::Text(at.clone()),
+                        Value::Int(*seq),
+                    ]
+                },
+            );
+            bind_all(sqlx::query(&sql), values)
+                .execute(&mut *conn)
+                .await?;
+        }
         for chunk in history.chunks(rows_per_statement(7)) {
             let sql = format!(
                 "INSERT INTO message_history (workspace, phone_number_id, wamid, log_seq, status, at, error_code) VALUES {} ON CONFLICT DO NOTHING",
@@ -379,6 +416,27 @@ impl Projection for Messages {
         }
         Ok(())
     }
+}
+
+/// `($1, $2, $3, 'inbound', $4, $5, 'received', $6, $7, $8), …` for inbound rows.
+fn inbound_placeholders(rows: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let b = r * 8;
+            format!(
+                "(${}, ${}, ${}, 'inbound', ${}, ${}, 'received', ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn row(r: sqlx::any::AnyRow) -> MessageRow {
