@@ -59,6 +59,43 @@ pub fn rows_per_statement(cols: usize) -> usize {
     (MAX_BINDS / cols.max(1)).max(1)
 }
 
+/// Rows of `table` whose `workspace` and `wamid` are among the given ones (the
+/// index on both), as `SELECT {columns} …`, in statements of at most [`MAX_BINDS`]
+/// values; the caller keeps the exact keys it wants.
+pub async fn by_workspace_and_wamid(
+    conn: &mut sqlx::AnyConnection,
+    columns: &str,
+    table: &str,
+    workspaces: &[&String],
+    wamids: &[&String],
+) -> anyhow::Result<Vec<sqlx::any::AnyRow>> {
+    let mut out = vec![];
+    let per = rows_per_statement(1)
+        .saturating_sub(workspaces.len())
+        .max(1);
+    for chunk in wamids.chunks(per) {
+        let ws_list: Vec<String> = (1..=workspaces.len()).map(|i| format!("${i}")).collect();
+        let wamid_list: Vec<String> = (1..=chunk.len())
+            .map(|i| format!("${}", workspaces.len() + i))
+            .collect();
+        let sql = format!(
+            "SELECT {columns} FROM {table} WHERE workspace IN ({}) AND wamid IN ({})",
+            ws_list.join(", "),
+            wamid_list.join(", ")
+        );
+        let values = workspaces
+            .iter()
+            .map(|w| Value::Text((*w).clone()))
+            .chain(chunk.iter().map(|m| Value::Text((*m).clone())));
+        out.extend(
+            bind_all(sqlx::query(&sql), values)
+                .fetch_all(&mut *conn)
+                .await?,
+        );
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

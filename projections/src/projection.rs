@@ -55,15 +55,8 @@ pub trait Projection: Send + Sync + 'static {
 
 /// SHA-256 (hex) of a projection's canonical dump.
 pub async fn checksum(store: &Store, projection: &dyn Projection) -> anyhow::Result<String> {
-    let rows: Vec<String> = sqlx::query_scalar(projection.dump_sql())
-        .fetch_all(&store.reads)
-        .await?;
-    let mut h = Sha256::new();
-    for row in rows {
-        h.update(row.as_bytes());
-        h.update(b"\n");
-    }
-    Ok(hex::encode(h.finalize()))
+    let mut conn = store.reads.acquire().await?;
+    checksum_on(&mut conn, projection).await
 }
 
 /// As [`checksum`], on a connection (inside a transaction: the state as of it).

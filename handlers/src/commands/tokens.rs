@@ -44,6 +44,19 @@ fn ring(ring: Option<&KeyRing>) -> Result<&KeyRing, CommandError> {
     ring.ok_or(CommandError::NotConfigured("TOKEN_MASTER_KEYS"))
 }
 
+/// A number id, and a token of 1 to 4096 characters without whitespace.
+fn validate(phone_number_id: &str, token: &SecretString, what: &str) -> Result<(), CommandError> {
+    use secrecy::ExposeSecret;
+    validate_id("phone_number_id", phone_number_id)?;
+    let t = token.expose_secret();
+    if t.is_empty() || t.len() > 4096 || t.chars().any(char::is_whitespace) {
+        return Err(CommandError::Validation(format!(
+            "{what} must be 1 to 4096 characters without whitespace"
+        )));
+    }
+    Ok(())
+}
+
 /// Seals and stores a number's token (replacing any previous one).
 pub async fn store(
     ctx: &Ctx,
@@ -55,14 +68,7 @@ pub async fn store(
     expires_at: Option<Timestamp>,
 ) -> Result<(), CommandError> {
     let keys = ring(keys)?;
-    validate_id("phone_number_id", phone_number_id)?;
-    use secrecy::ExposeSecret;
-    let len = token.expose_secret().len();
-    if len == 0 || len > 4096 || token.expose_secret().chars().any(char::is_whitespace) {
-        return Err(CommandError::Validation(
-            "access_token must be 1 to 4096 characters without whitespace".into(),
-        ));
-    }
+    validate(phone_number_id, token, "access_token")?;
     super::workspaces::require(ctx, ws).await?;
     super::numbers::require_held(ctx, ws, phone_number_id).await?;
     append_stored(ctx, keys, caller, ws, phone_number_id, token, expires_at).await
@@ -81,14 +87,7 @@ pub async fn store_onboarded(
     expires_at: Option<Timestamp>,
 ) -> Result<(), CommandError> {
     let keys = ring(keys)?;
-    validate_id("phone_number_id", phone_number_id)?;
-    use secrecy::ExposeSecret;
-    let len = token.expose_secret().len();
-    if len == 0 || len > 4096 || token.expose_secret().chars().any(char::is_whitespace) {
-        return Err(CommandError::Validation(
-            "the exchanged token is empty, too long or has whitespace".into(),
-        ));
-    }
+    validate(phone_number_id, token, "the exchanged token")?;
     ctx.fresh("phone_numbers", &super::numbers::routing_subject(ctx))
         .await?;
     if let Some(holder) =

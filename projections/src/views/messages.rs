@@ -239,45 +239,32 @@ impl Projection for Messages {
         workspaces.sort();
         workspaces.dedup();
         let wanted: std::collections::HashSet<&Key> = keys.iter().copied().collect();
-        let per = rows_per_statement(1)
-            .saturating_sub(workspaces.len())
-            .max(1);
         let mut wamids: Vec<&String> = keys.iter().map(|k| &k.2).collect();
         wamids.sort();
         wamids.dedup();
-        for chunk in wamids.chunks(per) {
-            let ws_list: Vec<String> = (1..=workspaces.len()).map(|i| format!("${i}")).collect();
-            let wamid_list: Vec<String> = (1..=chunk.len())
-                .map(|i| format!("${}", workspaces.len() + i))
-                .collect();
-            let sql = format!(
-                "SELECT workspace, phone_number_id, wamid, status, updated_at, log_seq FROM messages WHERE workspace IN ({}) AND wamid IN ({})",
-                ws_list.join(", "),
-                wamid_list.join(", ")
-            );
-            let values = workspaces
-                .iter()
-                .map(|w| Value::Text((*w).clone()))
-                .chain(chunk.iter().map(|m| Value::Text((*m).clone())));
-            for r in bind_all(sqlx::query(&sql), values)
-                .fetch_all(&mut *conn)
-                .await?
-            {
-                let key: Key = (r.get(0), r.get(1), r.get(2));
-                if !wanted.contains(&key) {
-                    continue;
-                }
-                rows.insert(
-                    key,
-                    Row {
-                        status: r.get(3),
-                        updated_at: r.get(4),
-                        log_seq: r.get(5),
-                        new: None,
-                        dirty: false,
-                    },
-                );
+        for r in crate::batch::by_workspace_and_wamid(
+            &mut *conn,
+            "workspace, phone_number_id, wamid, status, updated_at, log_seq",
+            "messages",
+            &workspaces,
+            &wamids,
+        )
+        .await?
+        {
+            let key: Key = (r.get(0), r.get(1), r.get(2));
+            if !wanted.contains(&key) {
+                continue;
             }
+            rows.insert(
+                key,
+                Row {
+                    status: r.get(3),
+                    updated_at: r.get(4),
+                    log_seq: r.get(5),
+                    new: None,
+                    dirty: false,
+                },
+            );
         }
         // Each event decides, in log order.
         let status_keys: std::collections::HashSet<Key> =

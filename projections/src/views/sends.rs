@@ -490,7 +490,6 @@ impl Projection for Sends {
         conn: &mut AnyConnection,
         events: &[StoredEvent],
     ) -> anyhow::Result<()> {
-        use crate::batch::{bind_all, rows_per_statement, Value};
         use std::collections::HashSet;
         let relevant = |t: &str| {
             t.starts_with("message.send") || t == "message.sent" || t == "message.status_updated"
@@ -512,30 +511,16 @@ impl Projection for Sends {
             let mut wamids: Vec<&String> = wanted.iter().map(|k| &k.2).collect();
             wamids.sort();
             wamids.dedup();
-            let per = rows_per_statement(1)
-                .saturating_sub(workspaces.len())
-                .max(1);
-            for chunk in wamids.chunks(per) {
-                let ws_list: Vec<String> =
-                    (1..=workspaces.len()).map(|i| format!("${i}")).collect();
-                let wamid_list: Vec<String> = (1..=chunk.len())
-                    .map(|i| format!("${}", workspaces.len() + i))
-                    .collect();
-                let sql = format!(
-                    "SELECT workspace, phone_number_id, wamid FROM send_wamids WHERE workspace IN ({}) AND wamid IN ({})",
-                    ws_list.join(", "),
-                    wamid_list.join(", ")
-                );
-                let values = workspaces
-                    .iter()
-                    .map(|w| Value::Text((*w).clone()))
-                    .chain(chunk.iter().map(|m| Value::Text((*m).clone())));
-                for r in bind_all(sqlx::query(&sql), values)
-                    .fetch_all(&mut *conn)
-                    .await?
-                {
-                    known.insert((r.get(0), r.get(1), r.get(2)));
-                }
+            for r in crate::batch::by_workspace_and_wamid(
+                &mut *conn,
+                "workspace, phone_number_id, wamid",
+                "send_wamids",
+                &workspaces,
+                &wamids,
+            )
+            .await?
+            {
+                known.insert((r.get(0), r.get(1), r.get(2)));
             }
         }
         // A message event of a workspace may map a new wamid: from then on its
