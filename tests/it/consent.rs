@@ -10,15 +10,9 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use wabridge::dev::webhook::{build, Kind, WebhookSpec};
 use wabridge_events::StreamKind;
-use wabridge_projections::{
-    projection::{checksum, AsReactor},
-    views::consent::Consent,
-    Driver, Follower, Progress, Store,
-};
+use wabridge_projections::views::consent::Consent;
 
-use crate::support::app::{
-    assert_problem, fixture, fresh_postgres, spawn_app, DbKind, LogKind, TestApp,
-};
+use crate::support::app::{assert_problem, fixture, spawn_app, DbKind, LogKind, TestApp};
 
 const WABA: &str = "300100200300400";
 const NUMBER: &str = "700800900100200";
@@ -257,33 +251,8 @@ async fn keyword_table_jetstream() {
     keyword_table(LogKind::JetStream, DbKind::Postgres).await;
 }
 
-/// Rebuilds the consent projection from the log into a fresh store and compares
-/// checksums with the live one.
 async fn rebuild_matches(app: &TestApp, db: DbKind) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = match db {
-        DbKind::Sqlite => format!("sqlite://{}", dir.path().join("rebuild.db").display()),
-        DbKind::Postgres => fresh_postgres().await,
-    };
-    let store = Store::connect(&url).await.expect("fresh store");
-    let driver = Driver {
-        log: app.app.ctx.log.clone(),
-        store: store.clone(),
-        progress: Progress::default(),
-    };
-    let follower = Follower {
-        consumer: "rebuild",
-        stream: StreamKind::Domain,
-        reactors: vec![Arc::new(AsReactor(Arc::new(Consent)))],
-    };
-    app.settle().await;
-    driver.catch_up(&follower).await.expect("rebuild");
-    let live = checksum(&app.app.ctx.store, &Consent).await.unwrap();
-    let rebuilt = checksum(&store, &Consent).await.unwrap();
-    assert_eq!(
-        rebuilt, live,
-        "a rebuild differs from the live consent state"
-    );
+    crate::support::app::rebuild_matches(app, db, Arc::new(Consent)).await;
 }
 
 #[tokio::test]

@@ -14,44 +14,15 @@ use wabridge_events::StreamKind;
 
 use std::sync::Arc;
 
-use wabridge_projections::{
-    driver::Follower, projection::checksum, projection::AsReactor, views::onboarding::Onboarding,
-    Driver, Progress, Store,
-};
+use wabridge_projections::views::onboarding::Onboarding;
 
 use crate::sending::{start_sim, Sim};
 use crate::support::app::{
-    assert_problem, fresh_postgres, spawn_app_with, DbKind, LogKind, TestApp, TestOptions,
-    APP_SECRET, MASTER_V1,
+    assert_problem, spawn_app_with, DbKind, LogKind, TestApp, TestOptions, APP_SECRET, MASTER_V1,
 };
 
-/// Rebuilds the onboarding read model from the log into a fresh store: its checksum
-/// equals the live one.
 async fn rebuild_matches(app: &TestApp, db: DbKind) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = match db {
-        DbKind::Sqlite => format!("sqlite://{}", dir.path().join("rebuild.db").display()),
-        DbKind::Postgres => fresh_postgres().await,
-    };
-    let store = Store::connect(&url).await.expect("fresh store");
-    let driver = Driver {
-        log: app.app.ctx.log.clone(),
-        store: store.clone(),
-        progress: Progress::default(),
-    };
-    let follower = Follower {
-        consumer: "rebuild",
-        stream: StreamKind::Domain,
-        reactors: vec![Arc::new(AsReactor(Arc::new(Onboarding)))],
-    };
-    app.settle().await;
-    driver.catch_up(&follower).await.expect("rebuild");
-    let live = checksum(&app.app.ctx.store, &Onboarding).await.unwrap();
-    let rebuilt = checksum(&store, &Onboarding).await.unwrap();
-    assert_eq!(
-        rebuilt, live,
-        "a rebuild differs from the live onboarding state"
-    );
+    crate::support::app::rebuild_matches(app, db, Arc::new(Onboarding)).await;
 }
 
 const WABA: &str = "300100200300777";
@@ -361,6 +332,7 @@ async fn happy_path(log: LogKind, db: DbKind) {
         last["effect"].as_str().unwrap().contains("invalid"),
         "{report}"
     );
+    rebuild_matches(&app, db).await;
 }
 
 #[tokio::test]

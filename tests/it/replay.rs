@@ -42,6 +42,21 @@ async fn dry_run_all(app: &TestApp) -> rebuild::RebuildReport {
     report
 }
 
+/// Rebuilds every projection and swaps it in.
+async fn swap_all(app: &TestApp) -> rebuild::RebuildReport {
+    let report = rebuild::rebuild(
+        app.app.ctx.log.clone(),
+        &app.app.ctx.store,
+        views::all(&app.app.projection_keys()),
+        false,
+        |_| {},
+    )
+    .await
+    .expect("a rebuild");
+    assert!(report.swapped);
+    report
+}
+
 fn assert_equal(report: &rebuild::RebuildReport) {
     for p in &report.projections {
         assert_eq!(p.checksum, p.live_checksum, "{} differs from live", p.name);
@@ -91,16 +106,7 @@ async fn replay_equals_live(log: LogKind, db: DbKind) {
         .collect();
     assert_eq!(differs, ["api_keys", "consent"], "{report:?}");
     // The swap repairs it, and the API answers from the rebuilt state.
-    let swapped = rebuild::rebuild(
-        app.app.ctx.log.clone(),
-        store,
-        views::all(&app.app.projection_keys()),
-        false,
-        |_| {},
-    )
-    .await
-    .unwrap();
-    assert!(swapped.swapped);
+    let swapped = swap_all(&app).await;
     assert_equal(&swapped);
     assert_equal(&dry_run_all(&app).await);
     let r = app.get("/v1/workspaces/gamma", &key).await;
@@ -160,16 +166,7 @@ async fn replay_under_load(log: LogKind, db: DbKind) {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let report = rebuild::rebuild(
-        app.app.ctx.log.clone(),
-        &app.app.ctx.store,
-        views::all(&app.app.projection_keys()),
-        false,
-        |_| {},
-    )
-    .await
-    .unwrap();
-    assert!(report.swapped);
+    swap_all(&app).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
@@ -223,16 +220,7 @@ async fn swap_under_queries(db: DbKind) {
         })
     };
     for _ in 0..3 {
-        let report = rebuild::rebuild(
-            app.app.ctx.log.clone(),
-            &app.app.ctx.store,
-            views::all(&app.app.projection_keys()),
-            false,
-            |_| {},
-        )
-        .await
-        .unwrap();
-        assert!(report.swapped);
+        swap_all(&app).await;
     }
     stop.store(true, Ordering::Relaxed);
     reader.await.unwrap();

@@ -23,8 +23,7 @@ use wabridge_projections::{
 };
 
 use crate::support::app::{
-    assert_problem, fixture, spawn_app, spawn_app_with, try_spawn_app_with, DbKind, LogKind,
-    TestApp, TestOptions,
+    assert_problem, fixture, spawn_app, spawn_app_with, DbKind, LogKind, TestApp, TestOptions,
 };
 
 /// The id part of a key text (`wbk_<id>_…`).

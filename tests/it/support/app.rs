@@ -527,3 +527,41 @@ pub fn fixture_signatures() -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// Rebuilds one projection from the log into a fresh store of `db`'s kind: its
+/// checksum equals the live one's.
+pub async fn rebuild_matches(
+    app: &TestApp,
+    db: DbKind,
+    projection: std::sync::Arc<dyn wabridge_projections::Projection>,
+) {
+    use wabridge_projections::{driver::Follower, projection::checksum, projection::AsReactor};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = match db {
+        DbKind::Sqlite => format!("sqlite://{}", dir.path().join("rebuild.db").display()),
+        DbKind::Postgres => fresh_postgres().await,
+    };
+    let store = wabridge_projections::Store::connect(&url)
+        .await
+        .expect("fresh store");
+    let driver = wabridge_projections::Driver {
+        log: app.app.ctx.log.clone(),
+        store: store.clone(),
+        progress: Default::default(),
+    };
+    let follower = Follower {
+        consumer: "rebuild",
+        stream: StreamKind::Domain,
+        reactors: vec![std::sync::Arc::new(AsReactor(projection.clone()))],
+    };
+    app.settle().await;
+    driver.catch_up(&follower).await.expect("rebuild");
+    let live = checksum(&app.app.ctx.store, &*projection).await.unwrap();
+    let rebuilt = checksum(&store, &*projection).await.unwrap();
+    assert_eq!(
+        rebuilt,
+        live,
+        "a rebuild differs from the live {} state",
+        projection.name()
+    );
+}
