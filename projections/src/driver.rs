@@ -180,6 +180,14 @@ fn database_unavailable(db: &dyn sqlx::error::DatabaseError) -> bool {
     msg.contains("database is locked") || msg.contains("database table is locked")
 }
 
+/// Whether an error is an event that cannot be decoded (retrying cannot help).
+fn undecodable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<wabridge_events::types::DecodeError>()
+            .is_some()
+    })
+}
+
 /// Splits a chunk of follow results into the events before the first error, and
 /// that error (after which the caller resubscribes).
 pub fn split_ready(
@@ -384,6 +392,14 @@ impl Driver {
                 let Some(e) = self.retry_while_unavailable(f, reactors, done, one).await? else {
                     break;
                 };
+                // An event that does not decode (a type or version this build does not
+                // know) never will: a dead letter at once, without the retries.
+                if undecodable(&e) {
+                    self.dead_letter(r.name(), event, &format!("{e:#}"), attempt)
+                        .await?;
+                    done.insert(r.name(), event.seq);
+                    break;
+                }
                 tracing::warn!(consumer = r.name(), seq = event.seq, attempt, error = %format!("{e:#}"), "apply failed");
                 if attempt < MAX_ATTEMPTS {
                     tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
