@@ -81,14 +81,14 @@ pub struct StoredEvent {
     pub envelope: Envelope,
     /// The data bytes.
     pub payload: Bytes,
-    /// The payload decoded, once, for every reader of this event (clones share it).
+    /// The payload decoded, once, for every reader of this event.
     pub decoded: DecodedOnce,
 }
 
-/// A stored event's decoded data, computed on first use and shared by its clones
-/// (every projection of a batch reads the same decoding).
+/// A stored event's decoded data, computed on first use (every projection of a
+/// batch reads the same event, so the same decoding). No allocation until used.
 #[derive(Clone, Default)]
-pub struct DecodedOnce(std::sync::Arc<std::sync::OnceLock<crate::types::DomainEvent>>);
+pub struct DecodedOnce(std::sync::OnceLock<crate::types::DomainEvent>);
 
 impl std::fmt::Debug for DecodedOnce {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

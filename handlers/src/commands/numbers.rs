@@ -56,6 +56,33 @@ pub async fn require_held(
     }
 }
 
+/// `Conflict` unless the workspace may claim the number (routing as read): another
+/// workspace holds it, or (when `waba_id` is given) another owns its WABA.
+pub async fn claimable(
+    ctx: &Ctx,
+    ws: &Slug,
+    phone_number_id: &str,
+    waba_id: Option<&str>,
+) -> Result<(), CommandError> {
+    if let Some(holder) = phone_numbers::get(&ctx.store, phone_number_id).await? {
+        if holder.workspace != ws.as_str() {
+            return Err(CommandError::Conflict(format!(
+                "phone number {phone_number_id} is held by another workspace"
+            )));
+        }
+    }
+    if let Some(waba_id) = waba_id {
+        if let Some(owner) = phone_numbers::owner_of_waba(&ctx.store, waba_id).await? {
+            if owner != ws.as_str() {
+                return Err(CommandError::Conflict(format!(
+                    "WABA {waba_id} belongs to another workspace; an operator can place numbers of it"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Routes a number's webhooks to the workspace; `Conflict` when another holds it, or
 /// holds its WABA (a WABA belongs to the first workspace that claims one of its
 /// numbers; an operator or a host command may place a number anywhere). Claiming a
@@ -77,24 +104,10 @@ pub async fn claim(
     }
     super::workspaces::require(ctx, ws).await?;
     let seq = ctx.fresh("phone_numbers", &routing_subject(ctx)).await?;
-    if let Some(holder) = phone_numbers::get(&ctx.store, phone_number_id).await? {
-        if holder.workspace != ws.as_str() {
-            return Err(CommandError::Conflict(format!(
-                "phone number {phone_number_id} is held by another workspace"
-            )));
-        }
-    }
     // Anyone can read a WABA id off a webhook or Meta's tools: a workspace key may not
     // claim into another tenant's WABA (and receive its account-level events).
-    if caller.role_limit.is_some() {
-        if let Some(owner) = phone_numbers::owner_of_waba(&ctx.store, waba_id).await? {
-            if owner != ws.as_str() {
-                return Err(CommandError::Conflict(format!(
-                    "WABA {waba_id} belongs to another workspace; an operator can place numbers of it"
-                )));
-            }
-        }
-    }
+    let waba = caller.role_limit.is_some().then_some(waba_id);
+    claimable(ctx, ws, phone_number_id, waba).await?;
     let data = PhoneNumberClaimed {
         phone_number_id: phone_number_id.to_string(),
         waba_id: waba_id.to_string(),

@@ -8,7 +8,7 @@ use wabridge_events::{
     types::{EventData, OnboardingStarted},
     Slug,
 };
-use wabridge_projections::views::{onboarding, phone_numbers};
+use wabridge_projections::views::onboarding;
 
 use super::{numbers::validate_id, Caller, CommandError, Ctx};
 use crate::vault::{self, KeyRing};
@@ -107,21 +107,7 @@ pub async fn check_routing(
 ) -> Result<(), CommandError> {
     ctx.fresh("phone_numbers", &super::numbers::routing_subject(ctx))
         .await?;
-    if let Some(holder) = phone_numbers::get(&ctx.store, phone_number_id).await? {
-        if holder.workspace != ws.as_str() {
-            return Err(CommandError::Conflict(format!(
-                "phone number {phone_number_id} is held by another workspace"
-            )));
-        }
-    }
-    if let Some(owner) = phone_numbers::owner_of_waba(&ctx.store, waba_id).await? {
-        if owner != ws.as_str() {
-            return Err(CommandError::Conflict(format!(
-                "WABA {waba_id} belongs to another workspace"
-            )));
-        }
-    }
-    Ok(())
+    super::numbers::claimable(ctx, ws, phone_number_id, Some(waba_id)).await
 }
 
 /// Starts onboarding (or finds the one the same code started). Refuses before

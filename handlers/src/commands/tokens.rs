@@ -90,15 +90,7 @@ pub async fn store_onboarded(
     validate(phone_number_id, token, "the exchanged token")?;
     ctx.fresh("phone_numbers", &super::numbers::routing_subject(ctx))
         .await?;
-    if let Some(holder) =
-        wabridge_projections::views::phone_numbers::get(&ctx.store, phone_number_id).await?
-    {
-        if holder.workspace != ws.as_str() {
-            return Err(CommandError::Conflict(format!(
-                "phone number {phone_number_id} is held by another workspace"
-            )));
-        }
-    }
+    super::numbers::claimable(ctx, ws, phone_number_id, None).await?;
     append_stored(ctx, keys, caller, ws, phone_number_id, token, expires_at).await
 }
 

@@ -99,6 +99,30 @@ fn classify_call(status: u16, error: Option<&MetaError>, what: &str) -> StepOutc
     }
 }
 
+/// Opens a secret sealed in `onboarding.started` (`what`: `code` or `pin`); a
+/// permanent failure when the master keys cannot (one was removed meanwhile).
+fn open_sealed(
+    keys: &KeyRing,
+    ws: &Slug,
+    id: &str,
+    what: &'static str,
+    sealed: &wabridge_events::types::SealedToken,
+) -> Result<SecretString, StepOutcome> {
+    vault::open(keys, ws.as_str(), &seal_context(id, what), sealed).map_err(|e| {
+        StepOutcome::Permanent {
+            reason: if what == "pin" {
+                "sealed_pin_unreadable"
+            } else {
+                "sealed_code_unreadable"
+            },
+            error: ours(e.to_string()),
+            detail: format!(
+                "the sealed {what} could not be opened with TOKEN_MASTER_KEYS; start onboarding again"
+            ),
+        }
+    })
+}
+
 /// Step 1: exchange the code for a business token and store it in the vault. A
 /// rejected app secret is retried with the next configured one. Once Meta gave a
 /// token, storing it is retried here (the code cannot be exchanged twice).
@@ -114,15 +138,9 @@ pub async fn exchange_code(
     phone_number_id: &str,
     sealed_code: &wabridge_events::types::SealedToken,
 ) -> StepOutcome {
-    let code = match vault::open(keys, ws.as_str(), &seal_context(id, "code"), sealed_code) {
-        Ok(c) => c,
-        Err(e) => return StepOutcome::Permanent {
-            reason: "sealed_code_unreadable",
-            error: ours(e.to_string()),
-            detail:
-                "the sealed code could not be opened with TOKEN_MASTER_KEYS; start onboarding again"
-                    .into(),
-        },
+    let code = match open_sealed(keys, ws, id, "code", sealed_code) {
+        Ok(v) => v,
+        Err(o) => return o,
     };
     let mut last = None;
     for secret in app_secrets {
@@ -329,15 +347,9 @@ pub async fn register(
     phone_number_id: &str,
     sealed_pin: &wabridge_events::types::SealedToken,
 ) -> StepOutcome {
-    let pin = match vault::open(keys, ws.as_str(), &seal_context(id, "pin"), sealed_pin) {
-        Ok(p) => p,
-        Err(e) => return StepOutcome::Permanent {
-            reason: "sealed_pin_unreadable",
-            error: ours(e.to_string()),
-            detail:
-                "the sealed PIN could not be opened with TOKEN_MASTER_KEYS; start onboarding again"
-                    .into(),
-        },
+    let pin = match open_sealed(keys, ws, id, "pin", sealed_pin) {
+        Ok(v) => v,
+        Err(o) => return o,
     };
     let token = match token(ctx, keys, ws, phone_number_id).await {
         Ok(t) => t,
