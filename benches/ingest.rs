@@ -16,7 +16,7 @@ use std::{
 
 use async_nats::jetstream;
 use axum::{body::Bytes, extract::State, http::HeaderMap, routing::post, Router};
-use common::{gathered, header, row, serve, stats, wabridge_app, Nats, SECRET};
+use common::{bodies, gathered, header, row, serve, stats, wabridge_app, Nats, SECRET};
 use futures_util::future::join_all;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -28,30 +28,6 @@ use wabridge_handlers::{
 };
 
 const CONNECTIONS: usize = 32;
-
-fn bodies(n: usize, tag: &str) -> Vec<(Bytes, String, String)> {
-    let template = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/fixtures/meta/inbound_text.json"
-    ))
-    .unwrap();
-    let wamid = serde_json::from_str::<serde_json::Value>(&template).unwrap()["entry"][0]
-        ["changes"][0]["value"]["messages"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    (0..n)
-        .map(|i| {
-            let id = format!(
-                "wamid.bench{}{i}",
-                tag.replace(|c: char| !c.is_ascii_alphanumeric(), "")
-            );
-            let body = template.replace(&wamid, &id);
-            let sig = sign(SECRET, body.as_bytes());
-            (Bytes::from(body), sig, id)
-        })
-        .collect()
-}
 
 async fn load(addr: SocketAddr, bodies: Vec<(Bytes, String, String)>) -> common::Stats {
     let client = reqwest::Client::builder()

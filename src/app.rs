@@ -46,6 +46,10 @@ pub struct AppState {
     pub rejections: Arc<wabridge_handlers::commands::send::Rejections>,
     /// Rebuilds started from the API in this process.
     pub rebuilds: Arc<crate::replay::Rebuilds>,
+    /// The Graph API client of the media proxy.
+    pub graph: Arc<wabridge_handlers::sender::graph::Graph>,
+    /// Follows the domain log for long-polls and delivery workers.
+    pub hub: Arc<wabridge_handlers::feed::Hub>,
     /// Workspaces known to exist (they are never deleted).
     pub known_workspaces: Arc<std::sync::RwLock<std::collections::HashSet<wabridge_events::Slug>>>,
 }
@@ -111,7 +115,16 @@ impl App {
         let limiter = Arc::new(wabridge_handlers::ratelimit::SharedLimiter::new(
             log.clone(),
         ));
+        let graph = Arc::new(wabridge_handlers::sender::graph::Graph::new(
+            wabridge_handlers::sender::graph::GraphConfig {
+                base_url: cfg.meta_graph_url.clone(),
+                version: cfg.meta_graph_version.clone(),
+                timeout: cfg.graph_timeout,
+            },
+        )?);
         Ok(App(Arc::new(AppState {
+            graph,
+            hub: wabridge_handlers::feed::Hub::new(log.clone()),
             limiter,
             rejections: Arc::default(),
             cfg: Arc::new(cfg),

@@ -95,6 +95,21 @@ pub struct ConfigArgs {
     /// How long the workers lease lasts unless renewed (default 15s).
     #[arg(long, env = "WABRIDGE_LEASE_TTL")]
     pub lease_ttl: Option<String>,
+    /// Let outbound webhook endpoints be loopback, link-local or private addresses
+    /// (tests, local set-ups; default false).
+    #[arg(long, env = "WABRIDGE_ALLOW_PRIVATE_ENDPOINTS")]
+    pub allow_private_endpoints: Option<String>,
+    /// How long one outbound webhook delivery may take (default 15s).
+    #[arg(long, env = "WABRIDGE_DELIVERY_TIMEOUT")]
+    pub delivery_timeout: Option<String>,
+    /// The first pause before a failed delivery is tried again; it doubles, capped
+    /// at an hour (default 1s).
+    #[arg(long, env = "WABRIDGE_DELIVERY_RETRY_BASE")]
+    pub delivery_retry_base: Option<String>,
+    /// How long a delivery may keep failing before its endpoint is disabled
+    /// (default 3d).
+    #[arg(long, env = "WABRIDGE_DELIVERY_GIVE_UP_AFTER")]
+    pub delivery_give_up_after: Option<String>,
 }
 
 impl ConfigArgs {
@@ -177,6 +192,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Workers lease period.
     pub lease_ttl: Duration,
+    /// Outbound webhook deliveries.
+    pub delivery: wabridge_handlers::delivery::DeliveryConfig,
 }
 
 /// Where secrets come from: the process environment (with `NAME_FILE`) in
@@ -425,6 +442,43 @@ impl Config {
             SECOND,
             300 * SECOND,
         )?;
+        let allow_private = match args.allow_private_endpoints.as_deref() {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(_) => {
+                return Err(invalid(
+                    "WABRIDGE_ALLOW_PRIVATE_ENDPOINTS",
+                    "must be true or false",
+                ))
+            }
+        };
+        let delivery = wabridge_handlers::delivery::DeliveryConfig {
+            timeout: duration_var(
+                "WABRIDGE_DELIVERY_TIMEOUT",
+                args.delivery_timeout.as_deref(),
+                15 * SECOND,
+                SECOND / 10,
+                120 * SECOND,
+            )?,
+            policy: wabridge_handlers::delivery::retry::RetryPolicy {
+                base: duration_var(
+                    "WABRIDGE_DELIVERY_RETRY_BASE",
+                    args.delivery_retry_base.as_deref(),
+                    SECOND,
+                    SECOND / 100,
+                    3600 * SECOND,
+                )?,
+                cap: 3600 * SECOND,
+                give_up_after: duration_var(
+                    "WABRIDGE_DELIVERY_GIVE_UP_AFTER",
+                    args.delivery_give_up_after.as_deref(),
+                    3 * 86_400 * SECOND,
+                    SECOND,
+                    30 * 86_400 * SECOND,
+                )?,
+            },
+            allow_private,
+        };
         let meta_graph_version = args
             .meta_graph_version
             .clone()
@@ -551,6 +605,7 @@ impl Config {
             max_connections,
             shutdown_timeout,
             lease_ttl,
+            delivery,
         };
         if cfg.nats.is_some() {
             cfg.require_production_secrets()?;

@@ -97,6 +97,21 @@ fn spawn_unit(app: &App, unit: &str, tasks: &mut JoinSet<()>) {
                 }
             }));
         }
+        "delivery" => {
+            let app2 = app.clone();
+            tasks.spawn(supervise(wabridge_handlers::delivery::NAME, move || {
+                let app = app2.clone();
+                async move {
+                    wabridge_handlers::delivery::run(
+                        app.ctx.clone(),
+                        app.hub.clone(),
+                        app.cfg.token_keys.clone(),
+                        app.cfg.delivery.clone(),
+                    )
+                    .await
+                }
+            }));
+        }
         "audit_retention" => {
             let app2 = app.clone();
             tasks.spawn(async move {
@@ -326,6 +341,8 @@ pub async fn run_notify(
         let ctx = ctx.clone();
         async move { ctx.tokens.run(ctx.store.clone(), ctx.log.clone()).await }
     }));
+    let hub = app.hub.clone();
+    tasks.spawn(supervise("event_hub", move || hub.clone().run()));
     let workers = if app.cfg.roles.workers {
         match Workers::start(&app).await {
             Ok(w) => Some(w),

@@ -154,3 +154,29 @@ pub async fn serve(app: wabridge::app::App) -> std::net::SocketAddr {
     tokio::spawn(wabridge::server::run(app, listener, std::future::pending()));
     addr
 }
+
+/// `n` distinct signed inbound-text webhooks (the fixture with a fresh wamid each):
+/// `(body, X-Hub-Signature-256, wamid)`.
+pub fn bodies(n: usize, tag: &str) -> Vec<(bytes::Bytes, String, String)> {
+    let template = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/fixtures/meta/inbound_text.json"
+    ))
+    .unwrap();
+    let wamid = serde_json::from_str::<serde_json::Value>(&template).unwrap()["entry"][0]
+        ["changes"][0]["value"]["messages"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (0..n)
+        .map(|i| {
+            let id = format!(
+                "wamid.bench{}{i}",
+                tag.replace(|c: char| !c.is_ascii_alphanumeric(), "")
+            );
+            let body = template.replace(&wamid, &id);
+            let sig = wabridge_handlers::webhooks::sign(SECRET, body.as_bytes());
+            (bytes::Bytes::from(body), sig, id)
+        })
+        .collect()
+}

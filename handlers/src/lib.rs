@@ -4,6 +4,9 @@
 pub mod access;
 pub mod commands;
 pub mod consent;
+pub mod delivery;
+pub mod feed;
+pub mod media;
 pub mod onboarding;
 pub mod ratelimit;
 pub mod redrive;

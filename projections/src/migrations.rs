@@ -87,6 +87,17 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
         "CREATE INDEX onboarding_waba ON onboarding (waba_id)",
         "CREATE TABLE onboarding_partner (waba_id TEXT NOT NULL, seq BIGINT NOT NULL, workspace TEXT NOT NULL, event TEXT NOT NULL, at TEXT NOT NULL, PRIMARY KEY (waba_id, seq))",
     ],
+),
+(
+    7,
+    &[
+        // Outbound webhook endpoints and their deliveries (each state one JSON
+        // document), and the media ids a workspace received.
+        "CREATE TABLE endpoints (workspace TEXT NOT NULL, id TEXT NOT NULL, created_seq BIGINT NOT NULL, deleted BIGINT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (workspace, id))",
+        "CREATE TABLE deliveries (workspace TEXT NOT NULL, id TEXT NOT NULL, endpoint_id TEXT NOT NULL, event_seq BIGINT NOT NULL, status TEXT NOT NULL, doc TEXT NOT NULL, PRIMARY KEY (workspace, id))",
+        "CREATE INDEX deliveries_endpoint ON deliveries (workspace, endpoint_id, event_seq)",
+        "CREATE TABLE inbound_media (workspace TEXT NOT NULL, media_id TEXT NOT NULL, phone_number_id TEXT NOT NULL, mime_type TEXT, log_seq BIGINT NOT NULL, PRIMARY KEY (workspace, media_id))",
+    ],
 )];
 
 /// Applies pending migrations, each version in its own transaction.

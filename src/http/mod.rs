@@ -86,9 +86,10 @@ pub fn router(app: App) -> Router {
             error::method_not_allowed().await
         })
         .layer(DefaultBodyLimit::max(app.cfg.max_body))
+        // Above the longest long-poll (`wait` up to 30 s on the event feed).
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(30),
+            Duration::from_secs(40),
         ))
         .with_state(app)
 }

@@ -196,6 +196,7 @@ fn describe(op: &mut Value, route: &Described) {
                 "contact_opted_out, outside_service_window, no_phone_number",
             ),
             Answer::RateLimited => add(429, "rate_limited"),
+            Answer::Upstream => add(502, "meta_unavailable"),
         }
     }
     for (status, list) in codes {

@@ -91,3 +91,44 @@ impl<T: JsonSchema> OperationOutput for AcceptedWith<T> {
             .collect()
     }
 }
+
+/// `200 OK` with a streamed binary body (a media object) and its own `Content-Type`.
+pub struct Binary(pub HttpResponse);
+
+impl IntoResponse for Binary {
+    fn into_response(self) -> HttpResponse {
+        self.0
+    }
+}
+
+impl OperationOutput for Binary {
+    type Inner = ();
+
+    fn operation_response(_ctx: &mut GenContext, _op: &mut Operation) -> Option<Response> {
+        let media = aide::openapi::MediaType {
+            schema: Some(aide::openapi::SchemaObject {
+                json_schema: schemars::json_schema!({"type": "string", "format": "binary"}),
+                external_docs: None,
+                example: None,
+            }),
+            ..Default::default()
+        };
+        Some(Response {
+            description: "The bytes, streamed, with the object's Content-Type.".into(),
+            content: [("application/octet-stream".to_string(), media)]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn inferred_responses(
+        ctx: &mut GenContext,
+        op: &mut Operation,
+    ) -> Vec<(Option<DocStatus>, Response)> {
+        Self::operation_response(ctx, op)
+            .map(|r| (Some(DocStatus::Code(200)), r))
+            .into_iter()
+            .collect()
+    }
+}

@@ -4,12 +4,13 @@
 //! types) and the permission test are all built from it, so a route cannot exist
 //! without documentation or without an access rule.
 
-use aide::axum::routing::{delete, get, post, put, ApiMethodRouter};
+use aide::axum::routing::{delete, get, patch, post, put, ApiMethodRouter};
 use axum::http::Method;
 use wabridge_handlers::access::Permission;
 
 use super::api::{
-    admin, audit, consent, keys, messages, meta, numbers, onboarding, ops, tokens, workspaces,
+    admin, audit, consent, endpoints, events, keys, media, messages, meta, numbers, onboarding,
+    ops, tokens, workspaces,
 };
 pub use super::auth::Access;
 use crate::app::App;
@@ -30,6 +31,8 @@ pub enum Answer {
     Unprocessable,
     /// `429 rate_limited`, with `Retry-After`, `RateLimit` and `RateLimit-Policy`.
     RateLimited,
+    /// `502 meta_unavailable`: Meta refused or failed a call the route makes.
+    Upstream,
 }
 
 /// One route.
@@ -335,6 +338,94 @@ pub fn routes() -> Vec<RouteDef> {
             "An onboarding's state, steps (with times and Meta's errors), webhooks_subscribed, partner events and token status.",
             &[],
             get(onboarding::get),
+        ),
+        r(
+            Method::GET,
+            "/v1/workspaces/{ws}/events",
+            Workspace(P::EventsRead),
+            "The workspace's events after a cursor, in log order (`wait` long-polls up to 30 s); `next_cursor` is always given.",
+            &[LogUnavailable],
+            get(events::list),
+        ),
+        r(
+            Method::POST,
+            "/v1/workspaces/{ws}/endpoints",
+            Workspace(P::WebhooksManage),
+            "Add an outbound webhook endpoint (201 with its signing secret, shown once).",
+            &[Conflict, TooLarge, NotConfigured],
+            post(endpoints::create),
+        ),
+        r(
+            Method::GET,
+            "/v1/workspaces/{ws}/endpoints",
+            Workspace(P::WebhooksRead),
+            "List outbound webhook endpoints.",
+            &[],
+            get(endpoints::list),
+        ),
+        r(
+            Method::GET,
+            "/v1/workspaces/{ws}/endpoints/{id}",
+            Workspace(P::WebhooksRead),
+            "An outbound webhook endpoint (status, why disabled, failing since).",
+            &[],
+            get(endpoints::get),
+        ),
+        r(
+            Method::PATCH,
+            "/v1/workspaces/{ws}/endpoints/{id}",
+            Workspace(P::WebhooksManage),
+            "Change an endpoint's url, types or description; pause it (`enabled: false`) or resume it.",
+            &[TooLarge],
+            patch(endpoints::patch),
+        ),
+        r(
+            Method::DELETE,
+            "/v1/workspaces/{ws}/endpoints/{id}",
+            Workspace(P::WebhooksManage),
+            "Delete an endpoint.",
+            &[],
+            delete(endpoints::delete),
+        ),
+        r(
+            Method::POST,
+            "/v1/workspaces/{ws}/endpoints/{id}/rotate-secret",
+            Workspace(P::WebhooksManage),
+            "Replace the signing secret (shown once); the previous one signs too for 24 h.",
+            &[NotConfigured],
+            post(endpoints::rotate_secret),
+        ),
+        r(
+            Method::GET,
+            "/v1/workspaces/{ws}/endpoints/{id}/deliveries",
+            Workspace(P::DeliveriesRead),
+            "An endpoint's deliveries with their attempts, newest first (`status` filters).",
+            &[],
+            get(endpoints::deliveries),
+        ),
+        r(
+            Method::POST,
+            "/v1/workspaces/{ws}/endpoints/{id}/deliveries/{delivery_id}/redeliver",
+            Workspace(P::DeliveriesRedrive),
+            "Send one delivery again (202; the same webhook-id).",
+            &[],
+            post(endpoints::redeliver),
+        ),
+        r(
+            Method::POST,
+            "/v1/workspaces/{ws}/endpoints/{id}/recover",
+            Workspace(P::DeliveriesRedrive),
+            "Deliver every matching event since a time again, in order (202).",
+            &[TooLarge],
+            post(endpoints::recover),
+        ),
+        r(
+            Method::GET,
+            "/v1/workspaces/{ws}/media/{media_id}",
+            Workspace(P::MessagesRead),
+            "Stream an inbound media object from Meta (404 for a media id this workspace has not received).",
+            &[NotConfigured, Upstream],
+            get(media::get),
         ),
         r(
             Method::PUT,

@@ -8,6 +8,7 @@ mod access;
 mod audit;
 mod cli;
 mod consent;
+mod delivery;
 mod failover;
 mod http;
 mod log_conformance;

@@ -8,8 +8,8 @@
 
 use super::parts::{
     ButtonReply, ConsentConfirmation, ConsentKeyword, ConsentScope, ConsentSource, ContactRef,
-    InteractiveReply, Media, MetaError, MetaSource, OnboardingStep, Reaction, SealedToken,
-    StepError, SystemChange, UnroutedItem,
+    DeliveryAttempt, InteractiveReply, Media, MetaError, MetaSource, OnboardingStep, Reaction,
+    SealedToken, StepError, SystemChange, UnroutedItem,
 };
 use crate::{Slug, Timestamp};
 
@@ -805,5 +805,104 @@ super::events! {
         pub reason: String,
         /// What to do about it, for a person.
         pub detail: String,
+    }
+
+    // ----- delivery to the business's apps (outbound webhooks) -----
+
+    /// An outbound webhook endpoint was added. Its signing secret is sealed by the
+    /// vault (never in the log in clear).
+    #[event(type = "endpoint.created", v = 1, category = "endpoint", scope = Workspace, aggregate = |s| s.endpoint_id.clone())]
+    pub struct EndpointCreated {
+        /// `ep_…`.
+        pub endpoint_id: String,
+        /// Where deliveries are POSTed (http or https).
+        pub url: String,
+        /// The event types it receives; empty: every public type.
+        pub types: Vec<String>,
+        /// For people.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub description: Option<String>,
+        /// The signing secret (`whsec_…`), sealed.
+        pub secret: SealedToken,
+    }
+
+    /// An endpoint's settings changed (the whole new settings).
+    #[event(type = "endpoint.updated", v = 1, category = "endpoint", scope = Workspace, aggregate = |s| s.endpoint_id.clone())]
+    pub struct EndpointUpdated {
+        /// The endpoint.
+        pub endpoint_id: String,
+        /// Its URL.
+        pub url: String,
+        /// Its event types (empty: every public type).
+        pub types: Vec<String>,
+        /// Its description.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub description: Option<String>,
+        /// False pauses deliveries; true resumes them from where they stopped.
+        pub enabled: bool,
+    }
+
+    /// The endpoint's signing secret was replaced; the previous one still signs
+    /// (a second signature) until `previous_valid_until`.
+    #[event(type = "endpoint.secret_rotated", v = 1, category = "endpoint", scope = Workspace, aggregate = |s| s.endpoint_id.clone())]
+    pub struct EndpointSecretRotated {
+        /// The endpoint.
+        pub endpoint_id: String,
+        /// The new secret, sealed.
+        pub secret: SealedToken,
+        /// Until when the previous secret signs too.
+        pub previous_valid_until: Timestamp,
+    }
+
+    /// wabridge stopped delivering to an endpoint: it answered 410, or it failed for
+    /// the whole retry period.
+    #[event(type = "endpoint.disabled", v = 1, category = "endpoint", scope = Workspace, aggregate = |s| s.endpoint_id.clone())]
+    pub struct EndpointDisabled {
+        /// The endpoint.
+        pub endpoint_id: String,
+        /// `gone` (410) or `failing`.
+        pub reason: String,
+        /// For people.
+        pub detail: String,
+    }
+
+    /// An endpoint was deleted (nothing more is delivered to it).
+    #[event(type = "endpoint.deleted", v = 1, category = "endpoint", scope = Workspace, aggregate = |s| s.endpoint_id.clone())]
+    pub struct EndpointDeleted {
+        /// The endpoint.
+        pub endpoint_id: String,
+    }
+
+    /// Every event since a time is to be delivered to the endpoint again, in order
+    /// (its position moves back to just before `from_seq`).
+    #[event(type = "endpoint.recovery_requested", v = 1, category = "endpoint", scope = Workspace, aggregate = |s| s.endpoint_id.clone())]
+    pub struct EndpointRecoveryRequested {
+        /// The endpoint.
+        pub endpoint_id: String,
+        /// The time asked for.
+        pub since: Timestamp,
+        /// The first domain-log sequence recorded at or after it.
+        pub from_seq: u64,
+    }
+
+    /// One delivery is to be sent again (once, out of order).
+    #[event(type = "delivery.redelivery_requested", v = 1, category = "endpoint", scope = Workspace, aggregate = |s| s.endpoint_id.clone())]
+    pub struct DeliveryRedeliveryRequested {
+        /// The endpoint.
+        pub endpoint_id: String,
+        /// The delivery.
+        pub delivery_id: String,
+        /// The delivered event's domain-log sequence.
+        pub event_seq: u64,
+    }
+
+    /// Attempts to deliver events to an endpoint, in the order they were made (the
+    /// sender records them in batches: one event per batch, not per attempt).
+    #[event(type = "delivery.attempted", v = 1, category = "delivery", scope = Workspace, aggregate = |s| s.endpoint_id.clone())]
+    pub struct DeliveryAttempted {
+        /// The endpoint.
+        pub endpoint_id: String,
+        /// The attempts, oldest first.
+        pub attempts: Vec<DeliveryAttempt>,
     }
 }

@@ -318,3 +318,66 @@ pub struct StepError {
     /// What happened.
     pub message: String,
 }
+
+/// How a delivery attempt to an outbound webhook endpoint ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryOutcome {
+    /// The endpoint answered 2xx.
+    Succeeded,
+    /// It failed and is tried again at `next_attempt_at`.
+    Retrying,
+    /// It failed for good (the endpoint answered 410, or failed for the whole retry
+    /// period, or a manual redelivery failed).
+    Failed,
+}
+
+impl DeliveryOutcome {
+    /// The name used in the API and the read model.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeliveryOutcome::Succeeded => "succeeded",
+            DeliveryOutcome::Retrying => "retrying",
+            DeliveryOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// One attempt to deliver one event to one endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DeliveryAttempt {
+    /// `dlv_…`: the delivery (one event to one endpoint).
+    pub delivery_id: String,
+    /// The delivered event's id (the `webhook-id` header).
+    pub event_id: String,
+    /// Its domain-log sequence.
+    pub event_seq: u64,
+    /// Its type.
+    pub event_type: String,
+    /// 1 for the first attempt of this delivery.
+    pub attempt: u32,
+    /// When the request was made.
+    pub at: Timestamp,
+    /// How it ended.
+    pub outcome: DeliveryOutcome,
+    /// The endpoint's HTTP status, when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_status: Option<u16>,
+    /// What went wrong (a timeout, no connection, the status), when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// How long the request took.
+    pub duration_ms: u64,
+    /// For `retrying`: when the next attempt is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Timestamp>,
+    /// A redelivery asked for by a person: the log sequence of the request (it never
+    /// moves the endpoint's position).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redelivery_of: Option<u64>,
+    /// The recovery the endpoint's worker was on (the log sequence of the last
+    /// `endpoint.recovery_requested`, 0 before any): an attempt of an older one never
+    /// moves the position back past a newer recovery.
+    #[serde(default)]
+    pub generation: u64,
+}

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod consent;
 pub mod dead_letters;
+pub mod endpoints;
 pub mod keys;
 pub mod numbers;
 pub mod onboarding;
@@ -21,7 +22,8 @@ use crate::access::Role;
 
 /// The units of work of a deployment's workers, each run by exactly one instance at
 /// a time under a lease of its own: the projection group, the webhook processor, the
-/// redrive reactor, the sender, the onboarding runner and the audit retention job.
+/// redrive reactor, the sender, the onboarding runner, the audit retention job and
+/// the outbound webhook deliveries.
 pub const WORKER_UNITS: &[&str] = &[
     "projections",
     "webhook_processor",
@@ -29,6 +31,7 @@ pub const WORKER_UNITS: &[&str] = &[
     "sender",
     "onboarding",
     "audit_retention",
+    "delivery",
 ];
 
 /// Partitions of each unit. One today: a unit's lease, consumer and checkpoint are

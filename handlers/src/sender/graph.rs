@@ -49,6 +49,9 @@ pub enum CallOutcome {
 pub struct Graph {
     cfg: GraphConfig,
     http: reqwest::Client,
+    /// For media downloads: no deadline on the whole body (a large file streams for
+    /// as long as it keeps coming), only on connecting and between reads.
+    downloads: reqwest::Client,
 }
 
 impl Graph {
@@ -60,7 +63,55 @@ impl Graph {
             .pool_max_idle_per_host(64)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Graph { cfg, http })
+        let downloads = reqwest::Client::builder()
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+            .read_timeout(cfg.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("wabridge/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Graph {
+            cfg,
+            http,
+            downloads,
+        })
+    }
+
+    /// Whether a media URL Meta gave may receive the number's token: https on Meta's
+    /// media hosts (`lookaside.fbsbx.com`, `*.fbcdn.net`, `*.whatsapp.net`), or the
+    /// configured Graph API's own host (a simulator).
+    pub fn media_url_allowed(&self, url: &reqwest::Url) -> bool {
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        let own = reqwest::Url::parse(&self.cfg.base_url).ok();
+        if own.as_ref().and_then(|u| u.host_str()) == Some(host)
+            && own.as_ref().map(|u| u.scheme()) == Some(url.scheme())
+        {
+            return true;
+        }
+        url.scheme() == "https"
+            && (host == "lookaside.fbsbx.com"
+                || [".fbsbx.com", ".fbcdn.net", ".whatsapp.net"]
+                    .iter()
+                    .any(|s| host.ends_with(s)))
+    }
+
+    /// Starts downloading a media URL with the number's token; the answer's body is
+    /// read by the caller as a stream.
+    pub async fn download(
+        &self,
+        url: reqwest::Url,
+        token: &SecretString,
+    ) -> Result<reqwest::Response, String> {
+        self.downloads
+            .get(url)
+            .header(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {}", token.expose_secret()),
+            )
+            .send()
+            .await
+            .map_err(|e| no_answer(&e))
     }
 
     /// The messages endpoint of a number.

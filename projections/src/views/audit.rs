@@ -198,6 +198,30 @@ pub fn describe(event: &DomainEvent) -> Option<(String, &'static str)> {
                 "failed",
             ))
         }
+        E::EndpointCreated(e) => format!("endpoint:{} url:{}", e.endpoint_id, e.url),
+        E::EndpointUpdated(e) => format!(
+            "endpoint:{} url:{} {}",
+            e.endpoint_id,
+            e.url,
+            if e.enabled { "enabled" } else { "paused" }
+        ),
+        E::EndpointSecretRotated(e) => format!("endpoint:{} secret", e.endpoint_id),
+        E::EndpointDisabled(e) => {
+            return Some((
+                format!(
+                    "endpoint:{} disabled: {} ({})",
+                    e.endpoint_id, e.reason, e.detail
+                ),
+                "failed",
+            ))
+        }
+        E::EndpointDeleted(e) => format!("endpoint:{}", e.endpoint_id),
+        E::EndpointRecoveryRequested(e) => {
+            format!("endpoint:{} since:{}", e.endpoint_id, e.since)
+        }
+        E::DeliveryRedeliveryRequested(e) => {
+            format!("endpoint:{} delivery:{}", e.endpoint_id, e.delivery_id)
+        }
         E::DeadLetterRedriven(x) => format!("dead_letter:{}", x.id),
         E::DeadLetterDiscarded(x) => format!("dead_letter:{}", x.id),
         E::AuditRetentionCut(c) => format!("audit:through:{}", c.through_seq),

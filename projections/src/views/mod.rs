@@ -9,6 +9,8 @@ pub mod api_keys;
 pub mod audit;
 pub mod consent;
 pub mod dead_letters;
+pub mod endpoints;
+pub mod media;
 pub mod messages;
 pub mod onboarding;
 pub mod phone_numbers;
@@ -67,6 +69,8 @@ pub fn all(keys: &Keys) -> Vec<Arc<dyn Projection>> {
         Arc::new(send_context::SendContext),
         Arc::new(rate_limits::RateLimits),
         Arc::new(onboarding::Onboarding),
+        Arc::new(endpoints::Endpoints),
+        Arc::new(media::InboundMedia),
     ]
 }
 

@@ -3,7 +3,10 @@
 pub mod admin;
 pub mod audit;
 pub mod consent;
+pub mod endpoints;
+pub mod events;
 pub mod keys;
+pub mod media;
 pub mod messages;
 pub mod meta;
 pub mod numbers;

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod nats;
+pub mod receiver;
 
 pub use nats::NatsServer;
 

@@ -1,0 +1,292 @@
+//! Outbound webhooks in the deployed shape: `wabridge serve` (API and workers in one
+//! process, JetStream with `sync_interval: 1s`) loaded from this process over
+//! loopback at a fixed offered rate (open loop: each webhook is sent at its
+//! scheduled time, whatever the earlier ones are doing), with the receiving
+//! endpoints in this process too. Reports the time from each webhook's 200 to its
+//! delivery arriving at the endpoint, and deliveries per second fanned out to many
+//! endpoints.
+//!
+//! `cargo bench --bench delivery` — `DELIVERY_RATE` (webhooks/s, default 1000),
+//! `DELIVERY_SECONDS` (default 10), `DELIVERY_ENDPOINTS` (fan-out, default 100),
+//! `DELIVERY_FANOUT_RATE` (webhooks/s for the fan-out, default 100).
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{body::Bytes, extract::Path, extract::State, routing::post, Router};
+use common::{bodies, Nats};
+
+const MASTER: &str = "v1:3333333333333333333333333333333333333333333333333333333333333333";
+const NUMBER: &str = "700800900100200";
+const WABA: &str = "300100200300400";
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `wabridge serve` as a child process, killed on drop.
+struct Server {
+    child: Child,
+    base: String,
+    key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wabridge(dir: &std::path::Path, nats: &str, port: u16) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_wabridge"));
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("NATS_URL", nats)
+        .env("WABRIDGE_DATA_DIR", dir)
+        .env("WABRIDGE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("META_APP_SECRET", common::SECRET)
+        .env("META_VERIFY_TOKEN", "bench")
+        .env("TOKEN_MASTER_KEYS", MASTER)
+        .env("AUDIT_SIGNING_KEY", "bench-audit-key")
+        .env("WABRIDGE_ALLOW_PRIVATE_ENDPOINTS", "true")
+        .env("WABRIDGE_MAX_CONNECTIONS", "4096")
+        .env("RUST_LOG", "warn");
+    c
+}
+
+async fn start_server(nats: &Nats) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = wabridge(dir.path(), &nats.url, port)
+        .args(["bootstrap", "--workspace", "bench"])
+        .output()
+        .expect("wabridge bootstrap");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string();
+    let child = wabridge(dir.path(), &nats.url, port)
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("wabridge serve");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    for _ in 0..300 {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = client
+        .put(format!("{base}/v1/workspaces/bench/phone-numbers/{NUMBER}"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"waba_id": WABA, "display_phone_number": "15551230000"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "claim: {}",
+        r.text().await.unwrap()
+    );
+    Server {
+        child,
+        base,
+        key,
+        _dir: dir,
+    }
+}
+
+type Arrivals = Arc<Mutex<Vec<(usize, String, Instant)>>>;
+
+/// Receivers: `POST /hook/{i}` records (endpoint, wamid, when).
+async fn receivers() -> (String, Arrivals) {
+    async fn hook(
+        State(got): State<Arrivals>,
+        Path(i): Path<usize>,
+        body: Bytes,
+    ) -> axum::http::StatusCode {
+        let at = Instant::now();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let wamid = v["data"]["wamid"].as_str().unwrap_or("").to_string();
+        got.lock().unwrap().push((i, wamid, at));
+        axum::http::StatusCode::NO_CONTENT
+    }
+    let got: Arrivals = Arc::default();
+    let app = Router::new()
+        .route("/hook/{i}", post(hook))
+        .with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, got)
+}
+
+/// Sends `n` distinct webhooks at `rate`/s on a fixed schedule; returns each
+/// wamid's 200 time and the ingest latencies (from the scheduled time).
+async fn offer(
+    server: &Server,
+    rate: u64,
+    seconds: u64,
+    tag: &str,
+) -> (HashMap<String, Instant>, Vec<Duration>) {
+    let n = (rate * seconds) as usize;
+    let bodies = Arc::new(bodies(n, tag));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .build()
+        .unwrap();
+    let url = format!("{}/webhooks/meta", server.base);
+    let start = Instant::now() + Duration::from_millis(100);
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let at = start + Duration::from_secs_f64(i as f64 / rate as f64);
+        tokio::time::sleep_until(at.into()).await;
+        let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
+        tasks.push(tokio::spawn(async move {
+            let (body, sig, wamid) = &bodies[i];
+            let r = client
+                .post(&url)
+                .header("x-hub-signature-256", sig)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let done = Instant::now();
+            (wamid.clone(), done, done.duration_since(at))
+        }));
+    }
+    let mut acked = HashMap::with_capacity(n);
+    let mut ingest = Vec::with_capacity(n);
+    for t in tasks {
+        let (wamid, done, lat) = t.await.unwrap();
+        acked.insert(wamid, done);
+        ingest.push(lat);
+    }
+    (acked, ingest)
+}
+
+async fn add_endpoints(server: &Server, hooks: &str, count: usize) {
+    let client = reqwest::Client::new();
+    for i in 0..count {
+        let r = client
+            .post(format!("{}/v1/workspaces/bench/endpoints", server.base))
+            .bearer_auth(&server.key)
+            .json(&serde_json::json!({"url": format!("{hooks}/hook/{i}"), "types": ["message.received"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+}
+
+/// Waits until `expected` deliveries arrived (60 s at most).
+async fn arrived(got: &Arrivals, expected: usize) -> Vec<(usize, String, Instant)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = got.lock().unwrap().len();
+        if n >= expected || Instant::now() > deadline {
+            return got.lock().unwrap().clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn pct(mut v: Vec<Duration>, q: f64) -> f64 {
+    v.sort();
+    v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e3
+}
+
+fn report(
+    name: &str,
+    acked: &HashMap<String, Instant>,
+    got: &[(usize, String, Instant)],
+    expected: usize,
+) {
+    let lat: Vec<Duration> = got
+        .iter()
+        .filter_map(|(_, w, at)| acked.get(w).map(|a| at.saturating_duration_since(*a)))
+        .collect();
+    let first = acked.values().min().copied().unwrap();
+    let last = got.iter().map(|g| g.2).max().unwrap();
+    println!(
+        "| {name} | {} of {expected} | {:.0} | {:.1} | {:.1} | {:.1} |",
+        got.len(),
+        got.len() as f64 / last.duration_since(first).as_secs_f64(),
+        pct(lat.clone(), 0.50),
+        pct(lat.clone(), 0.99),
+        pct(lat, 1.0),
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let rate = env_num("DELIVERY_RATE", 1000);
+    let seconds = env_num("DELIVERY_SECONDS", 10);
+    let endpoints = env_num("DELIVERY_ENDPOINTS", 100) as usize;
+    let fanout_rate = env_num("DELIVERY_FANOUT_RATE", 100);
+    println!("\n| case | delivered | deliveries/s | p50 ms | p99 ms | max ms |\n|---|---|---|---|---|---|");
+    {
+        let nats = Nats::start("1s");
+        let server = start_server(&nats).await;
+        let (hooks, got) = receivers().await;
+        add_endpoints(&server, &hooks, 1).await;
+        let (acked, ingest) = offer(&server, rate, seconds, "one").await;
+        let got = arrived(&got, acked.len()).await;
+        report(
+            &format!("1 endpoint, {rate} webhooks/s for {seconds} s"),
+            &acked,
+            &got,
+            acked.len(),
+        );
+        eprintln!(
+            "  ingest (scheduled → 200): p50 {:.1} ms, p99 {:.1} ms",
+            pct(ingest.clone(), 0.5),
+            pct(ingest, 0.99)
+        );
+    }
+    {
+        let nats = Nats::start("1s");
+        let server = start_server(&nats).await;
+        let (hooks, got) = receivers().await;
+        add_endpoints(&server, &hooks, endpoints).await;
+        let (acked, _) = offer(&server, fanout_rate, seconds, "fan").await;
+        let expected = acked.len() * endpoints;
+        let got = arrived(&got, expected).await;
+        report(
+            &format!("{endpoints} endpoints, {fanout_rate} webhooks/s for {seconds} s"),
+            &acked,
+            &got,
+            expected,
+        );
+    }
+}
