@@ -221,6 +221,39 @@ async fn arrived(got: &Arrivals, expected: usize) -> Vec<(usize, String, Instant
     }
 }
 
+/// A feed reader long-polling `message.received` with `wait=30s`: records when each
+/// wamid arrives.
+async fn long_poll(base: String, key: String, got: Arrivals) {
+    let client = reqwest::Client::new();
+    let mut after = String::new();
+    loop {
+        let res = client
+            .get(format!(
+                "{base}/v1/workspaces/bench/events?types=message.received&limit=500&wait=30s&after={after}"
+            ))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        let r: serde_json::Value = res.json().await.unwrap_or_default();
+        assert_eq!(status, 200, "the feed answered {status}: {r}");
+        let at = Instant::now();
+        if std::env::var_os("DELIVERY_DEBUG").is_some() {
+            eprintln!(
+                "feed page: {} items, next {}",
+                r["items"].as_array().map(|a| a.len()).unwrap_or(0),
+                r["next_cursor"]
+            );
+        }
+        for it in r["items"].as_array().unwrap() {
+            let wamid = it["data"]["wamid"].as_str().unwrap_or("").to_string();
+            got.lock().unwrap().push((0, wamid, at));
+        }
+        after = r["next_cursor"].as_str().unwrap().to_string();
+    }
+}
+
 fn pct(mut v: Vec<Duration>, q: f64) -> f64 {
     v.sort();
     v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e3
@@ -260,6 +293,12 @@ async fn main() {
         let server = start_server(&nats).await;
         let (hooks, got) = receivers().await;
         add_endpoints(&server, &hooks, 1).await;
+        let polled: Arrivals = Arc::default();
+        let poller = tokio::spawn(long_poll(
+            server.base.clone(),
+            server.key.clone(),
+            polled.clone(),
+        ));
         let (acked, ingest) = offer(&server, rate, seconds, "one").await;
         let got = arrived(&got, acked.len()).await;
         report(
@@ -268,13 +307,21 @@ async fn main() {
             &got,
             acked.len(),
         );
+        let polled = arrived(&polled, acked.len()).await;
+        poller.abort();
+        report(
+            &format!("the feed long-polled, {rate} webhooks/s for {seconds} s"),
+            &acked,
+            &polled,
+            acked.len(),
+        );
         eprintln!(
             "  ingest (scheduled → 200): p50 {:.1} ms, p99 {:.1} ms",
             pct(ingest.clone(), 0.5),
             pct(ingest, 0.99)
         );
     }
-    {
+    if endpoints > 0 {
         let nats = Nats::start("1s");
         let server = start_server(&nats).await;
         let (hooks, got) = receivers().await;

@@ -673,9 +673,25 @@ async fn host_command(app: &App, command: Command, out: &mut impl Write) -> anyh
             for f in &report.failed {
                 writeln!(out, "failed: {f}")?;
             }
+            let endpoints = commands::endpoints::rewrap_all(
+                ctx,
+                app.cfg.token_keys.as_ref(),
+                &Caller::cli("keys rotate"),
+            )
+            .await?;
+            writeln!(
+                out,
+                "endpoint secrets: rewrapped {}; skipped (changed meanwhile) {}; failed {}",
+                endpoints.rewrapped,
+                endpoints.skipped_concurrent,
+                endpoints.failed.len()
+            )?;
+            for f in &endpoints.failed {
+                writeln!(out, "failed: {f}")?;
+            }
             anyhow::ensure!(
-                report.failed.is_empty(),
-                "some tokens could not be decrypted"
+                report.failed.is_empty() && endpoints.failed.is_empty(),
+                "some tokens or endpoint secrets could not be decrypted"
             );
         }
         Command::Audit {

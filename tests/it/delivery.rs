@@ -653,6 +653,52 @@ async fn endpoints_to_private_addresses_are_refused_unless_allowed() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn keys_rotate_rewraps_endpoint_secrets_so_the_old_key_can_go() {
+    use crate::support::app::{MASTER_V1, MASTER_V2};
+    let (app, key) = setup(LogKind::Embedded, DbKind::Sqlite).await;
+    let rx = Receiver::start().await;
+    let (id, secret) =
+        create_endpoint(&app, &key, "acme", &rx.url, json!(["message.received"])).await;
+    let app = app
+        .restart_with(|o| o.master_keys = Some(format!("v1:{MASTER_V1},v2:{MASTER_V2}")))
+        .await;
+    let report = wabridge_handlers::commands::endpoints::rewrap_all(
+        &app.app.ctx,
+        app.app.cfg.token_keys.as_ref(),
+        &wabridge_handlers::commands::Caller::cli("keys rotate"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (report.rewrapped, report.failed.len()),
+        (1, 0),
+        "{report:?}"
+    );
+    let ev = app
+        .events_of(Some("acme"), "endpoint.secret_rewrapped")
+        .await;
+    assert_eq!(ev.len(), 1);
+    assert!(!String::from_utf8_lossy(&ev[0].payload).contains(&secret["whsec_".len()..]));
+    // Only the new key now: the endpoint still signs with the same secret.
+    let app = app
+        .restart_with(|o| o.master_keys = Some(format!("v2:{MASTER_V2}")))
+        .await;
+    inbound(&app, "after rotation").await;
+    let got = rx.wait_for("a delivery", |g| texts(g).len() == 1).await;
+    verify_with_reference_library(&secret, &got);
+    let again = wabridge_handlers::commands::endpoints::rewrap_all(
+        &app.app.ctx,
+        app.app.cfg.token_keys.as_ref(),
+        &wabridge_handlers::commands::Caller::cli("keys rotate"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.rewrapped, 0, "nothing left to rewrap");
+    let _ = id;
+    app.stop().await;
+}
+
 // ------------------------------------------------------------------ media
 
 #[tokio::test]
@@ -713,6 +759,50 @@ async fn media_is_streamed_from_meta_with_the_numbers_token() {
     // Meta was asked with the number's token, for this number.
     let calls = sim.sim.calls_to("918273645");
     assert!(!calls.is_empty());
+
+    // A large object goes through without being held: this process's peak memory
+    // grows by far less than the object (which the simulator already holds).
+    const BIG: usize = 96 * 1024 * 1024;
+    let big: Vec<u8> = (0..BIG).map(|i| (i % 253) as u8).collect();
+    let want = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&big))
+    };
+    sim.sim.add_media("918273646", "video/mp4", big.into());
+    let body = body
+        .to_string()
+        .replace("918273645", "918273646")
+        .replace("wamid.HBgMEDIA1", "wamid.HBgMEDIA2");
+    let r = app.signed_webhook(body.as_bytes()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    app.settle().await;
+    let peak_before = reset_peak_rss();
+    let res = reqwest::Client::new()
+        .get(app.url("/v1/workspaces/acme/media/918273646"))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-length"], BIG.to_string().as_str());
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    let mut len = 0;
+    let mut stream = res.bytes_stream();
+    while let Some(c) = stream.next().await {
+        let c = c.unwrap();
+        len += c.len();
+        sha2::Digest::update(&mut hasher, &c);
+    }
+    let peak_after = peak_rss();
+    assert_eq!(len, BIG);
+    assert_eq!(hex::encode(sha2::Digest::finalize(hasher)), want);
+    let grown = peak_after.saturating_sub(peak_before);
+    assert!(
+        grown < 40 * 1024 * 1024,
+        "peak memory grew by {} MiB streaming a {} MiB object",
+        grown >> 20,
+        BIG >> 20
+    );
     // Another workspace, an unknown id, a malformed id: 404, and Meta is not asked.
     let other = app.workspace("globex").await;
     let before = sim.sim.calls().len();
@@ -731,4 +821,22 @@ async fn media_is_streamed_from_meta_with_the_numbers_token() {
         "Meta was called for media we never received"
     );
     app.stop().await;
+}
+
+/// This process's peak resident memory (VmHWM), in bytes.
+fn peak_rss() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<usize>()
+        .unwrap()
+        * 1024
+}
+
+/// Resets the peak to the current resident memory (Linux `clear_refs` 5); returns it.
+fn reset_peak_rss() -> usize {
+    std::fs::write("/proc/self/clear_refs", "5").expect("clear_refs");
+    peak_rss()
 }

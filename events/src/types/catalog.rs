@@ -854,6 +854,19 @@ super::events! {
         pub previous_valid_until: Timestamp,
     }
 
+    /// The endpoint's secrets were re-encrypted under the newest master key
+    /// (`wabridge keys rotate`); what they are does not change.
+    #[event(type = "endpoint.secret_rewrapped", v = 1, category = "endpoint", scope = Workspace, aggregate = |s| s.endpoint_id.clone())]
+    pub struct EndpointSecretRewrapped {
+        /// The endpoint.
+        pub endpoint_id: String,
+        /// The secret, sealed under the newest key.
+        pub secret: SealedToken,
+        /// The previous secret (during a rotation), sealed under the newest key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub previous_secret: Option<SealedToken>,
+    }
+
     /// wabridge stopped delivering to an endpoint: it answered 410, or it failed for
     /// the whole retry period.
     #[event(type = "endpoint.disabled", v = 1, category = "endpoint", scope = Workspace, aggregate = |s| s.endpoint_id.clone())]

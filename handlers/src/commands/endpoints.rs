@@ -7,7 +7,7 @@ use secrecy::SecretString;
 use wabridge_events::{
     types::{
         DeliveryRedeliveryRequested, EndpointCreated, EndpointDeleted, EndpointRecoveryRequested,
-        EndpointSecretRotated, EndpointUpdated, EventData,
+        EndpointSecretRewrapped, EndpointSecretRotated, EndpointUpdated, EventData,
     },
     ReadFrom, Slug, StreamKind, Timestamp,
 };
@@ -23,7 +23,7 @@ use crate::{
 pub const PREVIOUS_SECRET_VALIDITY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Most endpoints per workspace.
-pub const MAX_ENDPOINTS: usize = 50;
+pub const MAX_ENDPOINTS: usize = 100;
 
 /// What a new endpoint is.
 pub struct NewEndpoint {
@@ -287,4 +287,61 @@ pub async fn recover(
     );
     ctx.append_and_wait(ev, &[view::NAME, "audit"]).await?;
     Ok(from_seq)
+}
+
+/// What a key rotation did to endpoint secrets.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RewrapReport {
+    /// Endpoints whose secrets were re-encrypted under the current key.
+    pub rewrapped: u64,
+    /// Endpoints skipped because they changed meanwhile (run again).
+    pub skipped_concurrent: u64,
+    /// Endpoints whose secrets could not be decrypted.
+    pub failed: Vec<String>,
+}
+
+/// Re-encrypts every endpoint's signing secrets under the newest master key (part
+/// of `wabridge keys rotate`, so an old key can be dropped). Each rewrap is
+/// conditional on the endpoint's subject not having changed since it was read.
+pub async fn rewrap_all(
+    ctx: &Ctx,
+    ring: Option<&vault::KeyRing>,
+    caller: &Caller,
+) -> Result<RewrapReport, CommandError> {
+    let ring = keys(ring)?;
+    ctx.fresh_as_log(&[view::NAME]).await?;
+    let mut report = RewrapReport::default();
+    for ep in view::not_on_version(&ctx.store, ring.current_version()).await? {
+        let ws = Slug::parse(&ep.workspace).map_err(|e| CommandError::Internal(e.into()))?;
+        let context = seal_context(&ep.id);
+        let rewrap = |s: &wabridge_events::types::SealedToken| {
+            vault::open(ring, &ep.workspace, &context, s)
+                .map(|secret| vault::seal(ring, &ep.workspace, &context, &secret))
+        };
+        let sealed = match (
+            rewrap(&ep.secret),
+            ep.previous_secret.as_ref().map(rewrap).transpose(),
+        ) {
+            (Ok(secret), Ok(previous_secret)) => EndpointSecretRewrapped {
+                endpoint_id: ep.id.clone(),
+                secret,
+                previous_secret,
+            },
+            (Err(e), _) | (_, Err(e)) => {
+                report
+                    .failed
+                    .push(format!("{}/{}: {e}", ep.workspace, ep.id));
+                continue;
+            }
+        };
+        let subject = subject(ctx, &ws, &ep.id);
+        let last = ctx.log.last_subject_seq(&subject).await?;
+        let mut ev = ctx.event(Some(&ws), caller, &sealed);
+        ev.expected_last_subject_seq = Some(last);
+        match ctx.append_checked(ev, &[view::NAME, "audit"]).await? {
+            Some(_) => report.rewrapped += 1,
+            None => report.skipped_concurrent += 1,
+        }
+    }
+    Ok(report)
 }

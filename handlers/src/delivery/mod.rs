@@ -143,6 +143,7 @@ pub async fn run(
                     }
                     DomainEvent::EndpointUpdated(e) => e.endpoint_id.clone(),
                     DomainEvent::EndpointSecretRotated(e) => e.endpoint_id.clone(),
+                    DomainEvent::EndpointSecretRewrapped(e) => e.endpoint_id.clone(),
                     DomainEvent::EndpointDisabled(e) => e.endpoint_id.clone(),
                     DomainEvent::EndpointDeleted(e) => e.endpoint_id.clone(),
                     DomainEvent::EndpointRecoveryRequested(e) => e.endpoint_id.clone(),

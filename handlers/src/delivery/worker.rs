@@ -53,6 +53,8 @@ pub struct Worker {
     position: u64,
     generation: u64,
     pending: Option<view::Pending>,
+    /// The endpoint as last loaded (reloaded when its settings change).
+    current: Option<Endpoint>,
 }
 
 impl Worker {
@@ -70,6 +72,7 @@ impl Worker {
             position: 0,
             generation: 0,
             pending: None,
+            current: None,
         };
         let mut started = false;
         loop {
@@ -87,37 +90,47 @@ impl Worker {
         let _ = recorder.await;
     }
 
-    /// The endpoint as the read model has it once fresh for its subjects.
-    async fn load(&self) -> anyhow::Result<Option<Endpoint>> {
+    /// The endpoint as the read model has it once fresh for its settings (and, at
+    /// the start, for its recorded attempts, which give the position).
+    async fn load(&self, with_attempts: bool) -> anyhow::Result<Option<Endpoint>> {
         let ns = self.shared.ctx.log.namespace();
         let config = wabridge_events::types::EndpointCreated::subject(ns, Some(&self.ws), &self.id);
-        let attempts = DeliveryAttempted::subject(ns, Some(&self.ws), &self.id);
         self.shared.ctx.fresh(view::NAME, &config).await?;
-        self.shared.ctx.fresh(view::NAME, &attempts).await?;
+        if with_attempts {
+            let attempts = DeliveryAttempted::subject(ns, Some(&self.ws), &self.id);
+            self.shared.ctx.fresh(view::NAME, &attempts).await?;
+        }
         Ok(view::get(&self.shared.ctx.store, self.ws.as_str(), &self.id).await?)
     }
 
-    /// One pass: reload, make the redeliveries asked for, deliver what is waiting
-    /// (or wait for more). `Ok(false)` when the endpoint is gone.
+    /// One pass: reload when the settings changed, make the redeliveries asked for,
+    /// deliver what is waiting (or wait for more). `Ok(false)` when the endpoint is
+    /// gone.
     async fn cycle(&mut self, started: &mut bool) -> anyhow::Result<bool> {
-        self.control.mark_unchanged();
-        let Some(ep) = self.load().await? else {
-            return Ok(false);
-        };
-        if ep.deleted {
-            return Ok(false);
+        let reload =
+            !*started || self.current.is_none() || self.control.has_changed().unwrap_or(true);
+        if reload {
+            self.control.mark_unchanged();
+            let Some(ep) = self.load(!*started).await? else {
+                return Ok(false);
+            };
+            if ep.deleted {
+                return Ok(false);
+            }
+            if !*started {
+                self.position = ep.position;
+                self.generation = ep.generation;
+                self.pending = ep.pending.clone();
+                *started = true;
+            } else if ep.generation > self.generation {
+                self.generation = ep.generation;
+                let from = ep.recover_from_seq.unwrap_or(ep.position + 1);
+                self.position = self.position.min(from.saturating_sub(1));
+                self.pending = None;
+            }
+            self.current = Some(ep);
         }
-        if !*started {
-            self.position = ep.position;
-            self.generation = ep.generation;
-            self.pending = ep.pending.clone();
-            *started = true;
-        } else if ep.generation > self.generation {
-            self.generation = ep.generation;
-            let from = ep.recover_from_seq.unwrap_or(ep.position + 1);
-            self.position = self.position.min(from.saturating_sub(1));
-            self.pending = None;
-        }
+        let ep = self.current.clone().expect("loaded above");
         let secrets = self.secrets(&ep)?;
         for r in ep.redeliveries.clone() {
             if self.redelivered.insert(r.requested_seq) {
@@ -127,6 +140,7 @@ impl Worker {
         if !ep.active() {
             // Paused or disabled: wait for a change of its settings.
             let _ = self.control.changed().await;
+            self.current = None;
             return Ok(true);
         }
         let mut hub_rx = self.shared.hub.subscribe(&self.ws);
@@ -140,7 +154,7 @@ impl Worker {
             self.position = self.position.max(page.through);
             tokio::select! {
                 _ = hub_rx.changed() => {}
-                _ = self.control.changed() => {}
+                _ = self.control.changed() => self.current = None,
             }
             return Ok(true);
         }
@@ -153,9 +167,11 @@ impl Worker {
                     // Wait for the disable to be applied before reloading.
                     let _ =
                         tokio::time::timeout(Duration::from_secs(5), self.control.changed()).await;
+                    self.current = None;
                     return Ok(true);
                 }
                 Settled::Reload => {
+                    self.current = None;
                     through = 0;
                     break;
                 }

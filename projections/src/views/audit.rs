@@ -206,6 +206,9 @@ pub fn describe(event: &DomainEvent) -> Option<(String, &'static str)> {
             if e.enabled { "enabled" } else { "paused" }
         ),
         E::EndpointSecretRotated(e) => format!("endpoint:{} secret", e.endpoint_id),
+        E::EndpointSecretRewrapped(e) => {
+            format!("endpoint:{} key:{}", e.endpoint_id, e.secret.key_version)
+        }
         E::EndpointDisabled(e) => {
             return Some((
                 format!(

@@ -231,6 +231,12 @@ pub fn fold_endpoint(
             ep.previous_secret = Some(std::mem::replace(&mut ep.secret, r.secret.clone()));
             ep.previous_valid_until = Some(r.previous_valid_until.to_string());
         }
+        E::EndpointSecretRewrapped(r) => {
+            ep.secret = r.secret.clone();
+            if ep.previous_secret.is_some() {
+                ep.previous_secret = r.previous_secret.clone();
+            }
+        }
         E::EndpointDisabled(d) => {
             ep.disabled = Some(Disabled {
                 reason: d.reason.clone(),
@@ -353,6 +359,7 @@ fn endpoint_of(event: &DomainEvent) -> Option<&str> {
         E::EndpointCreated(e) => &e.endpoint_id,
         E::EndpointUpdated(e) => &e.endpoint_id,
         E::EndpointSecretRotated(e) => &e.endpoint_id,
+        E::EndpointSecretRewrapped(e) => &e.endpoint_id,
         E::EndpointDisabled(e) => &e.endpoint_id,
         E::EndpointDeleted(e) => &e.endpoint_id,
         E::EndpointRecoveryRequested(e) => &e.endpoint_id,
@@ -465,6 +472,20 @@ pub async fn list(store: &Store, ws: &str) -> anyhow::Result<Vec<Endpoint>> {
     .fetch_all(&store.reads)
     .await?;
     parse(docs)
+}
+
+/// Every endpoint with a secret not sealed under `version` (a key rotation's work).
+pub async fn not_on_version(store: &Store, version: &str) -> anyhow::Result<Vec<Endpoint>> {
+    Ok(all_live(store)
+        .await?
+        .into_iter()
+        .filter(|e| {
+            e.secret.key_version != version
+                || e.previous_secret
+                    .as_ref()
+                    .is_some_and(|p| p.key_version != version)
+        })
+        .collect())
 }
 
 /// Every endpoint that is not deleted, in every workspace (the sender's start).

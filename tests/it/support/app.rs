@@ -477,12 +477,19 @@ impl TestApp {
 
     /// Stops the server (graceful) and starts it again on the same data, with the
     /// same options and operator key.
-    pub async fn restart(mut self) -> TestApp {
+    pub async fn restart(self) -> TestApp {
+        self.restart_with(|_| {}).await
+    }
+
+    /// As [`TestApp::restart`], with the options changed first (other master keys,
+    /// say).
+    pub async fn restart_with(mut self, change: impl FnOnce(&mut TestOptions)) -> TestApp {
         let dir = self._dir.take();
-        let opts = TestOptions {
+        let mut opts = TestOptions {
             operator_key: Some(self.operator.clone()),
             ..self.opts.clone()
         };
+        change(&mut opts);
         self.stop().await;
         let mut again = spawn_app_with(opts).await;
         again._dir = dir;
