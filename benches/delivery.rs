@@ -8,7 +8,9 @@
 //!
 //! `cargo bench --bench delivery` — `DELIVERY_RATE` (webhooks/s, default 1000),
 //! `DELIVERY_SECONDS` (default 10), `DELIVERY_ENDPOINTS` (fan-out, default 100),
-//! `DELIVERY_FANOUT_RATE` (webhooks/s for the fan-out, default 100).
+//! `DELIVERY_FANOUT_RATE` (webhooks/s for the fan-out, default 100); with
+//! `BENCH_DATABASE_URL` (a PostgreSQL URL) the read models are in a fresh
+//! PostgreSQL database instead of SQLite.
 
 mod common;
 
@@ -67,12 +69,22 @@ fn wabridge(dir: &std::path::Path, nats: &str, port: u16) -> Command {
 
 async fn start_server(nats: &Nats) -> Server {
     let dir = tempfile::tempdir().unwrap();
+    let database = match std::env::var("BENCH_DATABASE_URL") {
+        Ok(base) => Some(common::fresh_postgres(&base).await),
+        Err(_) => None,
+    };
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let out = wabridge(dir.path(), &nats.url, port)
+    let with_db = |mut c: Command| {
+        if let Some(url) = &database {
+            c.env("DATABASE_URL", url);
+        }
+        c
+    };
+    let out = with_db(wabridge(dir.path(), &nats.url, port))
         .args(["bootstrap", "--workspace", "bench"])
         .output()
         .expect("wabridge bootstrap");
@@ -88,7 +100,7 @@ async fn start_server(nats: &Nats) -> Server {
         .unwrap()
         .trim()
         .to_string();
-    let child = wabridge(dir.path(), &nats.url, port)
+    let child = with_db(wabridge(dir.path(), &nats.url, port))
         .arg("serve")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

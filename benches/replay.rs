@@ -153,18 +153,6 @@ async fn fill(log: Arc<dyn EventLog>, n: usize) {
     );
 }
 
-async fn fresh_postgres(base: &str) -> String {
-    use sqlx::Connection;
-    let mut conn = sqlx::postgres::PgConnection::connect(base).await.unwrap();
-    let name = format!("wbbench_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let root = base.rsplit_once('/').map(|(b, _)| b).unwrap_or(base);
-    format!("{root}/{name}")
-}
-
 async fn replay(log: Arc<dyn EventLog>, url: &str, what: &str) {
     let store = Store::connect(url).await.unwrap();
     let mut peak = 0u64;
@@ -211,6 +199,6 @@ async fn main() {
     }
     let base = std::env::var("BENCH_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let pg = fresh_postgres(&base).await;
+    let pg = common::fresh_postgres(&base).await;
     replay(log, &pg, "PostgreSQL").await;
 }

@@ -180,3 +180,16 @@ pub fn bodies(n: usize, tag: &str) -> Vec<(bytes::Bytes, String, String)> {
         })
         .collect()
 }
+
+/// A new, empty PostgreSQL database next to `base` (a URL); returns its URL.
+pub async fn fresh_postgres(base: &str) -> String {
+    use sqlx::Connection;
+    let mut conn = sqlx::postgres::PgConnection::connect(base).await.unwrap();
+    let name = format!("wbbench_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let root = base.rsplit_once('/').map(|(b, _)| b).unwrap_or(base);
+    format!("{root}/{name}")
+}

@@ -77,6 +77,22 @@ impl FeedItem {
     }
 }
 
+/// The item of a stored event as JSON bytes (what an endpoint receives), written
+/// around the event's data as it was logged, without parsing it.
+pub fn item_json(event: &StoredEvent) -> Vec<u8> {
+    let mut out = Vec::with_capacity(event.payload.len() + 160);
+    out.extend_from_slice(b"{\"id\":\"");
+    out.extend_from_slice(event.envelope.id.to_string().as_bytes());
+    out.extend_from_slice(b"\",\"type\":");
+    serde_json::to_writer(&mut out, &event.envelope.event_type).expect("a string");
+    out.extend_from_slice(b",\"occurred_at\":\"");
+    out.extend_from_slice(event.envelope.occurred_at.to_string().as_bytes());
+    out.extend_from_slice(b"\",\"data\":");
+    out.extend_from_slice(&event.payload);
+    out.push(b'}');
+    out
+}
+
 /// An opaque cursor: a position in the domain log (stable across restarts and
 /// rebuilds, which never change the log).
 pub fn encode_cursor(seq: u64) -> String {
@@ -338,6 +354,30 @@ mod tests {
         assert_eq!(decode_cursor("42"), None);
         assert_eq!(decode_cursor(""), None);
         assert_eq!(decode_cursor("d2JjMTp4"), None); // "wbc1:x"
+    }
+
+    #[test]
+    fn the_item_bytes_are_the_item() {
+        use wabridge_events::{types::new_event, Actor, Namespace};
+        let ev = new_event(
+            &Namespace::default(),
+            Some(Slug::parse("acme").unwrap()),
+            Actor::system("t"),
+            &wabridge_events::types::EndpointDeleted {
+                endpoint_id: "ep_\"1".into(),
+            },
+        );
+        let stored = StoredEvent {
+            stream: StreamKind::Domain,
+            seq: 7,
+            subject: ev.subject.clone(),
+            envelope: ev.envelope.clone(),
+            payload: ev.payload.clone(),
+            decoded: Default::default(),
+        };
+        let from_bytes: serde_json::Value = serde_json::from_slice(&item_json(&stored)).unwrap();
+        let item = serde_json::to_value(FeedItem::of(&stored).unwrap()).unwrap();
+        assert_eq!(from_bytes, item);
     }
 
     #[test]

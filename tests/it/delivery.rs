@@ -280,8 +280,10 @@ async fn deliveries_are_signed_ordered_and_verified(log: LogKind, db: DbKind) {
     for ev in app.events_of(Some("acme"), "endpoint.created").await {
         assert!(!String::from_utf8_lossy(&ev.payload).contains(&secret["whsec_".len()..]));
     }
-    // Rebuilt from the log, the deliveries read model is the same.
+    // Rebuilt from the log, the deliveries read model is the same, folded in
+    // batches or one event at a time.
     crate::support::app::rebuild_matches(&app, db, Arc::new(Endpoints)).await;
+    crate::support::app::batch_fold_equals_one_at_a_time(&app, db, Arc::new(Endpoints)).await;
     app.stop().await;
 }
 
@@ -569,6 +571,8 @@ async fn rotation_signs_with_both_secrets_and_redelivery_and_recovery_send_again
     assert_eq!(first["attempts"].as_array().unwrap().len(), 3, "{first}");
     assert_eq!(first["attempts"][1]["manual"], true);
     crate::support::app::rebuild_matches(&app, DbKind::Sqlite, Arc::new(Endpoints)).await;
+    crate::support::app::batch_fold_equals_one_at_a_time(&app, DbKind::Sqlite, Arc::new(Endpoints))
+        .await;
     // Bad input changes nothing.
     let r = app
         .post(

@@ -20,7 +20,7 @@ use wabridge_events::{
 use wabridge_projections::views::endpoints::{self as view, Endpoint};
 
 use super::{retry::Verdict, sign, target, Shared};
-use crate::{commands::Caller, feed::FeedItem};
+use crate::commands::Caller;
 
 /// Most attempts recorded in one `delivery.attempted` event.
 const RECORD_BATCH: usize = 200;
@@ -215,7 +215,7 @@ impl Worker {
         ev: &StoredEvent,
     ) -> anyhow::Result<Settled> {
         let delivery_id = view::delivery_id(&ep.id, ev.seq);
-        let body = serde_json::to_vec(&FeedItem::of(ev)?)?;
+        let body = bytes::Bytes::from(crate::feed::item_json(ev));
         let (mut attempt, mut first_at, next_at) = match &self.pending {
             Some(p) if p.delivery_id == delivery_id => (
                 p.attempts,
@@ -356,7 +356,7 @@ impl Worker {
                 r.delivery_id
             );
         };
-        let body = serde_json::to_vec(&FeedItem::of(&ev)?)?;
+        let body = bytes::Bytes::from(crate::feed::item_json(&ev));
         let at = Timestamp::now();
         let answer = self
             .post(ep, secrets, &ev.envelope.id.to_string(), &body)
@@ -399,7 +399,7 @@ impl Worker {
         ep: &Endpoint,
         secrets: &[SecretString],
         msg_id: &str,
-        body: &[u8],
+        body: &bytes::Bytes,
     ) -> Answer {
         let started = std::time::Instant::now();
         let failed = |error: String| Answer {
@@ -429,7 +429,7 @@ impl Worker {
             .header("webhook-id", msg_id)
             .header("webhook-timestamp", ts.to_string())
             .header("webhook-signature", signature)
-            .body(body.to_vec())
+            .body(body.clone())
             .send()
             .await;
         let mut resp = match sent {

@@ -412,17 +412,145 @@ impl Projection for Endpoints {
         let Some(ep) = fold_endpoint(current.as_ref(), decoded, &meta) else {
             return Ok(());
         };
-        sqlx::query("INSERT INTO endpoints (workspace, id, created_seq, deleted, doc) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (workspace, id) DO UPDATE SET deleted = excluded.deleted, doc = excluded.doc")
-            .bind(&ep.workspace)
-            .bind(&ep.id)
-            .bind(ep.created_seq as i64)
-            .bind(ep.deleted as i64)
-            .bind(serde_json::to_string(&ep)?)
-            .execute(conn)
-            .await?;
+        write_endpoint(conn, &ep).await
+    }
+    async fn apply_batch(
+        &self,
+        conn: &mut AnyConnection,
+        events: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        self.fold_batch(conn, events).await
+    }
+}
+
+impl Endpoints {
+    /// The batch fold: every endpoint and delivery the batch touches is loaded once
+    /// (deliveries with one statement per chunk), folded in memory event by event as
+    /// [`Projection::apply`] would, and written once (deliveries in multi-row
+    /// statements).
+    async fn fold_batch(
+        &self,
+        conn: &mut AnyConnection,
+        events: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        use std::collections::{BTreeMap, HashSet};
+        let relevant = |t: &str| t.starts_with("endpoint.") || t.starts_with("delivery.");
+        let mut todo: Vec<(&StoredEvent, &DomainEvent, &str)> = vec![];
+        for event in events {
+            if super::skip(event, relevant) {
+                continue;
+            }
+            let decoded = super::decode(event)?;
+            if let Some(id) = endpoint_of(decoded) {
+                todo.push((event, decoded, id));
+            }
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        // Load the deliveries the attempts touch.
+        let mut wanted: HashSet<(String, String)> = HashSet::new();
+        for (event, decoded, _) in &todo {
+            if let DomainEvent::DeliveryAttempted(d) = decoded {
+                for a in &d.attempts {
+                    wanted.insert((super::ws_of(event), a.delivery_id.clone()));
+                }
+            }
+        }
+        let mut deliveries: BTreeMap<(String, String), Delivery> = BTreeMap::new();
+        let wanted: Vec<(String, String)> = wanted.into_iter().collect();
+        for chunk in wanted.chunks(crate::batch::rows_per_statement(2)) {
+            let sql = format!(
+                "SELECT doc FROM deliveries WHERE (workspace, id) IN (VALUES {})",
+                crate::batch::placeholders(chunk.len(), 2)
+            );
+            let values = chunk.iter().flat_map(|(w, i)| {
+                [
+                    crate::batch::Value::Text(w.clone()),
+                    crate::batch::Value::Text(i.clone()),
+                ]
+            });
+            let docs: Vec<String> = crate::batch::bind_all(sqlx::query(&sql), values)
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .map(|r| sqlx::Row::get(&r, 0))
+                .collect();
+            for d in parse::<Delivery>(docs)? {
+                deliveries.insert((d.workspace.clone(), d.id.clone()), d);
+            }
+        }
+        let mut endpoints: BTreeMap<(String, String), Option<Endpoint>> = BTreeMap::new();
+        let mut touched_deliveries: HashSet<(String, String)> = HashSet::new();
+        let mut touched_endpoints: HashSet<(String, String)> = HashSet::new();
+        for (event, decoded, id) in todo {
+            let meta = EventMeta::of(event);
+            let key = (meta.workspace.clone(), id.to_string());
+            if !endpoints.contains_key(&key) {
+                let ep = load(&mut *conn, &meta.workspace, id).await?;
+                endpoints.insert(key.clone(), ep);
+            }
+            if let DomainEvent::DeliveryAttempted(d) = decoded {
+                for a in &d.attempts {
+                    let dk = (meta.workspace.clone(), a.delivery_id.clone());
+                    let next = fold_delivery(deliveries.get(&dk), id, a, &meta);
+                    deliveries.insert(dk.clone(), next);
+                    touched_deliveries.insert(dk);
+                }
+            }
+            let current = endpoints.get(&key).cloned().flatten();
+            if let Some(ep) = fold_endpoint(current.as_ref(), decoded, &meta) {
+                endpoints.insert(key.clone(), Some(ep));
+                touched_endpoints.insert(key);
+            }
+        }
+        let rows: Vec<&Delivery> = deliveries
+            .iter()
+            .filter(|(k, _)| touched_deliveries.contains(*k))
+            .map(|(_, d)| d)
+            .collect();
+        for chunk in rows.chunks(crate::batch::rows_per_statement(6)) {
+            let sql = format!(
+                "INSERT INTO deliveries (workspace, id, endpoint_id, event_seq, status, doc) VALUES {} \
+                 ON CONFLICT (workspace, id) DO UPDATE SET status = excluded.status, doc = excluded.doc",
+                crate::batch::placeholders(chunk.len(), 6)
+            );
+            let mut values = Vec::with_capacity(chunk.len() * 6);
+            for d in chunk {
+                use crate::batch::Value::{Int, Text};
+                values.extend([
+                    Text(d.workspace.clone()),
+                    Text(d.id.clone()),
+                    Text(d.endpoint_id.clone()),
+                    Int(d.event_seq as i64),
+                    Text(d.status.clone()),
+                    Text(serde_json::to_string(d)?),
+                ]);
+            }
+            crate::batch::bind_all(sqlx::query(&sql), values)
+                .execute(&mut *conn)
+                .await?;
+        }
+        for key in touched_endpoints {
+            if let Some(Some(ep)) = endpoints.get(&key) {
+                write_endpoint(&mut *conn, ep).await?;
+            }
+        }
         Ok(())
     }
+}
+
+async fn write_endpoint(conn: &mut AnyConnection, ep: &Endpoint) -> anyhow::Result<()> {
+    sqlx::query("INSERT INTO endpoints (workspace, id, created_seq, deleted, doc) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (workspace, id) DO UPDATE SET deleted = excluded.deleted, doc = excluded.doc")
+        .bind(&ep.workspace)
+        .bind(&ep.id)
+        .bind(ep.created_seq as i64)
+        .bind(ep.deleted as i64)
+        .bind(serde_json::to_string(ep)?)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 async fn load(conn: &mut AnyConnection, ws: &str, id: &str) -> anyhow::Result<Option<Endpoint>> {

@@ -572,3 +572,60 @@ pub async fn rebuild_matches(
         projection.name()
     );
 }
+
+/// A projection's batch fold (chunks of 7 events) leaves exactly the rows of
+/// applying the log's events one at a time, and both equal the live read model.
+pub async fn batch_fold_equals_one_at_a_time(
+    app: &TestApp,
+    db: DbKind,
+    p: std::sync::Arc<dyn wabridge_projections::Projection>,
+) {
+    use wabridge_projections::projection::checksum;
+    app.settle().await;
+    let events = app
+        .app
+        .ctx
+        .log
+        .read(
+            StreamKind::Domain,
+            wabridge_events::ReadFrom::Seq(1),
+            None,
+            100_000,
+        )
+        .await
+        .unwrap();
+    assert!(
+        events.len() > 10,
+        "too few events to compare: {}",
+        events.len()
+    );
+    let mut stores = vec![];
+    for one_at_a_time in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let url = match db {
+            DbKind::Sqlite => format!("sqlite://{}", dir.path().join("x.db").display()),
+            DbKind::Postgres => fresh_postgres().await,
+        };
+        let store = wabridge_projections::Store::connect(&url).await.unwrap();
+        let mut tx = store.pool.begin().await.unwrap();
+        if one_at_a_time {
+            for e in &events {
+                p.apply(&mut tx, e).await.unwrap();
+            }
+        } else {
+            for chunk in events.chunks(7) {
+                p.apply_batch(&mut tx, chunk).await.unwrap();
+            }
+        }
+        tx.commit().await.unwrap();
+        stores.push((checksum(&store, &*p).await.unwrap(), dir));
+    }
+    let live = checksum(&app.app.ctx.store, &*p).await.unwrap();
+    assert_eq!(
+        stores[0].0,
+        stores[1].0,
+        "{}: batch differs from one at a time",
+        p.name()
+    );
+    assert_eq!(stores[0].0, live, "{}: differs from live", p.name());
+}
