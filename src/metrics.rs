@@ -89,6 +89,19 @@ pub struct Metrics {
     pub lease_changes: Family<LeaseLabels, Counter>,
     /// Sends the sender scheduled to retry (a retryable Meta answer or no answer).
     pub sender_retries: Counter,
+    /// Outbound webhook endpoints by status (`enabled`, `paused`, `disabled`).
+    pub endpoints: Family<StatusLabels, Gauge>,
+    /// Endpoints whose oldest undelivered event is being retried.
+    pub endpoints_failing: Gauge,
+    /// How long the longest-failing endpoint has been failing, in seconds.
+    pub endpoint_failing_seconds: Gauge,
+}
+
+/// Labels of a count by status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// The status.
+    pub status: &'static str,
 }
 
 impl Default for Metrics {
@@ -109,6 +122,9 @@ impl Default for Metrics {
             dead_letters_open: Gauge::default(),
             lease_changes: Family::default(),
             sender_retries: Counter::default(),
+            endpoints: Family::default(),
+            endpoints_failing: Gauge::default(),
+            endpoint_failing_seconds: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -170,6 +186,21 @@ impl Default for Metrics {
             "wabridge_dead_letters_open",
             "Dead letters waiting for the operator",
             m.dead_letters_open.clone(),
+        );
+        registry.register(
+            "wabridge_endpoints",
+            "Outbound webhook endpoints by status (enabled, paused, disabled)",
+            m.endpoints.clone(),
+        );
+        registry.register(
+            "wabridge_endpoints_failing",
+            "Outbound webhook endpoints whose oldest undelivered event is being retried",
+            m.endpoints_failing.clone(),
+        );
+        registry.register(
+            "wabridge_endpoint_failing_seconds",
+            "How long the longest-failing outbound webhook endpoint has been failing",
+            m.endpoint_failing_seconds.clone(),
         );
         registry.register(
             "wabridge_lease_changes",

@@ -427,6 +427,17 @@ async fn gone_disables_the_endpoint_and_failing_for_the_whole_period_too() {
     );
     let fd = feed(&app, &key, "?types=endpoint.disabled").await;
     assert_eq!(fd["items"].as_array().unwrap().len(), 2, "{fd}");
+    // Operators see it in /metrics.
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"wabridge_endpoints{status="disabled"} 2"#),
+        "{metrics}"
+    );
     // The failed delivery is listed as failed.
     let failed = deliveries(&app, &key, &failing_id, "?status=failed").await;
     assert_eq!(failed.len(), 1);

@@ -156,6 +156,27 @@ pub async fn metrics(State(app): State<App>) -> Result<Response, AppError> {
     if let Ok(n) = dead_letters::count_open(&app.ctx.store).await {
         app.metrics.dead_letters_open.set(n);
     }
+    if let Ok(eps) = wabridge_projections::views::endpoints::all_live(&app.ctx.store).await {
+        let now = wabridge_events::Timestamp::now();
+        for status in ["enabled", "paused", "disabled"] {
+            let n = eps.iter().filter(|e| e.status() == status).count();
+            app.metrics
+                .endpoints
+                .get_or_create(&crate::metrics::StatusLabels { status })
+                .set(n as i64);
+        }
+        let failing: Vec<std::time::Duration> = eps
+            .iter()
+            .filter(|e| e.active())
+            .filter_map(|e| e.failing_since.as_deref())
+            .filter_map(|t| wabridge_events::Timestamp::parse(t).ok())
+            .map(|t| now.since(t))
+            .collect();
+        app.metrics.endpoints_failing.set(failing.len() as i64);
+        app.metrics
+            .endpoint_failing_seconds
+            .set(failing.iter().max().map_or(0, |d| d.as_secs() as i64));
+    }
     let body = app.metrics.render();
     Ok((
         [(
