@@ -274,6 +274,40 @@ mod jetstream {
         kv_check_after_restart(&log, rev).await;
     }
 
+    /// The duplicate window survives a SIGKILL of the server: a message id
+    /// appended just before the kill is a duplicate after the restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dedup_survives_sigkill() {
+        let server = NatsServer::start().await;
+        let ns = unique_ns();
+        let cfg = jetstream_config(&server.url(), ns.clone());
+        let log = JetStreamLog::connect(cfg.clone()).await.unwrap();
+        let subject = ns.domain_subject(None, "dedup", "a");
+        let mut ids = vec![];
+        for i in 0..50 {
+            let mut e = ev(&subject, format!("m{i}"));
+            e.msg_id = Some(format!("id-{i}"));
+            ids.push(append_ok(&log, e).await);
+        }
+        drop(log);
+        server.kill();
+        server.restart().await;
+        let log = JetStreamLog::connect(cfg).await.unwrap();
+        let mut lost = vec![];
+        for i in 0..50 {
+            let mut e = ev(&subject, format!("m{i}"));
+            e.msg_id = Some(format!("id-{i}"));
+            let a = log.append(e).await.unwrap();
+            if !a.duplicate {
+                lost.push(i);
+            }
+        }
+        assert!(
+            lost.is_empty(),
+            "message ids forgotten after the restart: {lost:?}"
+        );
+    }
+
     /// A private server is SIGKILLed while appends are in flight, then restarted:
     /// every append that got its ack is there, byte-exact.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ mod cli;
 mod consent;
 mod delivery;
 mod failover;
+mod faults;
 mod http;
 mod log_conformance;
 mod onboarding;

@@ -284,6 +284,25 @@ async fn bad_signatures_are_refused(log: LogKind) {
             Some(sign("not_the_app_secret", &body)),
         ),
         ("altered body", altered, Some(good.clone())),
+        (
+            "a signature of the body re-serialised",
+            body.clone(),
+            Some(sign(
+                APP_SECRET,
+                &serde_json::to_vec(&serde_json::from_slice::<serde_json::Value>(&body).unwrap())
+                    .unwrap(),
+            )),
+        ),
+        (
+            "one byte changed",
+            {
+                let mut b = body.clone();
+                let i = b.len() / 2;
+                b[i] ^= 0x01;
+                b
+            },
+            Some(good.clone()),
+        ),
     ];
     for (what, b, sig) in &cases {
         let r = app.webhook(b, sig.as_deref()).await;

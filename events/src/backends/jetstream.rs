@@ -397,6 +397,14 @@ impl EventLog for JetStreamLog {
         if self.cfg.namespace.stream_of(&event.subject).is_none() {
             return Err(AppendError::BadSubject(event.subject));
         }
+        // While the client is reconnecting, a publish would wait for its request
+        // timeout (seconds) before failing: refuse at once, so an HTTP caller gets a
+        // fast 503 (Meta retries) instead of a stalled request.
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(AppendError::Log(LogError(anyhow::anyhow!(
+                "the JetStream server is not connected (reconnecting)"
+            ))));
+        }
         let size = event.payload.len();
         if size > self.max_payload {
             return Err(AppendError::PayloadTooLarge {

@@ -75,6 +75,8 @@ pub struct TestOptions {
     /// Use this operator key instead of creating one (an instance that cannot make
     /// a new key visible: no workers anywhere).
     pub operator_key: Option<String>,
+    /// JetStream on this server instead of the shared one (a test that kills it).
+    pub nats_url: Option<String>,
 }
 
 impl TestOptions {
@@ -94,6 +96,7 @@ impl TestOptions {
             configure: None,
             graph_url: None,
             operator_key: None,
+            nats_url: None,
         }
     }
 }
@@ -172,7 +175,10 @@ pub async fn try_spawn_app_with(mut opts: TestOptions) -> anyhow::Result<TestApp
         ..Default::default()
     };
     if opts.log == LogKind::JetStream {
-        args.nats_url = Some(super::NatsServer::shared().await.url());
+        args.nats_url = Some(match &opts.nats_url {
+            Some(url) => url.clone(),
+            None => super::NatsServer::shared().await.url(),
+        });
     }
     let mut cfg = config_without_env_secrets(&args);
     cfg.meta_app_secrets = if opts.meta_secrets {
