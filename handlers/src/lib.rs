@@ -14,3 +14,6 @@ pub mod sender;
 pub mod sending;
 pub mod vault;
 pub mod webhooks;
+
+#[cfg(test)]
+mod fuzz;
