@@ -197,6 +197,7 @@ fn describe(op: &mut Value, route: &Described) {
             ),
             Answer::RateLimited => add(429, "rate_limited"),
             Answer::Upstream => add(502, "meta_unavailable"),
+            Answer::VerifyRefused => add(403, "forbidden"),
         }
     }
     for (status, list) in codes {

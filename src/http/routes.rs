@@ -33,6 +33,8 @@ pub enum Answer {
     RateLimited,
     /// `502 meta_unavailable`: Meta refused or failed a call the route makes.
     Upstream,
+    /// `403 forbidden`: Meta's verification handshake with a wrong token or mode.
+    VerifyRefused,
 }
 
 /// One route.
@@ -112,7 +114,7 @@ pub fn routes() -> Vec<RouteDef> {
             "/webhooks/meta",
             Meta,
             "Meta's verification handshake.",
-            &[NotConfigured],
+            &[NotConfigured, VerifyRefused],
             get(meta::verify),
         ),
         r(

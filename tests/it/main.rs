@@ -5,6 +5,7 @@
 mod support;
 
 mod access;
+mod api_fuzz;
 mod audit;
 mod cli;
 mod consent;

@@ -168,9 +168,7 @@ impl Receiver {
 /// venv's interpreter, `TOOLS_PYTHON`, which `./scripts/test` sets): an
 /// implementation independent of ours. Panics naming the first that fails.
 pub fn verify_with_reference_library(secret: &str, deliveries: &[Received]) {
-    let python = std::env::var("TOOLS_PYTHON").expect(
-        "TOOLS_PYTHON names a Python with the standardwebhooks package (./scripts/test sets it)",
-    );
+    let python = tools_bin("TOOLS_PYTHON", "python");
     let items: Vec<serde_json::Value> = deliveries
         .iter()
         .map(|d| {
@@ -203,11 +201,20 @@ print(f"verified {len(items)}")
     let out = std::process::Command::new(python)
         .args(["-c", script, secret, path.to_str().unwrap()])
         .output()
-        .expect("python runs");
+        .expect("the tools venv's python runs (./scripts/test installs it)");
     assert!(
         out.status.success(),
         "standardwebhooks refused a delivery: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A tool `./scripts/test` installs: the variable it exports, else the tools venv.
+pub fn tools_bin(var: &str, name: &str) -> std::path::PathBuf {
+    std::env::var_os(var).map(Into::into).unwrap_or_else(|| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(".tools/venv/bin")
+            .join(name)
+    })
 }
