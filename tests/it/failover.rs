@@ -51,6 +51,39 @@ async fn admin(client: &reqwest::Client, served: &Served, key: &str) -> Value {
         .unwrap()
 }
 
+/// An operator key, made on the host.
+fn bootstrap_operator(dir: &std::path::Path, env: &[(&str, &str)]) -> String {
+    let out = wabridge(dir, env)
+        .args(["bootstrap", "--operator"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Waits (60 s at most) until every projection has applied the whole log.
+async fn caught_up(client: &reqwest::Client, served: &Served, operator: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let report = admin(client, served, operator).await;
+        let lagging: Vec<&Value> = report["projections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["lag_events"].as_u64() != Some(0))
+            .collect();
+        if lagging.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still lagging: {lagging:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn holders(report: &Value) -> Vec<Option<String>> {
     report["units"]
         .as_array()
@@ -78,16 +111,7 @@ async fn killing_the_instance_running_the_units_mid_load_fails_over_and_loses_no
     ];
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let owner = bootstrap(dir_a.path(), &env, "acme");
-    let out = wabridge(dir_a.path(), &env)
-        .args(["bootstrap", "--operator"])
-        .output()
-        .unwrap();
-    let operator = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_string();
+    let operator = bootstrap_operator(dir_a.path(), &env);
     let a = Served::start(dir_a.path(), &env);
     let b = Served::start(dir_b.path(), &env);
     let client = reqwest::Client::new();
@@ -146,21 +170,7 @@ async fn killing_the_instance_running_the_units_mid_load_fails_over_and_loses_no
     };
     eprintln!("fail-over: every unit running on the survivor {took_over:?} after the SIGKILL");
     // It catches up with everything acknowledged.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let report = admin(&client, &b, &operator).await;
-        let lagging: Vec<&Value> = report["projections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| p["lag_events"].as_u64() != Some(0))
-            .collect();
-        if lagging.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still lagging: {lagging:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    caught_up(&client, &b, &operator).await;
     // Every acknowledged webhook is a message, once (the read-model database).
     let pg = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
@@ -214,16 +224,7 @@ async fn a_single_instance_killed_mid_projection_resumes_equal_to_a_replay() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let operator_out = wabridge(dir.path(), &env)
-        .args(["bootstrap", "--operator"])
-        .output()
-        .unwrap();
-    let operator = String::from_utf8_lossy(&operator_out.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_string();
+    let operator = bootstrap_operator(dir.path(), &env);
     // A burst from 16 senders, then SIGKILL at once: the processor and the
     // projections are still behind the log, applying batches.
     const N: usize = 600;
@@ -264,21 +265,7 @@ async fn a_single_instance_killed_mid_projection_resumes_equal_to_a_replay() {
             "webhook {i} refused after the restart"
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let report = admin(&client, &served, &operator).await;
-        let lagging = report["projections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| p["lag_events"].as_u64() != Some(0))
-            .count();
-        if lagging == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still lagging: {report}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    caught_up(&client, &served, &operator).await;
     // Every acknowledged webhook is one message (the feed, paged).
     let mut wamids = std::collections::HashSet::new();
     let mut total = 0;

@@ -262,38 +262,19 @@ impl Worker {
                     return Ok(Settled::Next);
                 }
                 Verdict::Gone => {
-                    self.pending = None;
-                    self.send(Record::Attempt(DeliveryAttempt {
-                        outcome: DeliveryOutcome::Failed,
-                        ..base
-                    }))
-                    .await;
-                    self.send(Record::Disable {
-                        reason: "gone".into(),
-                        detail: "the endpoint answered 410 Gone".into(),
-                    })
-                    .await;
-                    return Ok(Settled::Disabled);
+                    return Ok(self
+                        .give_up(base, "gone", "the endpoint answered 410 Gone".into())
+                        .await);
                 }
                 Verdict::Retry { retry_after } => {
                     let policy = self.shared.policy;
                     if policy.exhausted(Timestamp::now().since(first_at)) {
-                        self.pending = None;
-                        self.send(Record::Attempt(DeliveryAttempt {
-                            outcome: DeliveryOutcome::Failed,
-                            ..base
-                        }))
-                        .await;
-                        self.send(Record::Disable {
-                            reason: "failing".into(),
-                            detail: format!(
-                                "every attempt to deliver failed for {} (the last: {})",
-                                humanize(policy.give_up_after),
-                                answer.error.as_deref().unwrap_or("no answer")
-                            ),
-                        })
-                        .await;
-                        return Ok(Settled::Disabled);
+                        let detail = format!(
+                            "every attempt to deliver failed for {} (the last: {})",
+                            humanize(policy.give_up_after),
+                            answer.error.as_deref().unwrap_or("no answer")
+                        );
+                        return Ok(self.give_up(base, "failing", detail).await);
                     }
                     let r: f64 = rand::thread_rng().gen();
                     let next = Timestamp::now().plus(policy.pause(attempt, r, retry_after));
@@ -316,6 +297,22 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Records the attempt as failed for good and disables the endpoint.
+    async fn give_up(&mut self, attempt: DeliveryAttempt, reason: &str, detail: String) -> Settled {
+        self.pending = None;
+        self.send(Record::Attempt(DeliveryAttempt {
+            outcome: DeliveryOutcome::Failed,
+            ..attempt
+        }))
+        .await;
+        self.send(Record::Disable {
+            reason: reason.into(),
+            detail,
+        })
+        .await;
+        Settled::Disabled
     }
 
     /// Sleeps until `at`; false when the endpoint's settings changed first.

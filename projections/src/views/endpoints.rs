@@ -554,14 +554,7 @@ async fn write_endpoint(conn: &mut AnyConnection, ep: &Endpoint) -> anyhow::Resu
 }
 
 async fn load(conn: &mut AnyConnection, ws: &str, id: &str) -> anyhow::Result<Option<Endpoint>> {
-    let doc: Option<String> =
-        sqlx::query_scalar("SELECT doc FROM endpoints WHERE workspace = $1 AND id = $2")
-            .bind(ws)
-            .bind(id)
-            .fetch_optional(conn)
-            .await?;
-    doc.map(|d| serde_json::from_str(&d).map_err(Into::into))
-        .transpose()
+    super::load_doc(conn, "endpoints", ws, id).await
 }
 
 async fn load_delivery(
@@ -569,14 +562,7 @@ async fn load_delivery(
     ws: &str,
     id: &str,
 ) -> anyhow::Result<Option<Delivery>> {
-    let doc: Option<String> =
-        sqlx::query_scalar("SELECT doc FROM deliveries WHERE workspace = $1 AND id = $2")
-            .bind(ws)
-            .bind(id)
-            .fetch_optional(conn)
-            .await?;
-    doc.map(|d| serde_json::from_str(&d).map_err(Into::into))
-        .transpose()
+    super::load_doc(conn, "deliveries", ws, id).await
 }
 
 fn parse<T: serde::de::DeserializeOwned>(docs: Vec<String>) -> anyhow::Result<Vec<T>> {

@@ -88,6 +88,24 @@ pub fn decode(event: &StoredEvent) -> anyhow::Result<&DomainEvent> {
     Ok(event.decoded()?)
 }
 
+/// The JSON document of a workspace's row `id` in `table` (the projections that
+/// keep each state as one document: onboarding, endpoints, deliveries).
+pub(crate) async fn load_doc<T: serde::de::DeserializeOwned>(
+    conn: &mut sqlx::AnyConnection,
+    table: &'static str,
+    ws: &str,
+    id: &str,
+) -> anyhow::Result<Option<T>> {
+    let sql = format!("SELECT doc FROM {table} WHERE workspace = $1 AND id = $2");
+    let doc: Option<String> = sqlx::query_scalar(&sql)
+        .bind(ws)
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    doc.map(|d| serde_json::from_str(&d).map_err(Into::into))
+        .transpose()
+}
+
 /// What the decisions of the read models need from an event's envelope.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventMeta {

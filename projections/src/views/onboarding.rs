@@ -441,14 +441,7 @@ impl Projection for Onboarding {
 }
 
 async fn load(conn: &mut AnyConnection, ws: &str, id: &str) -> anyhow::Result<Option<Saga>> {
-    let doc: Option<String> =
-        sqlx::query_scalar("SELECT doc FROM onboarding WHERE workspace = $1 AND id = $2")
-            .bind(ws)
-            .bind(id)
-            .fetch_optional(conn)
-            .await?;
-    doc.map(|d| serde_json::from_str(&d).map_err(Into::into))
-        .transpose()
+    super::load_doc(conn, "onboarding", ws, id).await
 }
 
 fn sagas(docs: Vec<String>) -> anyhow::Result<Vec<Saga>> {
@@ -459,14 +452,8 @@ fn sagas(docs: Vec<String>) -> anyhow::Result<Vec<Saga>> {
 
 /// A workspace's saga.
 pub async fn get(store: &Store, ws: &str, id: &str) -> anyhow::Result<Option<Saga>> {
-    let doc: Option<String> =
-        sqlx::query_scalar("SELECT doc FROM onboarding WHERE workspace = $1 AND id = $2")
-            .bind(ws)
-            .bind(id)
-            .fetch_optional(&store.reads)
-            .await?;
-    doc.map(|d| serde_json::from_str(&d).map_err(Into::into))
-        .transpose()
+    let mut conn = store.reads.acquire().await?;
+    load(&mut conn, ws, id).await
 }
 
 /// A workspace's sagas, newest first, started before the log sequence `before`.

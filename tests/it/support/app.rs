@@ -464,21 +464,26 @@ impl TestApp {
             Some(ws) => format!("{}.{}.>", ns.as_str(), Slug::parse(ws).expect("slug")),
             None => format!("{}.>", ns.as_str()),
         };
-        let all = self
-            .app
+        self.domain_events(Some(&filter))
+            .await
+            .into_iter()
+            .filter(|e| e.envelope.event_type == event_type)
+            .collect()
+    }
+
+    /// Every domain event (matching a subject filter), in log order.
+    pub async fn domain_events(&self, filter: Option<&str>) -> Vec<wabridge_events::StoredEvent> {
+        self.app
             .ctx
             .log
             .read(
                 StreamKind::Domain,
                 wabridge_events::ReadFrom::Seq(1),
-                Some(&filter),
+                filter,
                 100_000,
             )
             .await
-            .expect("read");
-        all.into_iter()
-            .filter(|e| e.envelope.event_type == event_type)
-            .collect()
+            .expect("read")
     }
 
     /// Stops the server (graceful) and starts it again on the same data, with the
@@ -588,18 +593,7 @@ pub async fn batch_fold_equals_one_at_a_time(
 ) {
     use wabridge_projections::projection::checksum;
     app.settle().await;
-    let events = app
-        .app
-        .ctx
-        .log
-        .read(
-            StreamKind::Domain,
-            wabridge_events::ReadFrom::Seq(1),
-            None,
-            100_000,
-        )
-        .await
-        .unwrap();
+    let events = app.domain_events(None).await;
     assert!(
         events.len() > 10,
         "too few events to compare: {}",
