@@ -511,18 +511,7 @@ async fn record(shared: Arc<Shared>, ws: Slug, id: String, mut rx: mpsc::Receive
             match r {
                 Record::Attempt(a) => attempts.push(a),
                 Record::Disable { reason, detail } => {
-                    if !attempts.is_empty() {
-                        append(
-                            &shared,
-                            &ws,
-                            &caller,
-                            &DeliveryAttempted {
-                                endpoint_id: id.clone(),
-                                attempts: std::mem::take(&mut attempts),
-                            },
-                        )
-                        .await;
-                    }
+                    flush(&shared, &ws, &caller, &id, std::mem::take(&mut attempts)).await;
                     append(
                         &shared,
                         &ws,
@@ -537,19 +526,26 @@ async fn record(shared: Arc<Shared>, ws: Slug, id: String, mut rx: mpsc::Receive
                 }
             }
         }
-        if !attempts.is_empty() {
-            append(
-                &shared,
-                &ws,
-                &caller,
-                &DeliveryAttempted {
-                    endpoint_id: id.clone(),
-                    attempts,
-                },
-            )
-            .await;
-        }
+        flush(&shared, &ws, &caller, &id, attempts).await;
     }
+}
+
+/// Appends the attempts made (if any) as one `delivery.attempted`.
+async fn flush(
+    shared: &Shared,
+    ws: &Slug,
+    caller: &Caller,
+    id: &str,
+    attempts: Vec<DeliveryAttempt>,
+) {
+    if attempts.is_empty() {
+        return;
+    }
+    let data = DeliveryAttempted {
+        endpoint_id: id.to_string(),
+        attempts,
+    };
+    append(shared, ws, caller, &data).await;
 }
 
 async fn append<T: EventData>(shared: &Shared, ws: &Slug, caller: &Caller, data: &T) {
