@@ -52,7 +52,7 @@ async fn admin(client: &reqwest::Client, served: &Served, key: &str) -> Value {
 }
 
 /// An operator key, made on the host.
-fn bootstrap_operator(dir: &std::path::Path, env: &[(&str, &str)]) -> String {
+pub(crate) fn bootstrap_operator(dir: &std::path::Path, env: &[(&str, &str)]) -> String {
     let out = wabridge(dir, env)
         .args(["bootstrap", "--operator"])
         .output()
@@ -66,7 +66,7 @@ fn bootstrap_operator(dir: &std::path::Path, env: &[(&str, &str)]) -> String {
 }
 
 /// Waits (60 s at most) until every projection has applied the whole log.
-async fn caught_up(client: &reqwest::Client, served: &Served, operator: &str) {
+pub(crate) async fn caught_up(client: &reqwest::Client, served: &Served, operator: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let report = admin(client, served, operator).await;
@@ -81,6 +81,40 @@ async fn caught_up(client: &reqwest::Client, served: &Served, operator: &str) {
         }
         assert!(Instant::now() < deadline, "still lagging: {lagging:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The workspace `acme`'s `message.received` events in the feed: how many, and how
+/// many distinct wamids.
+pub(crate) async fn count_messages(
+    client: &reqwest::Client,
+    served: &Served,
+    key: &str,
+) -> (usize, usize) {
+    let mut wamids = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut after = String::new();
+    loop {
+        let r: Value = client
+            .get(served.url(&format!(
+                "/v1/workspaces/acme/events?types=message.received&limit=500&after={after}"
+            )))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let items = r["items"].as_array().unwrap();
+        if items.is_empty() {
+            return (total, wamids.len());
+        }
+        for it in items {
+            total += 1;
+            wamids.insert(it["data"]["wamid"].as_str().unwrap().to_string());
+        }
+        after = r["next_cursor"].as_str().unwrap().to_string();
     }
 }
 
@@ -267,33 +301,9 @@ async fn a_single_instance_killed_mid_projection_resumes_equal_to_a_replay() {
     }
     caught_up(&client, &served, &operator).await;
     // Every acknowledged webhook is one message (the feed, paged).
-    let mut wamids = std::collections::HashSet::new();
-    let mut total = 0;
-    let mut after = String::new();
-    loop {
-        let r: Value = client
-            .get(served.url(&format!(
-                "/v1/workspaces/acme/events?types=message.received&limit=500&after={after}"
-            )))
-            .bearer_auth(&owner)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let items = r["items"].as_array().unwrap();
-        if items.is_empty() {
-            break;
-        }
-        for it in items {
-            total += 1;
-            wamids.insert(it["data"]["wamid"].as_str().unwrap().to_string());
-        }
-        after = r["next_cursor"].as_str().unwrap().to_string();
-    }
+    let (total, distinct) = count_messages(&client, &served, &owner).await;
     assert_eq!(
-        (total, wamids.len()),
+        (total, distinct),
         (N, N),
         "messages lost or appended twice ({retried} retried)"
     );

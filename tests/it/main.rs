@@ -20,5 +20,6 @@ mod realworld;
 mod replay;
 mod security;
 mod sending;
+mod soak;
 mod vault;
 mod webhooks;
