@@ -64,11 +64,12 @@ pub async fn checksum_on(
     conn: &mut AnyConnection,
     projection: &dyn Projection,
 ) -> anyhow::Result<String> {
-    let rows: Vec<String> = sqlx::query_scalar(projection.dump_sql())
-        .fetch_all(conn)
-        .await?;
+    // Streamed row by row: a read model of millions of rows is hashed in constant
+    // memory.
+    use futures_util::TryStreamExt;
+    let mut rows = sqlx::query_scalar::<_, String>(projection.dump_sql()).fetch(conn);
     let mut h = Sha256::new();
-    for row in rows {
+    while let Some(row) = rows.try_next().await? {
         h.update(row.as_bytes());
         h.update(b"\n");
     }
