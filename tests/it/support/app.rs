@@ -426,29 +426,30 @@ impl TestApp {
     /// Waits until the webhook processor and every projection caught up with the log.
     pub async fn settle(&self) {
         let ctx = &self.app.ctx;
+        // A read that fails (a pooled connection the database just terminated, as
+        // in the restart tests) is tried again: settling waits, it does not judge.
+        let caught_up = |name: &'static str, seq: u64| async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match ctx.store.wait_for(&ctx.progress, name, seq, left).await {
+                    Ok(done) => return done,
+                    Err(_) if !left.is_zero() => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    Err(e) => panic!("waiting for {name}: {e:#}"),
+                }
+            }
+        };
         for _ in 0..3 {
             let raw = ctx.log.last_seq(StreamKind::Raw).await.expect("raw head");
             assert!(
-                ctx.store
-                    .wait_for(
-                        &ctx.progress,
-                        wabridge_handlers::webhooks::processor::NAME,
-                        raw,
-                        Duration::from_secs(20)
-                    )
-                    .await
-                    .expect("wait"),
+                caught_up(wabridge_handlers::webhooks::processor::NAME, raw).await,
                 "webhook processor did not catch up"
             );
             let head = ctx.log.last_seq(StreamKind::Domain).await.expect("head");
             for name in wabridge_projections::views::names() {
-                assert!(
-                    ctx.store
-                        .wait_for(&ctx.progress, name, head, Duration::from_secs(20))
-                        .await
-                        .expect("wait"),
-                    "{name} did not catch up"
-                );
+                assert!(caught_up(name, head).await, "{name} did not catch up");
             }
         }
     }
