@@ -444,6 +444,91 @@ async fn a_missing_method_is_a_problem_document() {
 
 // ------------------------------------------------------------------ slow and idle clients
 
+/// During an attack — 200 slow-loris connections dribbling headers, 200 idle
+/// ones, and oversized headers and bodies — a well-behaved client is still
+/// answered, every time (its latency is printed: the benchmarks judge speed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_well_behaved_client_is_served_during_a_connection_attack() {
+    fn limits(cfg: &mut wabridge::config::Config) {
+        cfg.header_timeout = Duration::from_secs(2);
+        cfg.max_connections = 1024;
+    }
+    let app = spawn_app_with(TestOptions {
+        configure: Some(limits),
+        ..TestOptions::new(LogKind::Embedded, DbKind::Sqlite)
+    })
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut attackers = vec![];
+    for i in 0..400 {
+        let (addr, stop) = (app.addr, stop.clone());
+        attackers.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                if i % 2 == 0 {
+                    // Slow-loris: a header line every 300 ms, never the end.
+                    let _ = s
+                        .write_all(b"POST /webhooks/meta HTTP/1.1\r\nHost: x\r\n")
+                        .await;
+                    while s.write_all(b"X-Slow: 1\r\n").await.is_ok() {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                } else {
+                    // Idle: connect and say nothing until closed.
+                    let mut buf = [0u8; 64];
+                    let _ = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let client = reqwest::Client::new();
+    // Oversized headers and an oversized body are refused, not served.
+    let r = client
+        .get(app.url("/healthz"))
+        .header("x-big", "a".repeat(200_000))
+        .send()
+        .await;
+    assert!(r.map(|r| r.status().as_u16() >= 400).unwrap_or(true));
+    let r = client
+        .post(app.url("/webhooks/meta"))
+        .body(vec![b'{'; app.app.cfg.max_body + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let mut latencies = vec![];
+    for _ in 0..300 {
+        let t = Instant::now();
+        let r = client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .expect("served");
+        assert_eq!(r.status(), StatusCode::OK);
+        latencies.push(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for a in attackers {
+        a.abort();
+    }
+    latencies.sort();
+    eprintln!(
+        "a well-behaved client during 400 attacking connections: p50 {:?}, p99 {:?}, max {:?}",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 99 / 100],
+        latencies[latencies.len() - 1]
+    );
+    app.stop().await;
+}
+
 fn tight_limits(cfg: &mut wabridge::config::Config) {
     cfg.header_timeout = Duration::from_secs(1);
     cfg.max_connections = 4;
