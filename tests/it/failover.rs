@@ -65,6 +65,23 @@ pub(crate) fn bootstrap_operator(dir: &std::path::Path, env: &[(&str, &str)]) ->
         .to_string()
 }
 
+/// `wabridge replay --projection all --dry-run` on the host: every read model
+/// rebuilt from the log equals the live one.
+pub(crate) fn replay_equals_live(dir: &std::path::Path, env: &[(&str, &str)]) {
+    let out = wabridge(dir, env)
+        .args(["replay", "--projection", "all", "--dry-run"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.lines().count() >= 13, "{stdout}");
+    assert!(stdout.lines().all(|l| l.ends_with("equal")), "{stdout}");
+}
+
 /// Waits (60 s at most) until every projection has applied the whole log.
 pub(crate) async fn caught_up(client: &reqwest::Client, served: &Served, operator: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -218,18 +235,7 @@ async fn killing_the_instance_running_the_units_mid_load_fails_over_and_loses_no
     let count = count as usize;
     assert_eq!(count, acknowledged, "messages lost or applied twice");
     // A replay of every read model equals the live state.
-    let out = wabridge(dir_b.path(), &env)
-        .args(["replay", "--projection", "all", "--dry-run"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.lines().count() >= 13, "{stdout}");
-    assert!(stdout.lines().all(|l| l.ends_with("equal")), "{stdout}");
+    replay_equals_live(dir_b.path(), &env);
     b.stop();
 }
 
@@ -307,16 +313,6 @@ async fn a_single_instance_killed_mid_projection_resumes_equal_to_a_replay() {
         (N, N),
         "messages lost or appended twice ({retried} retried)"
     );
-    let out = wabridge(dir.path(), &env)
-        .args(["replay", "--projection", "all", "--dry-run"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.lines().all(|l| l.ends_with("equal")), "{stdout}");
+    replay_equals_live(dir.path(), &env);
     served.stop();
 }
