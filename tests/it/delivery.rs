@@ -771,9 +771,23 @@ async fn media_is_streamed_from_meta_with_the_numbers_token() {
         bytes.len()
     );
     assert!(chunks > 1, "one chunk: not streamed");
-    // Meta was asked with the number's token, for this number.
+    // Meta was asked with the number's token, for this number: the URL look-up and
+    // the download both carry the token.
     let calls = sim.sim.calls_to("918273645");
-    assert!(!calls.is_empty());
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    for c in &calls {
+        assert_eq!(
+            c.authorization.as_deref(),
+            Some("Bearer EAAG-media-token"),
+            "{c:?}"
+        );
+    }
+    assert!(
+        calls[0].query.contains(&format!("phone_number_id={NUMBER}")),
+        "{:?}",
+        calls[0]
+    );
+    assert!(calls[1].path.contains("media-download"), "{:?}", calls[1]);
 
     // A large object goes through without being held: this process's peak memory
     // grows by far less than the object (which the simulator already holds).
