@@ -61,36 +61,28 @@ pub struct FeedItem {
     pub event_type: String,
     /// When it happened (for what Meta sent: Meta's time), RFC 3339.
     pub occurred_at: String,
-    /// The event's data, as its JSON Schema (`schemas/events/`) describes it.
-    pub data: serde_json::Value,
+    /// The event's data, as its JSON Schema (`schemas/events/`) describes it: the
+    /// JSON text as it was logged, never parsed and written again.
+    #[schemars(with = "serde_json::Value")]
+    pub data: Box<serde_json::value::RawValue>,
 }
 
 impl FeedItem {
-    /// The public shape of a stored domain event (the data as it was logged).
+    /// The public shape of a stored domain event.
     pub fn of(event: &StoredEvent) -> anyhow::Result<FeedItem> {
+        let data = String::from_utf8(event.payload.to_vec())?;
         Ok(FeedItem {
             id: event.envelope.id.to_string(),
             event_type: event.envelope.event_type.clone(),
             occurred_at: event.envelope.occurred_at.to_string(),
-            data: serde_json::from_slice(&event.payload)?,
+            data: serde_json::value::RawValue::from_string(data)?,
         })
     }
-}
 
-/// The item of a stored event as JSON bytes (what an endpoint receives), written
-/// around the event's data as it was logged, without parsing it.
-pub fn item_json(event: &StoredEvent) -> Vec<u8> {
-    let mut out = Vec::with_capacity(event.payload.len() + 160);
-    out.extend_from_slice(b"{\"id\":\"");
-    out.extend_from_slice(event.envelope.id.to_string().as_bytes());
-    out.extend_from_slice(b"\",\"type\":");
-    serde_json::to_writer(&mut out, &event.envelope.event_type).expect("a string");
-    out.extend_from_slice(b",\"occurred_at\":\"");
-    out.extend_from_slice(event.envelope.occurred_at.to_string().as_bytes());
-    out.extend_from_slice(b"\",\"data\":");
-    out.extend_from_slice(&event.payload);
-    out.push(b'}');
-    out
+    /// The item as JSON bytes (what an endpoint receives).
+    pub fn json(event: &StoredEvent) -> anyhow::Result<Vec<u8>> {
+        Ok(serde_json::to_vec(&FeedItem::of(event)?)?)
+    }
 }
 
 /// An opaque cursor: a position in the domain log (stable across restarts and
@@ -357,7 +349,7 @@ mod tests {
     }
 
     #[test]
-    fn the_item_bytes_are_the_item() {
+    fn the_item_carries_the_logged_data_as_it_was_written() {
         use wabridge_events::{types::new_event, Actor, Namespace};
         let ev = new_event(
             &Namespace::default(),
@@ -375,9 +367,19 @@ mod tests {
             payload: ev.payload.clone(),
             decoded: Default::default(),
         };
-        let from_bytes: serde_json::Value = serde_json::from_slice(&item_json(&stored)).unwrap();
-        let item = serde_json::to_value(FeedItem::of(&stored).unwrap()).unwrap();
-        assert_eq!(from_bytes, item);
+        let bytes = FeedItem::json(&stored).unwrap();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(
+            text.ends_with(&format!(
+                ",\"data\":{}}}",
+                std::str::from_utf8(&ev.payload).unwrap()
+            )),
+            "{text}"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["id"], ev.envelope.id.to_string());
+        assert_eq!(v["type"], "endpoint.deleted");
+        assert_eq!(v["data"]["endpoint_id"], "ep_\"1");
     }
 
     #[test]

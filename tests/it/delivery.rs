@@ -783,7 +783,9 @@ async fn media_is_streamed_from_meta_with_the_numbers_token() {
         );
     }
     assert!(
-        calls[0].query.contains(&format!("phone_number_id={NUMBER}")),
+        calls[0]
+            .query
+            .contains(&format!("phone_number_id={NUMBER}")),
         "{:?}",
         calls[0]
     );

@@ -215,7 +215,7 @@ impl Worker {
         ev: &StoredEvent,
     ) -> anyhow::Result<Settled> {
         let delivery_id = view::delivery_id(&ep.id, ev.seq);
-        let body = bytes::Bytes::from(crate::feed::item_json(ev));
+        let body = bytes::Bytes::from(crate::feed::FeedItem::json(ev)?);
         let (mut attempt, mut first_at, next_at) = match &self.pending {
             Some(p) if p.delivery_id == delivery_id => (
                 p.attempts,
@@ -353,7 +353,7 @@ impl Worker {
                 r.delivery_id
             );
         };
-        let body = bytes::Bytes::from(crate::feed::item_json(&ev));
+        let body = bytes::Bytes::from(crate::feed::FeedItem::json(&ev)?);
         let at = Timestamp::now();
         let answer = self
             .post(ep, secrets, &ev.envelope.id.to_string(), &body)
