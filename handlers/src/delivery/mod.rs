@@ -136,19 +136,13 @@ pub async fn run(
                     continue;
                 }
                 let Some(ws) = ev.envelope.workspace.clone() else { continue };
-                let id = match ev.decoded()? {
-                    DomainEvent::EndpointCreated(e) => {
-                        start(&mut tasks, &mut controls, ws, e.endpoint_id.clone(), ev.seq);
-                        continue;
-                    }
-                    DomainEvent::EndpointUpdated(e) => e.endpoint_id.clone(),
-                    DomainEvent::EndpointSecretRotated(e) => e.endpoint_id.clone(),
-                    DomainEvent::EndpointSecretRewrapped(e) => e.endpoint_id.clone(),
-                    DomainEvent::EndpointDisabled(e) => e.endpoint_id.clone(),
-                    DomainEvent::EndpointDeleted(e) => e.endpoint_id.clone(),
-                    DomainEvent::EndpointRecoveryRequested(e) => e.endpoint_id.clone(),
-                    DomainEvent::DeliveryRedeliveryRequested(e) => e.endpoint_id.clone(),
-                    _ => continue,
+                let decoded = ev.decoded()?;
+                if let DomainEvent::EndpointCreated(e) = decoded {
+                    start(&mut tasks, &mut controls, ws, e.endpoint_id.clone(), ev.seq);
+                    continue;
+                }
+                let Some(id) = view::endpoint_of(decoded).map(str::to_owned) else {
+                    continue;
                 };
                 let key = (ws.to_string(), id);
                 let deleted = t == "endpoint.deleted";

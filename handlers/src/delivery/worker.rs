@@ -87,7 +87,10 @@ impl Worker {
             }
         }
         drop(w);
-        let _ = recorder.await;
+        // The recorder ends once it has appended what the worker queued.
+        if let Err(e) = recorder.await {
+            tracing::error!(error = %e, "delivery recorder stopped abnormally");
+        }
     }
 
     /// The endpoint as the read model has it once fresh for its settings (and, at
@@ -138,7 +141,8 @@ impl Worker {
             }
         }
         if !ep.active() {
-            // Paused or disabled: wait for a change of its settings.
+            // Paused or disabled: wait for a change of its settings (an error means
+            // the dispatcher dropped this endpoint: the reload then finds it deleted).
             let _ = self.control.changed().await;
             self.current = None;
             return Ok(true);

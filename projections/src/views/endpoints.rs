@@ -353,7 +353,8 @@ pub fn fold_delivery(
     d
 }
 
-fn endpoint_of(event: &DomainEvent) -> Option<&str> {
+/// The endpoint an endpoint or delivery event concerns.
+pub fn endpoint_of(event: &DomainEvent) -> Option<&str> {
     use DomainEvent as E;
     Some(match event {
         E::EndpointCreated(e) => &e.endpoint_id,
