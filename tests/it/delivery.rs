@@ -673,7 +673,7 @@ async fn keys_rotate_rewraps_endpoint_secrets_so_the_old_key_can_go() {
     use crate::support::app::{MASTER_V1, MASTER_V2};
     let (app, key) = setup(LogKind::Embedded, DbKind::Sqlite).await;
     let rx = Receiver::start().await;
-    let (id, secret) =
+    let (_, secret) =
         create_endpoint(&app, &key, "acme", &rx.url, json!(["message.received"])).await;
     let app = app
         .restart_with(|o| o.master_keys = Some(format!("v1:{MASTER_V1},v2:{MASTER_V2}")))
@@ -710,7 +710,6 @@ async fn keys_rotate_rewraps_endpoint_secrets_so_the_old_key_can_go() {
     .await
     .unwrap();
     assert_eq!(again.rewrapped, 0, "nothing left to rewrap");
-    let _ = id;
     app.stop().await;
 }
 
