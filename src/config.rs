@@ -89,6 +89,10 @@ pub struct ConfigArgs {
     /// Most connections open at once; more are closed at accept (default 1024).
     #[arg(long, env = "WABRIDGE_MAX_CONNECTIONS")]
     pub max_connections: Option<String>,
+    /// Most connections open at once from one peer address (trusted proxies exempt;
+    /// default 128, or the overall cap when it is lower).
+    #[arg(long, env = "WABRIDGE_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<String>,
     /// How long shutdown waits for open connections (default 30s).
     #[arg(long, env = "WABRIDGE_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<String>,
@@ -188,6 +192,8 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// Most connections open at once from one peer address (trusted proxies exempt).
+    pub max_connections_per_address: usize,
     /// Shutdown deadline.
     pub shutdown_timeout: Duration,
     /// Workers lease period.
@@ -498,6 +504,14 @@ impl Config {
             1,
             100_000,
         )? as usize;
+        let max_connections_per_address = count_var(
+            "WABRIDGE_MAX_CONNECTIONS_PER_ADDRESS",
+            args.max_connections_per_address.as_deref(),
+            128,
+            1,
+            100_000,
+        )?
+        .min(max_connections as u64) as usize;
         let trusted_proxies = match &args.trusted_proxies {
             Some(s) => s
                 .split(',')
@@ -603,6 +617,7 @@ impl Config {
             audit_signing_key: secret("AUDIT_SIGNING_KEY")?,
             header_timeout,
             max_connections,
+            max_connections_per_address,
             shutdown_timeout,
             lease_ttl,
             delivery,

@@ -21,6 +21,14 @@ use wabridge_events::{
     StoredEvent, StreamKind,
 };
 
+/// A connection closed at accept, by the cap it met.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// `overall` (`WABRIDGE_MAX_CONNECTIONS`) or `per_address`
+    /// (`WABRIDGE_MAX_CONNECTIONS_PER_ADDRESS`).
+    pub cap: &'static str,
+}
+
 /// A response, by matched route and status.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -71,8 +79,8 @@ pub struct Metrics {
     pub auth_failures: Counter,
     /// Requests denied for a missing permission (or another workspace's resource).
     pub access_denied: Counter,
-    /// Connections closed at accept because `WABRIDGE_MAX_CONNECTIONS` were open.
-    pub connections_refused: Counter,
+    /// Connections closed at accept, by the cap they met.
+    pub connections_refused: Family<RefusedLabels, Counter>,
     /// Sends refused by a workspace's rate limit (429).
     pub rate_limited: Counter,
     /// Time from request to durable append of a webhook.
@@ -113,7 +121,7 @@ impl Default for Metrics {
             signature_failures: Counter::default(),
             auth_failures: Counter::default(),
             access_denied: Counter::default(),
-            connections_refused: Counter::default(),
+            connections_refused: Family::default(),
             rate_limited: Counter::default(),
             ingest_latency: latency_histogram(),
             append_latency: Family::new_with_constructor(latency_histogram),
@@ -154,7 +162,7 @@ impl Default for Metrics {
         );
         registry.register(
             "wabridge_connections_refused",
-            "Connections closed at accept because WABRIDGE_MAX_CONNECTIONS were open",
+            "Connections closed at accept: cap=overall when WABRIDGE_MAX_CONNECTIONS were open, cap=per_address when WABRIDGE_MAX_CONNECTIONS_PER_ADDRESS were open from the peer's address",
             m.connections_refused.clone(),
         );
         registry.register(
@@ -218,8 +226,14 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Counts a connection refused at accept.
-    pub fn count_refused_connection(&self) {
-        self.connections_refused.inc();
+    pub fn count_refused_connection(&self, why: crate::connections::Refused) {
+        let cap = match why {
+            crate::connections::Refused::Overall => "overall",
+            crate::connections::Refused::PerAddress => "per_address",
+        };
+        self.connections_refused
+            .get_or_create(&RefusedLabels { cap })
+            .inc();
     }
 
     /// Counts a send refused by a rate limit.

@@ -15,7 +15,7 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
 };
-use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
+use tokio::{net::TcpListener, task::JoinSet};
 use tower::Service;
 use wabridge_handlers::{
     commands::{unit_lease, WORKER_UNITS},
@@ -389,7 +389,11 @@ async fn serve_http(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let router = crate::http::router(app.clone());
-    let limit = Arc::new(Semaphore::new(app.cfg.max_connections));
+    let caps = crate::connections::ConnectionCaps::new(
+        app.cfg.max_connections,
+        app.cfg.max_connections_per_address,
+        app.cfg.trusted_proxies.clone(),
+    );
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -411,10 +415,13 @@ async fn serve_http(
                 }
             },
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            app.metrics.count_refused_connection();
-            drop(stream);
-            continue;
+        let permit = match caps.admit(remote.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                app.metrics.count_refused_connection(why);
+                drop(stream);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();

@@ -203,6 +203,22 @@ pub fn split_ready(
     (events, None)
 }
 
+/// How many events of `batch` follow the subscription's previous ones without a
+/// hole: the first event of a subscription sets the start (a fresh subscription
+/// starts at the first event the log has from its position); after that each event
+/// must be the next sequence, or an older one again (a redelivery, skipped later
+/// by the checkpoints). `last` is the highest sequence accepted so far.
+fn cut_at_gap(batch: &[StoredEvent], last: &mut Option<u64>) -> usize {
+    for (i, e) in batch.iter().enumerate() {
+        match *last {
+            Some(l) if e.seq > l + 1 => return i,
+            Some(l) if e.seq <= l => {}
+            _ => *last = Some(e.seq),
+        }
+    }
+    batch.len()
+}
+
 /// The events of a sorted batch after `done`.
 fn after(batch: &[StoredEvent], done: u64) -> &[StoredEvent] {
     &batch[batch.partition_point(|e| e.seq <= done)..]
@@ -232,9 +248,29 @@ impl Driver {
                 .follow(f.stream, f.consumer, from)
                 .await?
                 .ready_chunks(BATCH);
+            let mut last = None;
             while let Some(items) = events.next().await {
-                let (batch, failed) = split_ready(items);
+                let (mut batch, failed) = split_ready(items);
+                let contiguous = cut_at_gap(&batch, &mut last);
+                let gap = (contiguous < batch.len()).then(|| batch[contiguous].seq);
+                batch.truncate(contiguous);
                 self.handle(f, &mut done, &batch).await?;
+                if let Some(seq) = gap {
+                    // A subscription that skips events (a JetStream consumer whose
+                    // server restarted can go on past messages it delivered into a
+                    // dead connection; it would redeliver them only after the ack
+                    // wait, behind the checkpoint): never move past them. Start again
+                    // at the checkpoint; a fresh subscription starts at the first
+                    // event the log has, so a gap the log really has (expired raw
+                    // webhooks) costs one resubscription, not a loop.
+                    tracing::warn!(
+                        consumer = f.consumer,
+                        after = last.unwrap_or(0),
+                        got = seq,
+                        "the subscription skipped events; resubscribing from the checkpoint"
+                    );
+                    break;
+                }
                 if let Some(e) = failed {
                     tracing::warn!(consumer = f.consumer, error = %e, "log read failed; resubscribing");
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -576,6 +612,52 @@ async fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(seqs: &[u64]) -> Vec<StoredEvent> {
+        seqs.iter()
+            .map(|&seq| {
+                let new = wabridge_events::types::new_event(
+                    &wabridge_events::Namespace::default(),
+                    None,
+                    Actor::cli("t"),
+                    &DeadLetterRecorded {
+                        id: "x".into(),
+                        consumer: "x".into(),
+                        stream: "domain".into(),
+                        seq,
+                        event_type: "x".into(),
+                        reason: "x".into(),
+                        attempts: 1,
+                        item: None,
+                    },
+                );
+                StoredEvent {
+                    stream: StreamKind::Domain,
+                    seq,
+                    subject: new.subject,
+                    envelope: new.envelope,
+                    payload: new.payload,
+                    decoded: Default::default(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_hole_in_a_subscription_cuts_the_batch() {
+        let mut last = None;
+        // The first event sets the start, whatever it is.
+        assert_eq!(cut_at_gap(&at(&[7, 8, 9]), &mut last), 3);
+        assert_eq!(last, Some(9));
+        // Redeliveries of older events pass (the checkpoints skip them).
+        assert_eq!(cut_at_gap(&at(&[8, 10, 11]), &mut last), 3);
+        assert_eq!(last, Some(11));
+        // A hole: only what comes before it.
+        assert_eq!(cut_at_gap(&at(&[12, 14, 15]), &mut last), 1);
+        assert_eq!(last, Some(12));
+        assert_eq!(cut_at_gap(&at(&[20]), &mut last), 0);
+        assert_eq!(last, Some(12));
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap() {

@@ -21,5 +21,6 @@ mod replay;
 mod security;
 mod sending;
 mod soak;
+mod subscription_gaps;
 mod vault;
 mod webhooks;

@@ -449,9 +449,12 @@ async fn a_missing_method_is_a_problem_document() {
 /// answered, every time (its latency is printed: the benchmarks judge speed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_well_behaved_client_is_served_during_a_connection_attack() {
+    // Fewer connection slots than the attacker opens: without a per-address cap
+    // the attacker would hold every slot and the well-behaved client be refused.
     fn limits(cfg: &mut wabridge::config::Config) {
         cfg.header_timeout = Duration::from_secs(2);
-        cfg.max_connections = 1024;
+        cfg.max_connections = 256;
+        cfg.max_connections_per_address = 128;
     }
     let app = spawn_app_with(TestOptions {
         configure: Some(limits),
@@ -464,7 +467,10 @@ async fn a_well_behaved_client_is_served_during_a_connection_attack() {
         let (addr, stop) = (app.addr, stop.clone());
         attackers.push(tokio::spawn(async move {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+                // The attacker's address is 127.0.0.2, the client's 127.0.0.1.
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+                let Ok(mut s) = socket.connect(addr).await else {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
@@ -519,9 +525,28 @@ async fn a_well_behaved_client_is_served_during_a_connection_attack() {
     for a in attackers {
         a.abort();
     }
+    // The attacker met its address's cap, again and again.
+    let metrics = client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let per_address: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("wabridge_connections_refused_total{cap=\"per_address\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        per_address >= 100.0,
+        "the attacker's connections were not capped per address:\n{metrics}"
+    );
     latencies.sort();
     eprintln!(
-        "a well-behaved client during 400 attacking connections: p50 {:?}, p99 {:?}, max {:?}",
+        "a well-behaved client during 400 attacking connections from one other address ({per_address} refused at its cap): p50 {:?}, p99 {:?}, max {:?}",
         latencies[latencies.len() / 2],
         latencies[latencies.len() * 99 / 100],
         latencies[latencies.len() - 1]

@@ -4,9 +4,10 @@
 
 pub mod app;
 pub mod nats;
+pub mod postgres;
 pub mod receiver;
 
-pub use nats::NatsServer;
+pub use nats::{NatsCluster, NatsServer};
 
 use wabridge_events::Namespace;
 

@@ -138,6 +138,12 @@ impl NatsServer {
     }
 
     async fn spawn_and_wait(&self) -> Result<(), String> {
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
+    /// Starts the process (its config is `nats.conf` in its dir) without waiting.
+    fn spawn(&self) -> Result<(), String> {
         let log = File::options()
             .create(true)
             .append(true)
@@ -155,7 +161,11 @@ impl NatsServer {
         let child = spawn_tied_to_this_process(cmd)
             .map_err(|e| format!("spawning {}: {e}", nats_server_bin().display()))?;
         *self.child.lock().unwrap() = Some(child);
+        Ok(())
+    }
 
+    /// Waits until the running process answers JetStream API requests.
+    async fn wait_ready(&self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last: String;
         loop {
@@ -184,6 +194,90 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Three `nats-server`s on loopback joined by cluster routes (one JetStream
+/// domain, so streams may have three replicas). Each node keeps its store across
+/// [`NatsServer::restart`]; all are killed when dropped.
+pub struct NatsCluster {
+    /// The nodes, named `n0`, `n1`, `n2` (their `server_name`).
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts three nodes with fresh stores and waits until JetStream answers on
+    /// each (which needs a meta leader, so a quorum of routes).
+    pub async fn start() -> NatsCluster {
+        let client_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes = route_ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut nodes = vec![];
+        for i in 0..3 {
+            let dir = tempfile::Builder::new()
+                .prefix("wabridge-it-nats-cluster-")
+                .tempdir()
+                .expect("creating a temp dir for nats-server");
+            let store = dir.path().join("js");
+            let conf = format!(
+                "server_name: n{i}\n\
+                 listen: 127.0.0.1:{port}\n\
+                 max_payload: 8MB\n\
+                 jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n  max_file_store: 1G\n  max_memory_store: 64M\n}}\n\
+                 cluster {{\n  name: wbit\n  listen: 127.0.0.1:{route}\n  routes: [{routes}]\n}}\n",
+                port = client_ports[i],
+                route = route_ports[i],
+                store = store.display().to_string(),
+            );
+            std::fs::write(dir.path().join("nats.conf"), conf).expect("writing nats.conf");
+            nodes.push(NatsServer {
+                port: client_ports[i],
+                dir,
+                child: Mutex::new(None),
+            });
+        }
+        for n in &nodes {
+            if let Err(e) = n.spawn() {
+                panic!("a cluster node did not start: {e}");
+            }
+        }
+        for n in &nodes {
+            if let Err(e) = n.wait_ready().await {
+                panic!("a cluster node did not become ready: {e}");
+            }
+        }
+        NatsCluster { nodes }
+    }
+
+    /// Every node's client URL, comma-separated (what `NATS_URL` takes).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node whose `server_name` is `name` (`n0`, `n1`, `n2`).
+    pub fn node(&self, name: &str) -> &NatsServer {
+        let i: usize = name
+            .strip_prefix('n')
+            .and_then(|i| i.parse().ok())
+            .unwrap_or_else(|| panic!("no node named {name:?}"));
+        &self.nodes[i]
+    }
+
+    /// Every node's log (for failure messages).
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("--- n{i}\n{}", n.log()))
+            .collect()
     }
 }
 
