@@ -16,125 +16,15 @@ mod common;
 
 use std::{
     collections::HashMap,
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use axum::{body::Bytes, extract::Path, extract::State, routing::post, Router};
-use common::{bodies, Nats};
-
-const MASTER: &str = "v1:3333333333333333333333333333333333333333333333333333333333333333";
-const NUMBER: &str = "700800900100200";
-const WABA: &str = "300100200300400";
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// `wabridge serve` as a child process, killed on drop.
-struct Server {
-    child: Child,
-    base: String,
-    key: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wabridge(dir: &std::path::Path, nats: &str, port: u16) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_wabridge"));
-    c.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("NATS_URL", nats)
-        .env("WABRIDGE_DATA_DIR", dir)
-        .env("WABRIDGE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("META_APP_SECRET", common::SECRET)
-        .env("META_VERIFY_TOKEN", "bench")
-        .env("TOKEN_MASTER_KEYS", MASTER)
-        .env("AUDIT_SIGNING_KEY", "bench-audit-key")
-        .env("WABRIDGE_ALLOW_PRIVATE_ENDPOINTS", "true")
-        .env("WABRIDGE_MAX_CONNECTIONS", "4096")
-        .env("RUST_LOG", "warn");
-    c
-}
-
-async fn start_server(nats: &Nats) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let database = match std::env::var("BENCH_DATABASE_URL") {
-        Ok(base) => Some(common::fresh_postgres(&base).await),
-        Err(_) => None,
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let with_db = |mut c: Command| {
-        if let Some(url) = &database {
-            c.env("DATABASE_URL", url);
-        }
-        c
-    };
-    let out = with_db(wabridge(dir.path(), &nats.url, port))
-        .args(["bootstrap", "--workspace", "bench"])
-        .output()
-        .expect("wabridge bootstrap");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_string();
-    let child = with_db(wabridge(dir.path(), &nats.url, port))
-        .arg("serve")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("wabridge serve");
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    for _ in 0..300 {
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let r = client
-        .put(format!("{base}/v1/workspaces/bench/phone-numbers/{NUMBER}"))
-        .bearer_auth(&key)
-        .json(&serde_json::json!({"waba_id": WABA, "display_phone_number": "15551230000"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        r.status().is_success(),
-        "claim: {}",
-        r.text().await.unwrap()
-    );
-    Server {
-        child,
-        base,
-        key,
-        _dir: dir,
-    }
-}
+use common::{
+    served::{env_num, offer, pct, start_server, Server},
+    Nats,
+};
 
 type Arrivals = Arc<Mutex<Vec<(usize, String, Instant)>>>;
 
@@ -163,50 +53,6 @@ async fn receivers() -> (String, Arrivals) {
 
 /// Sends `n` distinct webhooks at `rate`/s on a fixed schedule; returns each
 /// wamid's 200 time and the ingest latencies (from the scheduled time).
-async fn offer(
-    server: &Server,
-    rate: u64,
-    seconds: u64,
-    tag: &str,
-) -> (HashMap<String, Instant>, Vec<Duration>) {
-    let n = (rate * seconds) as usize;
-    let bodies = Arc::new(bodies(n, tag));
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(512)
-        .build()
-        .unwrap();
-    let url = format!("{}/webhooks/meta", server.base);
-    let start = Instant::now() + Duration::from_millis(100);
-    let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        let at = start + Duration::from_secs_f64(i as f64 / rate as f64);
-        tokio::time::sleep_until(at.into()).await;
-        let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
-        tasks.push(tokio::spawn(async move {
-            let (body, sig, wamid) = &bodies[i];
-            let r = client
-                .post(&url)
-                .header("x-hub-signature-256", sig)
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            let done = Instant::now();
-            (wamid.clone(), done, done.duration_since(at))
-        }));
-    }
-    let mut acked = HashMap::with_capacity(n);
-    let mut ingest = Vec::with_capacity(n);
-    for t in tasks {
-        let (wamid, done, lat) = t.await.unwrap();
-        acked.insert(wamid, done);
-        ingest.push(lat);
-    }
-    (acked, ingest)
-}
-
 async fn add_endpoints(server: &Server, hooks: &str, count: usize) {
     let client = reqwest::Client::new();
     for i in 0..count {
@@ -264,11 +110,6 @@ async fn long_poll(base: String, key: String, got: Arrivals) {
         }
         after = r["next_cursor"].as_str().unwrap().to_string();
     }
-}
-
-fn pct(mut v: Vec<Duration>, q: f64) -> f64 {
-    v.sort();
-    v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e3
 }
 
 fn report(

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod served;
+
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},

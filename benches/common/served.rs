@@ -1,0 +1,216 @@
+//! The deployed shape for benchmarks: `wabridge serve` (API and workers in one
+//! process) as a child process, loaded from the bench process over loopback at a
+//! fixed offered rate (open loop: each webhook is sent at its scheduled time,
+//! whatever the earlier ones are doing, and its latency counts from that time).
+//!
+//! `SERVED_WRAP` runs the server under a wrapper command, e.g.
+//! `SERVED_WRAP="valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out"` to
+//! count instructions per stage; the server is stopped with SIGTERM (so such a tool
+//! writes its output) and killed only when it does not stop.
+
+use std::{
+    collections::HashMap,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use super::{bodies, Nats};
+
+/// The token master key the bench server uses.
+pub const MASTER: &str = "v1:3333333333333333333333333333333333333333333333333333333333333333";
+/// The phone number claimed by the `bench` workspace.
+pub const NUMBER: &str = "700800900100200";
+/// Its WABA.
+pub const WABA: &str = "300100200300400";
+
+/// A number from the environment, else `default`.
+pub fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `wabridge serve` as a child process, stopped on drop.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    /// An owner key of the `bench` workspace.
+    pub key: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wabridge(dir: &std::path::Path, nats: &str, port: u16, wrap: bool) -> Command {
+    let bin = env!("CARGO_BIN_EXE_wabridge");
+    let wrapper: Vec<String> = std::env::var("SERVED_WRAP")
+        .ok()
+        .filter(|_| wrap)
+        .map(|w| w.split_whitespace().map(String::from).collect())
+        .unwrap_or_default();
+    let mut c = match wrapper.split_first() {
+        Some((tool, args)) => {
+            let mut c = Command::new(tool);
+            c.args(args).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    c.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("NATS_URL", nats)
+        .env("WABRIDGE_DATA_DIR", dir)
+        .env("WABRIDGE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("META_APP_SECRET", super::SECRET)
+        .env("META_VERIFY_TOKEN", "bench")
+        .env("TOKEN_MASTER_KEYS", MASTER)
+        .env("AUDIT_SIGNING_KEY", "bench-audit-key")
+        .env("WABRIDGE_ALLOW_PRIVATE_ENDPOINTS", "true")
+        .env("WABRIDGE_MAX_CONNECTIONS", "4096")
+        .env("WABRIDGE_MAX_CONNECTIONS_PER_ADDRESS", "4096")
+        .env("RUST_LOG", "warn");
+    c
+}
+
+/// Bootstraps a `bench` workspace, starts `wabridge serve` on JetStream (read
+/// models in SQLite, or in a fresh PostgreSQL database with `BENCH_DATABASE_URL`),
+/// waits until it is ready and claims [`NUMBER`].
+pub async fn start_server(nats: &Nats) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let database = match std::env::var("BENCH_DATABASE_URL") {
+        Ok(base) => Some(super::fresh_postgres(&base).await),
+        Err(_) => None,
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let with_db = |mut c: Command| {
+        if let Some(url) = &database {
+            c.env("DATABASE_URL", url);
+        }
+        c
+    };
+    let out = with_db(wabridge(dir.path(), &nats.url, port, false))
+        .args(["bootstrap", "--workspace", "bench"])
+        .output()
+        .expect("wabridge bootstrap");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string();
+    let child = with_db(wabridge(dir.path(), &nats.url, port, true))
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("wabridge serve");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    for _ in 0..1200 {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = client
+        .put(format!("{base}/v1/workspaces/bench/phone-numbers/{NUMBER}"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"waba_id": WABA, "display_phone_number": "15551230000"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "claim: {}",
+        r.text().await.unwrap()
+    );
+    Server {
+        child,
+        base,
+        key,
+        _dir: dir,
+    }
+}
+
+/// Offers `rate` distinct signed webhooks a second for `seconds` (open loop).
+/// Returns when each was acknowledged, by wamid, and each one's latency from its
+/// scheduled time to its `200`.
+pub async fn offer(
+    server: &Server,
+    rate: u64,
+    seconds: u64,
+    tag: &str,
+) -> (HashMap<String, Instant>, Vec<Duration>) {
+    let n = (rate * seconds) as usize;
+    let bodies = Arc::new(bodies(n, tag));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(512)
+        .build()
+        .unwrap();
+    let url = format!("{}/webhooks/meta", server.base);
+    let start = Instant::now() + Duration::from_millis(100);
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let at = start + Duration::from_secs_f64(i as f64 / rate as f64);
+        tokio::time::sleep_until(at.into()).await;
+        let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
+        tasks.push(tokio::spawn(async move {
+            let (body, sig, wamid) = &bodies[i];
+            let r = client
+                .post(&url)
+                .header("x-hub-signature-256", sig)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let done = Instant::now();
+            (wamid.clone(), done, done.duration_since(at))
+        }));
+    }
+    let mut acked = HashMap::with_capacity(n);
+    let mut ingest = Vec::with_capacity(n);
+    for t in tasks {
+        let (wamid, done, lat) = t.await.unwrap();
+        acked.insert(wamid, done);
+        ingest.push(lat);
+    }
+    (acked, ingest)
+}
+
+/// The `q` quantile of `v`, in milliseconds.
+pub fn pct(mut v: Vec<Duration>, q: f64) -> f64 {
+    v.sort();
+    v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e3
+}
