@@ -130,7 +130,10 @@ async fn main() {
         );
         if std::env::var_os("SERVED_TRACE").is_some() {
             for (t, p, q) in &samples {
-                eprintln!("  {:>6.2} s  processor {p:>7}  projections {q:>7}", t.as_secs_f64());
+                eprintln!(
+                    "  {:>6.2} s  processor {p:>7}  projections {q:>7}",
+                    t.as_secs_f64()
+                );
             }
         }
         drop(server);

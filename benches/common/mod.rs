@@ -5,6 +5,11 @@
 
 pub mod served;
 
+/// The allocator the `wabridge` binary ships with, so in-process benches measure
+/// what runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
