@@ -112,6 +112,8 @@ impl App {
         let projections_local = cfg.roles.workers;
         let metrics = Arc::new(Metrics::default());
         let log: Arc<dyn EventLog> = Arc::new(crate::metrics::TimedLog::new(log, metrics.clone()));
+        // The followers of what happens now share one subscription to the domain stream.
+        let log: Arc<dyn EventLog> = Arc::new(wabridge_events::tail::SharedTail::new(log));
         let limiter = Arc::new(wabridge_handlers::ratelimit::SharedLimiter::new(
             log.clone(),
         ));

@@ -6,6 +6,7 @@ pub mod backends;
 pub mod envelope;
 pub mod log;
 pub mod subject;
+pub mod tail;
 pub mod timestamp;
 pub mod types;
 
