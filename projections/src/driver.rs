@@ -471,21 +471,27 @@ impl Driver {
             return Ok(());
         }
         let mut tx = self.store.pool.begin().await.map_err(classify)?;
-        let mut moved = Vec::with_capacity(work.len());
-        for (r, expected, events, staged) in work {
-            let current = checkpoint::get(&mut tx, r.name()).await.map_err(classify)?;
-            if current != expected {
-                return Err(Failure::Moved);
-            }
+        let moved: Vec<(&'static str, u64)> = work
+            .iter()
+            .map(|(r, _, events, _)| (r.name(), events.last().expect("not empty").seq))
+            .collect();
+        // Every checkpoint moves first, each from exactly where this driver left it
+        // (one statement for all at the same position): when another applier moved
+        // one meanwhile, nothing is recorded; on PostgreSQL the row locks taken
+        // here serialise two appliers before either writes a row.
+        let moves: Vec<(&str, u64, u64)> = work
+            .iter()
+            .zip(&moved)
+            .map(|((_, expected, _, _), (name, last))| (*name, *expected, *last))
+            .collect();
+        if !checkpoint::advance_all_from(&mut tx, &moves)
+            .await
+            .map_err(classify)?
+        {
+            return Err(Failure::Moved);
+        }
+        for (r, _, events, staged) in work {
             r.record(&mut tx, events, staged).await.map_err(classify)?;
-            let last = events.last().expect("not empty").seq;
-            if !checkpoint::advance_from(&mut tx, r.name(), expected, last)
-                .await
-                .map_err(classify)?
-            {
-                return Err(Failure::Moved);
-            }
-            moved.push((r.name(), last));
         }
         tx.commit().await.map_err(classify)?;
         for (name, last) in moved {

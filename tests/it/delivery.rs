@@ -327,12 +327,21 @@ async fn failures_are_retried_with_backoff_honouring_retry_after() {
         "Retry-After not honoured: {:?}",
         gap(2)
     );
-    app.settle().await;
-    let list = deliveries(&app, &key, &id, "").await;
-    let retried = list
-        .iter()
-        .find(|d| d["event_id"] == first_id.as_str())
-        .unwrap();
+    // The worker records attempts in batches, after it sent them: the receiver may
+    // have the success before the log does.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let retried = loop {
+        app.settle().await;
+        let list = deliveries(&app, &key, &id, "").await;
+        let retried = list
+            .into_iter()
+            .find(|d| d["event_id"] == first_id.as_str())
+            .unwrap();
+        if retried["status"] == "succeeded" || std::time::Instant::now() > deadline {
+            break retried;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(retried["status"], "succeeded", "{retried}");
     let attempts = retried["attempts"].as_array().unwrap();
     let statuses: Vec<Value> = attempts
