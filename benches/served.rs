@@ -20,7 +20,7 @@ use std::{
 };
 
 use common::{
-    served::{env_num, offer, pct, start_server, Server},
+    served::{cpu_seconds, env_num, offer, pct, start_server, Server},
     Nats,
 };
 
@@ -88,7 +88,7 @@ async fn main() {
     println!(
         "\n`wabridge serve` (API and workers), JetStream sync_interval={sync}, open loop, {seconds} s after a {warmup} s warm-up\n"
     );
-    println!("| offered /s | achieved /s | p50 ms | p99 ms | p99.9 ms | max ms | processor lag max | projection lag max | lag at the end | drained after |\n|---|---|---|---|---|---|---|---|---|---|");
+    println!("| offered /s | achieved /s | p50 ms | p99 ms | p99.9 ms | max ms | processor lag max | projection lag max | lag at the end | drained after | CPU µs per webhook: wabridge / nats-server / load |\n|---|---|---|---|---|---|---|---|---|---|---|");
     for rate in rates {
         // A fresh server and log per rate: each row starts from the same state.
         let nats = Nats::start(&sync);
@@ -97,6 +97,13 @@ async fn main() {
             offer(&server, rate, warmup, &format!("warm{rate}")).await;
         }
         let client = reqwest::Client::new();
+        let cpu = |pid: String| cpu_seconds(&pid);
+        let (server_pid, nats_pid) = (server.pid().to_string(), nats.pid().to_string());
+        let cpu_before = (
+            cpu(server_pid.clone()),
+            cpu(nats_pid.clone()),
+            cpu("self".into()),
+        );
         let started = Instant::now();
         let (samples, sampler) = sample(&server, started);
         let (acked, ingest) = offer(&server, rate, seconds, &format!("run{rate}")).await;
@@ -112,11 +119,19 @@ async fn main() {
             }
         };
         sampler.abort();
+        // CPU per webhook over the run and the drain: everything those webhooks cost.
+        let n = acked.len() as f64;
+        let per = |after: f64, before: f64| (after - before) / n * 1e6;
+        let cpu_per = (
+            per(cpu(server_pid.clone()), cpu_before.0),
+            per(cpu(nats_pid.clone()), cpu_before.1),
+            per(cpu("self".into()), cpu_before.2),
+        );
         let samples = samples.lock().unwrap().clone();
         let max_proc = samples.iter().map(|s| s.1).max().unwrap_or(0);
         let max_proj = samples.iter().map(|s| s.2).max().unwrap_or(0);
         println!(
-            "| {rate} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {max_proc} | {max_proj} | {} + {} | {} |",
+            "| {rate} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {max_proc} | {max_proj} | {} + {} | {} | {:.0} / {:.0} / {:.0} |",
             acked.len() as f64 / load_took.as_secs_f64(),
             pct(ingest.clone(), 0.5),
             pct(ingest.clone(), 0.99),
@@ -127,6 +142,9 @@ async fn main() {
             drained
                 .map(|d| format!("{:.1} s", d.as_secs_f64()))
                 .unwrap_or_else(|| "not in 300 s".into()),
+            cpu_per.0,
+            cpu_per.1,
+            cpu_per.2,
         );
         if std::env::var_os("SERVED_TRACE").is_some() {
             for (t, p, q) in &samples {

@@ -68,6 +68,11 @@ impl Nats {
             _dir: dir,
         }
     }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Nats {

@@ -551,27 +551,22 @@ impl EventLog for JetStreamLog {
                 deliver_policy: DeliverPolicy::ByStartSequence {
                     start_sequence: from_seq.max(1),
                 },
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(60),
-                max_ack_pending: 10_000,
+                // Progress lives in the read model's checkpoint (the consumer is
+                // repositioned there at every subscription), so the server tracks
+                // no acknowledgements: each would be one more message both ways.
+                ack_policy: AckPolicy::None,
                 ..Default::default()
             })
             .await
             .map_err(LogError::new)?;
         let messages = durable.messages().await.map_err(LogError::new)?;
-        Ok(Box::pin(messages.then(move |item| async move {
+        Ok(Box::pin(messages.map(move |item| {
             let msg = item.map_err(LogError::new)?;
             let seq = msg
                 .info()
                 .map_err(|e| LogError(anyhow::anyhow!("{e}")))?
                 .stream_sequence;
-            let stored = to_stored(kind, &msg, seq);
-            // Progress lives in the read model's checkpoint; the ack only tells the
-            // server (and its lag metrics) that the message was taken.
-            msg.ack()
-                .await
-                .map_err(|e| LogError(anyhow::anyhow!("ack: {e}")))?;
-            stored
+            to_stored(kind, &msg, seq)
         })))
     }
 
