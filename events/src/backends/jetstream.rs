@@ -516,15 +516,43 @@ impl EventLog for JetStreamLog {
             return Ok(out);
         }
         let mut messages = consumer.messages().await.map_err(LogError::new)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while out.len() < want {
-            let msg = match tokio::time::timeout(Duration::from_secs(10), messages.next()).await {
+            let msg = match tokio::time::timeout(Duration::from_secs(1), messages.next()).await {
                 Ok(Some(m)) => m.map_err(LogError::new)?,
                 Ok(None) => break,
                 Err(_) => {
-                    return Err(LogError(anyhow::anyhow!(
-                        "timed out reading the {} stream",
-                        kind.as_str()
-                    )))
+                    // Counted as pending but not coming: expired (a raw stream's
+                    // max age) or purged meanwhile when the stream now starts past
+                    // what was read; the page ends there (the next read counts
+                    // again). Otherwise wait, up to the deadline.
+                    let next = match (out.last(), &from) {
+                        (Some(e), _) => Some(e.seq + 1),
+                        (None, ReadFrom::Seq(n)) => Some(*n),
+                        (None, ReadFrom::Time(_)) => None,
+                    };
+                    let state = self
+                        .fetch_stream(kind)
+                        .await
+                        .map(|s| s.cached_info().state.clone())
+                        .map_err(|e| LogError(anyhow::anyhow!("{e}")))?;
+                    let gone = state.messages == 0
+                        || next
+                            .is_some_and(|n| state.first_sequence > n || state.last_sequence < n);
+                    if gone {
+                        break;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(LogError(anyhow::anyhow!(
+                            "timed out reading the {} stream: {} of {want} pending events read, next {next:?}; the stream holds {} from {} to {}",
+                            kind.as_str(),
+                            out.len(),
+                            state.messages,
+                            state.first_sequence,
+                            state.last_sequence,
+                        )));
+                    }
+                    continue;
                 }
             };
             let seq = msg
