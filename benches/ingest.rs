@@ -177,7 +177,8 @@ async fn end_to_end(nats: Option<&Nats>, rate: u64, seconds: u64, tag: &str) -> 
                 for r in rows {
                     last = last.max(r.get::<i64, _>(1));
                     let key: String = r.get(0);
-                    if let Some(w) = key.split("msg:").nth(1) {
+                    // `<ws>|msg:<number>:<wamid>:<timestamp>`
+                    if let Some(w) = key.split("msg:").nth(1).and_then(|r| r.split(':').nth(1)) {
                         processed
                             .lock()
                             .unwrap()

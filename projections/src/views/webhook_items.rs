@@ -17,12 +17,21 @@ pub fn item_key(workspace: Option<&str>, dedup_key: &str) -> String {
 /// Records items as processed (`raw_seq`: the raw event they came from, 0 when
 /// attached by the operator).
 pub async fn record(conn: &mut AnyConnection, keys: &[String], raw_seq: u64) -> anyhow::Result<()> {
-    for key in keys {
-        sqlx::query("INSERT INTO webhook_items (dedup_key, raw_seq) VALUES ($1, $2) ON CONFLICT (dedup_key) DO NOTHING")
-            .bind(key)
-            .bind(raw_seq as i64)
-            .execute(&mut *conn)
-            .await?;
+    // Multi-row statements of at most 60 keys (sqlx's SQLite driver binds
+    // quadratically in the number of parameters beyond about a hundred).
+    for chunk in keys.chunks(60) {
+        let values = (0..chunk.len())
+            .map(|i| format!("(${}, $1)", i + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO webhook_items (dedup_key, raw_seq) VALUES {values} ON CONFLICT (dedup_key) DO NOTHING"
+        );
+        let mut q = sqlx::query(&sql).bind(raw_seq as i64);
+        for key in chunk {
+            q = q.bind(key);
+        }
+        q.execute(&mut *conn).await?;
     }
     Ok(())
 }
