@@ -90,7 +90,7 @@ pub struct ConfigArgs {
     #[arg(long, env = "WABRIDGE_MAX_CONNECTIONS")]
     pub max_connections: Option<String>,
     /// Most connections open at once from one peer address (trusted proxies exempt;
-    /// default 128, or the overall cap when it is lower).
+    /// default half of `WABRIDGE_MAX_CONNECTIONS`).
     #[arg(long, env = "WABRIDGE_MAX_CONNECTIONS_PER_ADDRESS")]
     pub max_connections_per_address: Option<String>,
     /// How long shutdown waits for open connections (default 30s).
@@ -507,7 +507,7 @@ impl Config {
         let max_connections_per_address = count_var(
             "WABRIDGE_MAX_CONNECTIONS_PER_ADDRESS",
             args.max_connections_per_address.as_deref(),
-            128,
+            (max_connections as u64 / 2).max(1),
             1,
             100_000,
         )?
