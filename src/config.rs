@@ -796,5 +796,33 @@ mod tests {
         let ok = Config::load_with(&ConfigArgs::default(), &MapSecrets::default()).unwrap();
         assert_eq!(ok.dedup_window, Duration::from_secs(600));
         assert_eq!(ok.header_timeout, Duration::from_secs(10));
+        assert_eq!(ok.max_connections_per_address, 512, "half of 1024");
+    }
+
+    #[test]
+    fn the_per_address_cap_defaults_to_half_and_never_exceeds_the_overall_cap() {
+        let load = |overall: Option<&str>, per: Option<&str>| {
+            let args = ConfigArgs {
+                max_connections: overall.map(Into::into),
+                max_connections_per_address: per.map(Into::into),
+                ..Default::default()
+            };
+            let c = Config::load_with(&args, &MapSecrets::default()).unwrap();
+            (c.max_connections, c.max_connections_per_address)
+        };
+        assert_eq!(load(Some("100"), None), (100, 50));
+        assert_eq!(load(Some("1"), None), (1, 1));
+        assert_eq!(load(Some("100"), Some("500")), (100, 100));
+        assert_eq!(load(None, Some("8")), (1024, 8));
+        let args = ConfigArgs {
+            max_connections_per_address: Some("0".into()),
+            ..Default::default()
+        };
+        let err = Config::load_with(&args, &MapSecrets::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("WABRIDGE_MAX_CONNECTIONS_PER_ADDRESS"),
+            "{err}"
+        );
     }
 }
