@@ -97,13 +97,15 @@ async fn main() {
             offer(&server, rate, warmup, &format!("warm{rate}")).await;
         }
         let client = reqwest::Client::new();
-        let cpu = |pid: String| cpu_seconds(&pid);
         let (server_pid, nats_pid) = (server.pid().to_string(), nats.pid().to_string());
-        let cpu_before = (
-            cpu(server_pid.clone()),
-            cpu(nats_pid.clone()),
-            cpu("self".into()),
-        );
+        let cpu = || {
+            (
+                cpu_seconds(&server_pid),
+                cpu_seconds(&nats_pid),
+                cpu_seconds("self"),
+            )
+        };
+        let cpu_before = cpu();
         let started = Instant::now();
         let (samples, sampler) = sample(&server, started);
         let (acked, ingest) = offer(&server, rate, seconds, &format!("run{rate}")).await;
@@ -122,10 +124,11 @@ async fn main() {
         // CPU per webhook over the run and the drain: everything those webhooks cost.
         let n = acked.len() as f64;
         let per = |after: f64, before: f64| (after - before) / n * 1e6;
+        let cpu_after = cpu();
         let cpu_per = (
-            per(cpu(server_pid.clone()), cpu_before.0),
-            per(cpu(nats_pid.clone()), cpu_before.1),
-            per(cpu("self".into()), cpu_before.2),
+            per(cpu_after.0, cpu_before.0),
+            per(cpu_after.1, cpu_before.1),
+            per(cpu_after.2, cpu_before.2),
         );
         let samples = samples.lock().unwrap().clone();
         let max_proc = samples.iter().map(|s| s.1).max().unwrap_or(0);

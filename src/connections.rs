@@ -20,6 +20,16 @@ pub enum Refused {
     PerAddress,
 }
 
+impl Refused {
+    /// The cap's label in `wabridge_connections_refused_total{cap}`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::Overall => "overall",
+            Refused::PerAddress => "per_address",
+        }
+    }
+}
+
 /// The caps, shared by the accept loop.
 pub struct ConnectionCaps {
     overall: Arc<Semaphore>,

@@ -227,12 +227,8 @@ impl Default for Metrics {
 impl Metrics {
     /// Counts a connection refused at accept.
     pub fn count_refused_connection(&self, why: crate::connections::Refused) {
-        let cap = match why {
-            crate::connections::Refused::Overall => "overall",
-            crate::connections::Refused::PerAddress => "per_address",
-        };
         self.connections_refused
-            .get_or_create(&RefusedLabels { cap })
+            .get_or_create(&RefusedLabels { cap: why.label() })
             .inc();
     }
 

@@ -206,8 +206,8 @@ pub fn split_ready(
 /// How many events of `batch` follow the subscription's previous ones without a
 /// hole: the first event of a subscription sets the start (a fresh subscription
 /// starts at the first event the log has from its position); after that each event
-/// must be the next sequence, or an older one again (a redelivery, skipped later
-/// by the checkpoints). `last` is the highest sequence accepted so far.
+/// must be the next sequence, or an older one again (a redelivery, which the
+/// checkpoints skip). `last` is the highest sequence accepted so far.
 fn cut_at_gap(batch: &[StoredEvent], last: &mut Option<u64>) -> usize {
     for (i, e) in batch.iter().enumerate() {
         match *last {
@@ -258,8 +258,8 @@ impl Driver {
                 if let Some(seq) = gap {
                     // A subscription that skips events (a JetStream consumer whose
                     // server restarted can go on past messages it delivered into a
-                    // dead connection; it would redeliver them only after the ack
-                    // wait, behind the checkpoint): never move past them. Start again
+                    // dead connection, and never delivers them again): never move
+                    // past them. Start again
                     // at the checkpoint; a fresh subscription starts at the first
                     // event the log has, so a gap the log really has (expired raw
                     // webhooks) costs one resubscription, not a loop.
@@ -471,18 +471,14 @@ impl Driver {
             return Ok(());
         }
         let mut tx = self.store.pool.begin().await.map_err(classify)?;
-        let moved: Vec<(&'static str, u64)> = work
-            .iter()
-            .map(|(r, _, events, _)| (r.name(), events.last().expect("not empty").seq))
-            .collect();
         // Every checkpoint moves first, each from exactly where this driver left it
-        // (one statement for all at the same position): when another applier moved
-        // one meanwhile, nothing is recorded; on PostgreSQL the row locks taken
-        // here serialise two appliers before either writes a row.
-        let moves: Vec<(&str, u64, u64)> = work
+        // to the batch's last event (one statement for all at the same position):
+        // when another applier moved one meanwhile, nothing is recorded; on
+        // PostgreSQL the row locks taken here serialise two appliers before either
+        // writes a row. (`after` never leaves a reactor's events empty here.)
+        let moves: Vec<(&'static str, u64, u64)> = work
             .iter()
-            .zip(&moved)
-            .map(|((_, expected, _, _), (name, last))| (*name, *expected, *last))
+            .map(|(r, expected, events, _)| (r.name(), *expected, events[events.len() - 1].seq))
             .collect();
         if !checkpoint::advance_all_from(&mut tx, &moves)
             .await
@@ -494,7 +490,7 @@ impl Driver {
             r.record(&mut tx, events, staged).await.map_err(classify)?;
         }
         tx.commit().await.map_err(classify)?;
-        for (name, last) in moved {
+        for (name, _, last) in moves {
             done.insert(name, last);
             self.progress.set(name, last);
         }

@@ -307,14 +307,14 @@ async fn replay_equals_live(app: &TestApp) {
             p.name
         );
     }
-    let dead = app.app.ctx.log.last_seq(StreamKind::Domain).await.unwrap();
+    let head = app.app.ctx.log.last_seq(StreamKind::Domain).await.unwrap();
     let letters = app
         .domain_events(None)
         .await
         .into_iter()
         .filter(|e| e.envelope.event_type == "dead_letter.recorded")
         .count();
-    assert_eq!(letters, 0, "{letters} dead letters among {dead} events");
+    assert_eq!(letters, 0, "{letters} dead letters among {head} events");
 }
 
 async fn acme(app: &TestApp) {
