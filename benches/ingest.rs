@@ -24,7 +24,6 @@ use sqlx::Row;
 use wabridge_handlers::{
     access::Role,
     commands::{self, Caller},
-    webhooks::sign,
 };
 
 const CONNECTIONS: usize = 32;
