@@ -4,7 +4,8 @@
 use sqlx::{any::AnyArguments, query::Query, Any};
 
 /// A value of a multi-row statement.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(untagged)]
 pub enum Value {
     /// TEXT.
     Text(String),
@@ -59,41 +60,98 @@ pub fn rows_per_statement(cols: usize) -> usize {
     (MAX_BINDS / cols.max(1)).max(1)
 }
 
-/// Rows of `table` whose `workspace` and `wamid` are among the given ones (the
-/// index on both), as `SELECT {columns} …`, in statements of at most [`MAX_BINDS`]
-/// values; the caller keeps the exact keys it wants.
-pub async fn by_workspace_and_wamid(
+/// How a column is read from a row of [`insert_rows`]'s JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Col {
+    /// TEXT (a JSON string or null).
+    Text,
+    /// BIGINT (a JSON number or null).
+    Int,
+}
+
+/// Rows per [`insert_rows`] statement at most (one bound JSON document each).
+pub const JSON_ROWS: usize = 5000;
+
+/// Inserts rows given as one JSON array of arrays bound to a single parameter:
+/// `{head} SELECT <col 0>, <col 1>, … FROM <the array's elements> WHERE true {tail}`.
+/// `head` is `INSERT INTO t (a, b, …)` and `tail` an `ON CONFLICT …` clause (or
+/// empty); `cols` says how to read each column. One statement and one bound value
+/// for thousands of rows: on SQLite every statement is a round trip to its worker
+/// thread and each bound value is looked up by name, so this is several times
+/// faster than `VALUES` lists; on PostgreSQL it is one round trip. Rows are taken in
+/// the order given (a conflict in the same statement resolves as one at a time).
+pub async fn insert_rows<R: serde::Serialize>(
+    conn: &mut sqlx::AnyConnection,
+    head: &str,
+    cols: &[Col],
+    tail: &str,
+    rows: &[R],
+) -> anyhow::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let postgres = conn_is_postgres(conn);
+    let select: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match c {
+            Col::Text => format!("j.value ->> {i}"),
+            Col::Int => format!("CAST(j.value ->> {i} AS BIGINT)"),
+        })
+        .collect();
+    let (from, order) = if postgres {
+        (
+            "jsonb_array_elements(CAST($1 AS jsonb)) WITH ORDINALITY AS j(value, n)",
+            "j.n",
+        )
+    } else {
+        ("json_each($1) AS j", "j.key")
+    };
+    // `WHERE true` keeps SQLite from reading the upsert's ON as a join's.
+    let sql = format!(
+        "{head} SELECT {} FROM {from} WHERE true ORDER BY {order} {tail}",
+        select.join(", ")
+    );
+    for chunk in rows.chunks(JSON_ROWS) {
+        let json = serde_json::to_string(chunk)?;
+        sqlx::query(&sql).bind(json).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Rows of `table` whose primary key `(workspace, phone_number_id, wamid)` is one
+/// of `keys`, as `SELECT {columns} …`: one statement per [`JSON_ROWS`] keys, bound as
+/// one JSON array, looked up by the primary key (so a rebuild's shadow needs no
+/// other index for it).
+pub async fn by_message_keys(
     conn: &mut sqlx::AnyConnection,
     columns: &str,
     table: &str,
-    workspaces: &[&String],
-    wamids: &[&String],
+    keys: &[&(String, String, String)],
 ) -> anyhow::Result<Vec<sqlx::any::AnyRow>> {
+    let from = if conn_is_postgres(conn) {
+        "jsonb_array_elements(CAST($1 AS jsonb)) AS j(value)"
+    } else {
+        "json_each($1) AS j"
+    };
+    let sql = format!(
+        "SELECT {columns} FROM {table} WHERE (workspace, phone_number_id, wamid) IN \
+         (SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2 FROM {from})"
+    );
     let mut out = vec![];
-    let per = rows_per_statement(1)
-        .saturating_sub(workspaces.len())
-        .max(1);
-    for chunk in wamids.chunks(per) {
-        let ws_list: Vec<String> = (1..=workspaces.len()).map(|i| format!("${i}")).collect();
-        let wamid_list: Vec<String> = (1..=chunk.len())
-            .map(|i| format!("${}", workspaces.len() + i))
-            .collect();
-        let sql = format!(
-            "SELECT {columns} FROM {table} WHERE workspace IN ({}) AND wamid IN ({})",
-            ws_list.join(", "),
-            wamid_list.join(", ")
-        );
-        let values = workspaces
-            .iter()
-            .map(|w| Value::Text((*w).clone()))
-            .chain(chunk.iter().map(|m| Value::Text((*m).clone())));
+    for chunk in keys.chunks(JSON_ROWS) {
         out.extend(
-            bind_all(sqlx::query(&sql), values)
+            sqlx::query(&sql)
+                .bind(serde_json::to_string(chunk)?)
                 .fetch_all(&mut *conn)
                 .await?,
         );
     }
     Ok(out)
+}
+
+fn conn_is_postgres(conn: &sqlx::AnyConnection) -> bool {
+    conn.backend_name() == "PostgreSQL"
 }
 
 #[cfg(test)]

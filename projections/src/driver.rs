@@ -313,15 +313,21 @@ impl Driver {
         // Never past the log's head (that would skip events still to come).
         let target = target.min(self.log.last_seq(f.stream).await?);
         let mut done = self.positions(f).await?;
+        // The next page is read (and decoded) while this one is applied: the log's
+        // reads and the decoding run beside the database's writes.
+        let mut ahead: Option<(
+            u64,
+            tokio::task::JoinHandle<Result<Vec<StoredEvent>, LogError>>,
+        )> = None;
         loop {
             let low = done.values().copied().min().unwrap_or(0);
             if low >= target {
                 return Ok(low);
             }
-            let mut events = self
-                .log
-                .read(f.stream, ReadFrom::Seq(low + 1), None, batch.max(1))
-                .await?;
+            let mut events = match ahead.take() {
+                Some((from, page)) if from == low + 1 => page.await.context("reading ahead")??,
+                _ => read_page(self.log.clone(), f.stream, low + 1, batch).await?,
+            };
             events.retain(|e| e.seq <= target);
             if events.is_empty() {
                 // Nothing more in the log up to `target` (gaps: purged or expired).
@@ -334,6 +340,14 @@ impl Driver {
                     }
                 }
                 continue;
+            }
+            let last = events[events.len() - 1].seq;
+            if last < target {
+                let log = self.log.clone();
+                ahead = Some((
+                    last + 1,
+                    tokio::spawn(read_page(log, f.stream, last + 1, batch)),
+                ));
             }
             self.handle(f, &mut done, &events).await?;
         }
@@ -554,6 +568,26 @@ impl Driver {
         tx.commit().await?;
         Ok(fresh)
     }
+}
+
+/// A page of up to `batch` events from `from`, domain events decoded (the decoding
+/// is kept in each event and shared by every reactor).
+async fn read_page(
+    log: Arc<dyn EventLog>,
+    stream: StreamKind,
+    from: u64,
+    batch: usize,
+) -> Result<Vec<StoredEvent>, LogError> {
+    let events = log
+        .read(stream, ReadFrom::Seq(from), None, batch.max(1))
+        .await?;
+    if stream == StreamKind::Domain {
+        for e in &events {
+            // An event that does not decode is dead-lettered when applied.
+            let _ = e.decoded();
+        }
+    }
+    Ok(events)
 }
 
 /// Appends `dead_letter.recorded` for an event a consumer could not process. The id

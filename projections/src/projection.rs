@@ -26,6 +26,12 @@ pub trait Projection: Send + Sync + 'static {
     /// One SQL query returning one TEXT column per row, in a stable order: the
     /// canonical dump that [`checksum`] hashes (the same on SQLite and PostgreSQL).
     fn dump_sql(&self) -> &'static str;
+    /// Secondary indexes of its tables that its fold never reads (only queries do):
+    /// a rebuild loads its shadow without them, which saves their upkeep on every
+    /// row; the live tables keep theirs, and the swap fills them.
+    fn rebuild_without_indexes(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// Applies one event inside the caller's transaction. Events it does not care
     /// about are a no-op. Must not commit.
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()>;

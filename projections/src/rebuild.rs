@@ -115,7 +115,8 @@ impl Shadow {
                     .map(|d| d.to_path_buf())
                     .unwrap_or_default();
                 let path = dir.join(format!("{name}.db"));
-                let store = Store::connect(&format!("sqlite://{}", path.display())).await?;
+                let store =
+                    Store::connect_shadow(&format!("sqlite://{}", path.display()), None).await?;
                 Ok(Shadow {
                     store,
                     qualifier: "shadow".into(),
@@ -127,7 +128,7 @@ impl Shadow {
                     .execute(&live.pool)
                     .await
                     .context("creating the rebuild's schema")?;
-                let store = Store::connect_in(live.url.expose_secret(), Some(&name)).await?;
+                let store = Store::connect_shadow(live.url.expose_secret(), Some(&name)).await?;
                 Ok(Shadow {
                     store,
                     qualifier: name.clone(),
@@ -175,6 +176,17 @@ pub async fn rebuild(
         "only projections of the domain stream can be rebuilt"
     );
     let shadow = Shadow::create(live).await?;
+    for index in projections.iter().flat_map(|p| p.rebuild_without_indexes()) {
+        // On the shadow's own connection: its file, or its schema first in the
+        // search path.
+        if let Err(e) = sqlx::query(&format!("DROP INDEX {index}"))
+            .execute(&shadow.store.pool)
+            .await
+        {
+            shadow.remove(live).await;
+            return Err(anyhow::Error::new(e).context(format!("dropping {index} in the shadow")));
+        }
+    }
     let result = run(log, live, &shadow, projections, dry_run, &mut on_progress).await;
     shadow.remove(live).await;
     result
@@ -328,32 +340,38 @@ async fn locked(
     }
     let mut out = Vec::with_capacity(at.len());
     for (p, live_cp, shadow_cp) in at {
-        let rebuilt = checksum(&shadow.store, &**p).await?;
-        let mut live_checksum = checksum_on(&mut tx, &**p).await?;
-        if !dry_run {
-            for table in p.tables() {
-                sqlx::query(&format!("DELETE FROM {table}"))
+        // The rebuilt state's checksum is taken beside the swap (another
+        // connection, another file or schema): the two run on two cores.
+        let swap = async {
+            let mut live_checksum = checksum_on(&mut tx, &**p).await?;
+            if !dry_run {
+                for table in p.tables() {
+                    sqlx::query(&format!("DELETE FROM {table}"))
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(&format!(
+                        "INSERT INTO {table} SELECT * FROM {}.{table}",
+                        shadow.qualifier
+                    ))
                     .execute(&mut *tx)
-                    .await?;
-                sqlx::query(&format!(
-                    "INSERT INTO {table} SELECT * FROM {}.{table}",
-                    shadow.qualifier
-                ))
-                .execute(&mut *tx)
-                .await
-                .with_context(|| format!("copying the rebuilt {table}"))?;
+                    .await
+                    .with_context(|| format!("copying the rebuilt {table}"))?;
+                }
+                if shadow_cp != live_cp {
+                    // The live projection was behind the rebuilt one: it goes on from
+                    // the rebuilt position (its pending batch skips what this covers).
+                    sqlx::query("UPDATE projection_checkpoints SET seq = $1 WHERE name = $2")
+                        .bind(shadow_cp as i64)
+                        .bind(p.name())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                live_checksum = checksum_on(&mut tx, &**p).await?;
             }
-            if shadow_cp != live_cp {
-                // The live projection was behind the rebuilt one: it goes on from
-                // the rebuilt position (its pending batch skips what this covers).
-                sqlx::query("UPDATE projection_checkpoints SET seq = $1 WHERE name = $2")
-                    .bind(shadow_cp as i64)
-                    .bind(p.name())
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            live_checksum = checksum_on(&mut tx, &**p).await?;
-        }
+            anyhow::Ok(live_checksum)
+        };
+        let (rebuilt, live_checksum) = tokio::join!(checksum(&shadow.store, &**p), swap);
+        let (rebuilt, live_checksum) = (rebuilt?, live_checksum?);
         out.push(RebuiltProjection {
             name: p.name().to_string(),
             position: shadow_cp,

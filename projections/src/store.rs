@@ -19,6 +19,17 @@ pub enum Backend {
     Postgres,
 }
 
+/// What a store is opened for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Use {
+    /// The live read models.
+    Live,
+    /// A rebuild's shadow, loaded in bulk and thrown away when the rebuild ends or
+    /// fails: on SQLite no fsync at all (a crash mid-rebuild leaves a shadow that is
+    /// deleted, never a live table) and a large page cache.
+    Shadow,
+}
+
 /// The read-model store (cheap to clone).
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -39,12 +50,17 @@ impl Store {
     /// Connects to `sqlite://…` or `postgres://…`, failing within seconds when the
     /// database is unreachable, and applies pending migrations.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        Self::connect_in(url, None).await
+        Self::open(url, None, Use::Live).await
     }
 
-    /// As [`Store::connect`], on PostgreSQL with every table in `schema` (the
-    /// connection's `search_path`): a rebuild's shadow beside the live tables.
-    pub async fn connect_in(url: &str, schema: Option<&str>) -> anyhow::Result<Self> {
+    /// A rebuild's shadow beside the live tables: on PostgreSQL every table in
+    /// `schema` (the connection's `search_path`); on SQLite a file of its own, set
+    /// for a bulk load (see [`Use::Shadow`]).
+    pub async fn connect_shadow(url: &str, schema: Option<&str>) -> anyhow::Result<Self> {
+        Self::open(url, schema, Use::Shadow).await
+    }
+
+    async fn open(url: &str, schema: Option<&str>, purpose: Use) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let given_url = url.to_string();
         let schema = schema.map(str::to_owned);
@@ -101,7 +117,28 @@ impl Store {
                                 // commits with its rows: NORMAL (no fsync per commit in WAL
                                 // mode) can lose the last commits on power loss, never
                                 // consistency; the projection replays what it lacks.
-                                conn.execute("PRAGMA synchronous = NORMAL").await?;
+                                conn.execute(match purpose {
+                                    Use::Live => "PRAGMA synchronous = NORMAL",
+                                    Use::Shadow => "PRAGMA synchronous = OFF",
+                                })
+                                .await?;
+                                // A multi-row statement inside a transaction keeps a
+                                // statement journal to undo itself: in memory, not in
+                                // a temporary file written page by page.
+                                conn.execute("PRAGMA temp_store = MEMORY").await?;
+                                if purpose == Use::Shadow {
+                                    // Written by one connection, read once at the
+                                    // end: no WAL to write twice and checkpoint.
+                                    conn.execute("PRAGMA journal_mode = MEMORY").await?;
+                                }
+                                // A batch's pages stay in the cache until its commit
+                                // instead of spilling into the WAL half-way (the
+                                // default cache is 2 MiB).
+                                conn.execute(match purpose {
+                                    Use::Live => "PRAGMA cache_size = -16384",
+                                    Use::Shadow => "PRAGMA cache_size = -131072",
+                                })
+                                .await?;
                             }
                             Ok(())
                         })
@@ -115,7 +152,7 @@ impl Store {
         .connect(&url)
         .await
         .context("connecting to DATABASE_URL")?;
-        if backend == Backend::Sqlite {
+        if backend == Backend::Sqlite && purpose == Use::Live {
             sqlx::query("PRAGMA journal_mode = WAL")
                 .execute(&pool)
                 .await

@@ -510,27 +510,29 @@ impl Endpoints {
             .filter(|(k, _)| touched_deliveries.contains(*k))
             .map(|(_, d)| d)
             .collect();
-        for chunk in rows.chunks(crate::batch::rows_per_statement(6)) {
-            let sql = format!(
-                "INSERT INTO deliveries (workspace, id, endpoint_id, event_seq, status, doc) VALUES {} \
-                 ON CONFLICT (workspace, id) DO UPDATE SET status = excluded.status, doc = excluded.doc",
-                crate::batch::placeholders(chunk.len(), 6)
-            );
-            let mut values = Vec::with_capacity(chunk.len() * 6);
-            for d in chunk {
-                use crate::batch::Value::{Int, Text};
-                values.extend([
-                    Text(d.workspace.clone()),
-                    Text(d.id.clone()),
-                    Text(d.endpoint_id.clone()),
-                    Int(d.event_seq as i64),
-                    Text(d.status.clone()),
-                    Text(serde_json::to_string(d)?),
-                ]);
-            }
-            crate::batch::bind_all(sqlx::query(&sql), values)
-                .execute(&mut *conn)
-                .await?;
+        let rows = rows
+            .iter()
+            .map(|d| {
+                Ok((
+                    &d.workspace,
+                    &d.id,
+                    &d.endpoint_id,
+                    d.event_seq as i64,
+                    &d.status,
+                    serde_json::to_string(d)?,
+                ))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        {
+            use crate::batch::Col::{Int, Text};
+            crate::batch::insert_rows(
+                &mut *conn,
+                "INSERT INTO deliveries (workspace, id, endpoint_id, event_seq, status, doc)",
+                &[Text, Text, Text, Int, Text, Text],
+                "ON CONFLICT (workspace, id) DO UPDATE SET status = excluded.status, doc = excluded.doc",
+                &rows,
+            )
+            .await?;
         }
         for key in touched_endpoints {
             if let Some(Some(ep)) = endpoints.get(&key) {

@@ -64,6 +64,10 @@ impl Projection for Messages {
     fn tables(&self) -> &'static [&'static str] {
         &["messages", "message_history"]
     }
+    fn rebuild_without_indexes(&self) -> &'static [&'static str] {
+        // The fold looks rows up by the primary key; the API by wamid alone.
+        &["messages_wamid"]
+    }
     fn dump_sql(&self) -> &'static str {
         "SELECT workspace || '|' || phone_number_id || '|' || wamid || '|' || direction || '|' || contact || '|' || message_type || '|' || status || '|' || occurred_at || '|' || updated_at FROM messages \
          UNION ALL SELECT 'h|' || workspace || '|' || phone_number_id || '|' || wamid || '|' || CAST(log_seq AS TEXT) || '|' || status || '|' || at || '|' || COALESCE(CAST(error_code AS TEXT), '') FROM message_history ORDER BY 1"
@@ -161,7 +165,7 @@ impl Projection for Messages {
         conn: &mut AnyConnection,
         events: &[StoredEvent],
     ) -> anyhow::Result<()> {
-        use crate::batch::{bind_all, placeholders, rows_per_statement, Value};
+        use crate::batch::{insert_rows, Col};
         use std::collections::HashMap;
         type Key = (String, String, String);
         /// A row as the batch leaves it: `full` when it is new (every column),
@@ -234,27 +238,15 @@ impl Projection for Messages {
         keys.sort();
         keys.dedup();
         let mut rows: HashMap<Key, Row> = HashMap::new();
-        // By workspace and wamid (the index `messages_wamid`), then the exact keys.
-        let mut workspaces: Vec<&String> = keys.iter().map(|k| &k.0).collect();
-        workspaces.sort();
-        workspaces.dedup();
-        let wanted: std::collections::HashSet<&Key> = keys.iter().copied().collect();
-        let mut wamids: Vec<&String> = keys.iter().map(|k| &k.2).collect();
-        wamids.sort();
-        wamids.dedup();
-        for r in crate::batch::by_workspace_and_wamid(
+        for r in crate::batch::by_message_keys(
             &mut *conn,
             "workspace, phone_number_id, wamid, status, updated_at, log_seq",
             "messages",
-            &workspaces,
-            &wamids,
+            &keys,
         )
         .await?
         {
             let key: Key = (r.get(0), r.get(1), r.get(2));
-            if !wanted.contains(&key) {
-                continue;
-            }
             rows.insert(
                 key,
                 Row {
@@ -328,102 +320,77 @@ impl Projection for Messages {
         // Each table written once (in chunks), in a stable order.
         let mut dirty: Vec<(&Key, &Row)> = rows.iter().filter(|(_, r)| r.dirty).collect();
         dirty.sort_by(|a, b| a.0.cmp(b.0));
-        for chunk in dirty.chunks(rows_per_statement(10)) {
-            let sql = format!(
-                "INSERT INTO messages (workspace, phone_number_id, wamid, direction, contact, message_type, status, occurred_at, updated_at, log_seq) VALUES {} \
-                 ON CONFLICT (workspace, phone_number_id, wamid) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at, log_seq = excluded.log_seq",
-                placeholders(chunk.len(), 10)
-            );
-            let values = chunk.iter().flat_map(|((w, n, m), r)| {
-                // An existing row keeps its other columns (only the three above
-                // are updated): the values given for them are not used.
+        const COLUMNS: &str = "INSERT INTO messages (workspace, phone_number_id, wamid, direction, contact, message_type, status, occurred_at, updated_at, log_seq)";
+        use Col::{Int, Text};
+        let empty = (String::new(), String::new(), String::new(), String::new());
+        let changed: Vec<_> = dirty
+            .iter()
+            .map(|((w, n, m), r)| {
+                // An existing row keeps its other columns (only the three below are
+                // updated): the values given for them are not used.
                 let (direction, contact, message_type, occurred_at) =
-                    r.new.clone().unwrap_or_else(|| {
-                        (String::new(), String::new(), String::new(), String::new())
-                    });
-                [
-                    Value::Text(w.clone()),
-                    Value::Text(n.clone()),
-                    Value::Text(m.clone()),
-                    Value::Text(direction),
-                    Value::Text(contact),
-                    Value::Text(message_type),
-                    Value::Text(r.status.clone()),
-                    Value::Text(occurred_at),
-                    Value::Text(r.updated_at.clone()),
-                    Value::Int(r.log_seq),
-                ]
-            });
-            bind_all(sqlx::query(&sql), values)
-                .execute(&mut *conn)
-                .await?;
-        }
-        for chunk in received_only.chunks(rows_per_statement(8)) {
-            let sql = format!(
-                "INSERT INTO messages (workspace, phone_number_id, wamid, direction, contact, message_type, status, occurred_at, updated_at, log_seq) VALUES {} ON CONFLICT (workspace, phone_number_id, wamid) DO NOTHING",
-                inbound_placeholders(chunk.len())
-            );
-            let values = chunk.iter().flat_map(
-                |((w, n, m), contact, message_type, occurred_at, at, seq)| {
-                    [
-                        Value::Text(w.clone()),
-                        Value::Text(n.clone()),
-                        Value::Text(m.clone()),
-                        Value::Text(contact.clone()),
-                        Value::Text(message_type.clone()),
-                        Value::Text(occurred_at.clone()),
-                        Value::Text(at.clone()),
-                        Value::Int(*seq),
-                    ]
-                },
-            );
-            bind_all(sqlx::query(&sql), values)
-                .execute(&mut *conn)
-                .await?;
-        }
-        for chunk in history.chunks(rows_per_statement(7)) {
-            let sql = format!(
-                "INSERT INTO message_history (workspace, phone_number_id, wamid, log_seq, status, at, error_code) VALUES {} ON CONFLICT DO NOTHING",
-                placeholders(chunk.len(), 7)
-            );
-            let values = chunk.iter().flat_map(|((w, n, m), seq, status, at, code)| {
-                [
-                    Value::Text(w.clone()),
-                    Value::Text(n.clone()),
-                    Value::Text(m.clone()),
-                    Value::Int(*seq),
-                    Value::Text(status.clone()),
-                    Value::Text(at.clone()),
-                    Value::OptInt(*code),
-                ]
-            });
-            bind_all(sqlx::query(&sql), values)
-                .execute(&mut *conn)
-                .await?;
-        }
+                    r.new.as_ref().unwrap_or(&empty);
+                (
+                    w,
+                    n,
+                    m,
+                    direction,
+                    contact,
+                    message_type,
+                    &r.status,
+                    occurred_at,
+                    &r.updated_at,
+                    r.log_seq,
+                )
+            })
+            .collect();
+        insert_rows(
+            &mut *conn,
+            COLUMNS,
+            &[Text, Text, Text, Text, Text, Text, Text, Text, Text, Int],
+            "ON CONFLICT (workspace, phone_number_id, wamid) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at, log_seq = excluded.log_seq",
+            &changed,
+        )
+        .await?;
+        let received: Vec<_> = received_only
+            .iter()
+            .map(|((w, n, m), contact, message_type, occurred_at, at, seq)| {
+                (
+                    w,
+                    n,
+                    m,
+                    "inbound",
+                    contact,
+                    message_type,
+                    "received",
+                    occurred_at,
+                    at,
+                    *seq,
+                )
+            })
+            .collect();
+        insert_rows(
+            &mut *conn,
+            COLUMNS,
+            &[Text, Text, Text, Text, Text, Text, Text, Text, Text, Int],
+            "ON CONFLICT (workspace, phone_number_id, wamid) DO NOTHING",
+            &received,
+        )
+        .await?;
+        let history: Vec<_> = history
+            .iter()
+            .map(|((w, n, m), seq, status, at, code)| (w, n, m, *seq, status, at, *code))
+            .collect();
+        insert_rows(
+            &mut *conn,
+            "INSERT INTO message_history (workspace, phone_number_id, wamid, log_seq, status, at, error_code)",
+            &[Text, Text, Text, Int, Text, Text, Int],
+            "ON CONFLICT DO NOTHING",
+            &history,
+        )
+        .await?;
         Ok(())
     }
-}
-
-/// `($1, $2, $3, 'inbound', $4, $5, 'received', $6, $7, $8), …` for inbound rows.
-fn inbound_placeholders(rows: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let b = r * 8;
-            format!(
-                "(${}, ${}, ${}, 'inbound', ${}, ${}, 'received', ${}, ${}, ${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7,
-                b + 8
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn row(r: sqlx::any::AnyRow) -> MessageRow {

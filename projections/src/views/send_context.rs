@@ -119,7 +119,6 @@ impl Projection for SendContext {
         conn: &mut AnyConnection,
         events: &[StoredEvent],
     ) -> anyhow::Result<()> {
-        use crate::batch::{bind_all, placeholders, rows_per_statement, Value};
         use std::collections::BTreeMap;
         let relevant = |t: &str| {
             matches!(
@@ -150,41 +149,28 @@ impl Projection for SendContext {
                 templates.insert((ws, name, language), category);
             }
         }
-        let inbound: Vec<_> = inbound.into_iter().collect();
-        for chunk in inbound.chunks(rows_per_statement(3)) {
-            let sql = format!(
-                "INSERT INTO last_inbound (workspace, ident, at) VALUES {} ON CONFLICT (workspace, ident) DO UPDATE SET at = CASE WHEN excluded.at > last_inbound.at THEN excluded.at ELSE last_inbound.at END",
-                placeholders(chunk.len(), 3)
-            );
-            let values = chunk.iter().flat_map(|((w, i), at)| {
-                [
-                    Value::Text(w.clone()),
-                    Value::Text(i.clone()),
-                    Value::Text(at.clone()),
-                ]
-            });
-            bind_all(sqlx::query(&sql), values)
-                .execute(&mut *conn)
-                .await?;
-        }
-        let templates: Vec<_> = templates.into_iter().collect();
-        for chunk in templates.chunks(rows_per_statement(4)) {
-            let sql = format!(
-                "INSERT INTO template_categories (workspace, name, language, category) VALUES {} ON CONFLICT (workspace, name, language) DO UPDATE SET category = excluded.category",
-                placeholders(chunk.len(), 4)
-            );
-            let values = chunk.iter().flat_map(|((w, n, l), c)| {
-                [
-                    Value::Text(w.clone()),
-                    Value::Text(n.clone()),
-                    Value::Text(l.clone()),
-                    Value::Text(c.clone()),
-                ]
-            });
-            bind_all(sqlx::query(&sql), values)
-                .execute(&mut *conn)
-                .await?;
-        }
+        use crate::batch::{insert_rows, Col::Text};
+        let inbound: Vec<_> = inbound.iter().map(|((w, i), at)| (w, i, at)).collect();
+        insert_rows(
+            &mut *conn,
+            "INSERT INTO last_inbound (workspace, ident, at)",
+            &[Text, Text, Text],
+            "ON CONFLICT (workspace, ident) DO UPDATE SET at = CASE WHEN excluded.at > last_inbound.at THEN excluded.at ELSE last_inbound.at END",
+            &inbound,
+        )
+        .await?;
+        let templates: Vec<_> = templates
+            .iter()
+            .map(|((w, n, l), c)| (w, n, l, c))
+            .collect();
+        insert_rows(
+            &mut *conn,
+            "INSERT INTO template_categories (workspace, name, language, category)",
+            &[Text, Text, Text, Text],
+            "ON CONFLICT (workspace, name, language) DO UPDATE SET category = excluded.category",
+            &templates,
+        )
+        .await?;
         Ok(())
     }
 }

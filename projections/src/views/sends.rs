@@ -505,18 +505,12 @@ impl Projection for Sends {
         }
         let mut known: HashSet<(String, String, String)> = HashSet::new();
         if !wanted.is_empty() {
-            let mut workspaces: Vec<&String> = wanted.iter().map(|k| &k.0).collect();
-            workspaces.sort();
-            workspaces.dedup();
-            let mut wamids: Vec<&String> = wanted.iter().map(|k| &k.2).collect();
-            wamids.sort();
-            wamids.dedup();
-            for r in crate::batch::by_workspace_and_wamid(
+            let keys: Vec<&(String, String, String)> = wanted.iter().collect();
+            for r in crate::batch::by_message_keys(
                 &mut *conn,
                 "workspace, phone_number_id, wamid",
                 "send_wamids",
-                &workspaces,
-                &wamids,
+                &keys,
             )
             .await?
             {
