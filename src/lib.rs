@@ -9,6 +9,7 @@ pub mod connections;
 pub mod dev;
 pub mod failures;
 pub mod http;
+pub mod membership;
 pub mod metrics;
 pub mod replay;
 pub mod schemas;

@@ -24,7 +24,8 @@ use wabridge_handlers::{
 };
 use wabridge_projections::{projection, views, Driver, Reactor};
 
-use crate::app::App;
+use crate::{app::App, membership};
+use wabridge_events::EventLog;
 
 use wabridge_handlers::sender::{Sender, SenderConfig};
 
@@ -174,28 +175,39 @@ fn holder_died_here(holder: &str, me: &str) -> bool {
 }
 
 /// The workers of this instance: one keeper per unit of work, each running its unit
-/// only while it holds the unit's lease. Two instances with the workers role share
-/// the units: each unit runs on exactly one of them at a time, and when its holder
-/// dies another takes it over once the lease lapses (`WABRIDGE_LEASE_TTL`).
+/// only while it holds the unit's lease. Instances with the workers role share the
+/// units: each renews its membership (see [`crate::membership`]), each unit belongs
+/// to one live member and runs only there, and when a member dies its units move
+/// to the others once its membership and leases lapse (`WABRIDGE_LEASE_TTL`).
 struct Workers {
     stop: Arc<tokio::sync::Notify>,
     keepers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Workers {
-    /// Takes every free unit lease (waiting out one lease period for the ones held
-    /// by an instance that may just have died), starts those units, and keeps
-    /// watching the others to take them over.
+    /// Joins the members, takes the leases of the units this instance owns (waiting
+    /// out one lease period for those another instance still holds: it hands them
+    /// over at its next round, or it died), starts those units, and keeps watching
+    /// the others.
     async fn start(app: &App) -> anyhow::Result<Workers> {
         let me = holder_id();
         let ttl = app.cfg.lease_ttl;
         let log = app.ctx.log.clone();
+        let dead = {
+            let me = me.clone();
+            move |m: &str| holder_died_here(m, &me)
+        };
+        let members = membership::renew(&*log, &me, ttl, &dead)
+            .await
+            .context("joining the workers' members")?;
+        let (members_tx, members_rx) = tokio::sync::watch::channel(members);
         let units: Vec<String> = WORKER_UNITS.iter().map(|u| unit_lease(u, 0)).collect();
         let mut held = vec![false; units.len()];
         let deadline = tokio::time::Instant::now() + ttl + Duration::from_secs(1);
         loop {
+            let members = members_tx.borrow().clone();
             for (i, lease_name) in units.iter().enumerate() {
-                if held[i] {
+                if held[i] || membership::owner(i, &members) != Some(me.as_str()) {
                     continue;
                 }
                 let lease = log
@@ -210,10 +222,18 @@ impl Workers {
                             .holder
                             == me);
             }
-            if held.iter().all(|h| *h) || tokio::time::Instant::now() >= deadline {
+            let owned = (0..units.len())
+                .filter(|i| membership::owner(*i, &members) == Some(me.as_str()))
+                .count();
+            if held.iter().filter(|h| **h).count() == owned
+                || tokio::time::Instant::now() >= deadline
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Ok(m) = membership::renew(&*log, &me, ttl, &dead).await {
+                members_tx.send_replace(m);
+            }
         }
         let taken: Vec<&str> = units
             .iter()
@@ -224,20 +244,35 @@ impl Workers {
         if taken.len() == units.len() {
             tracing::info!(holder = %me, "running every unit of work");
         } else {
-            tracing::info!(holder = %me, running = ?taken, "another instance runs the other units of work; standing by for them");
+            tracing::info!(holder = %me, running = ?taken, "other instances run the other units of work");
         }
         let stop = Arc::new(tokio::sync::Notify::new());
-        let keepers = WORKER_UNITS
+        let mut keepers: Vec<_> = WORKER_UNITS
             .iter()
             .zip(held)
-            .map(|(unit, held)| {
-                tokio::spawn(keep(app.clone(), unit, me.clone(), held, stop.clone()))
+            .enumerate()
+            .map(|(index, (unit, held))| {
+                let keeper = Keeper {
+                    app: app.clone(),
+                    unit,
+                    index,
+                    me: me.clone(),
+                    members: members_rx.clone(),
+                };
+                tokio::spawn(keeper.keep(held, stop.clone()))
             })
             .collect();
+        keepers.push(tokio::spawn(renew_membership(
+            log,
+            me,
+            ttl,
+            members_tx,
+            stop.clone(),
+        )));
         Ok(Workers { stop, keepers })
     }
 
-    /// Stops the workers and releases their leases.
+    /// Stops the workers, releases their leases and leaves the members.
     async fn stop(self) {
         self.stop.notify_waiters();
         for k in self.keepers {
@@ -246,34 +281,15 @@ impl Workers {
     }
 }
 
-/// Runs a unit while its lease is held, renewing it; when it cannot be renewed in
-/// time (another instance took it, or the log is unreachable) the unit stops at once
-/// and this instance stands by until it can take the lease again.
-async fn keep(
-    app: App,
-    unit: &'static str,
+/// Renews this instance's membership every lease round and publishes the members;
+/// leaves them when stopped.
+async fn renew_membership(
+    log: Arc<dyn EventLog>,
     me: String,
-    held: bool,
+    ttl: Duration,
+    members: tokio::sync::watch::Sender<Vec<String>>,
     stop: Arc<tokio::sync::Notify>,
 ) {
-    let ttl = app.cfg.lease_ttl;
-    let log = app.ctx.log.clone();
-    let lease_name = unit_lease(unit, 0);
-    let change = |what: &'static str| {
-        app.metrics
-            .lease_changes
-            .get_or_create(&crate::metrics::LeaseLabels {
-                unit: format!("{unit}.0"),
-                change: what,
-            })
-            .inc();
-    };
-    let mut tasks = JoinSet::new();
-    if held {
-        change("acquired");
-        spawn_unit(&app, unit, &mut tasks);
-    }
-    let mut renewed = tokio::time::Instant::now();
     let stopped = stop.notified();
     tokio::pin!(stopped);
     loop {
@@ -281,37 +297,116 @@ async fn keep(
             _ = &mut stopped => break,
             _ = tokio::time::sleep(ttl / 3) => {}
         }
-        let running = !tasks.is_empty();
-        let held = match log.acquire_lease(&lease_name, &me, ttl, None).await {
-            Ok(lease) if lease.holder == me => true,
-            Ok(lease) if holder_died_here(&lease.holder, &me) => log
-                .acquire_lease(&lease_name, &me, ttl, Some(&lease.holder))
-                .await
-                .is_ok_and(|l| l.holder == me),
-            Ok(_) => false,
-            Err(e) => {
-                tracing::warn!(unit, error = %e, "renewing a unit's lease failed");
-                running && renewed.elapsed() < ttl * 2 / 3
+        match membership::renew(&*log, &me, ttl, |m| holder_died_here(m, &me)).await {
+            Ok(m) => {
+                members.send_if_modified(|current| {
+                    let changed = *current != m;
+                    *current = m;
+                    changed
+                });
             }
-        };
-        if held {
-            renewed = tokio::time::Instant::now();
-            if !running {
-                tracing::info!(unit, "took the unit's lease; starting it");
-                change("acquired");
-                spawn_unit(&app, unit, &mut tasks);
-            }
-        } else if running {
-            tracing::error!(unit, "lost the unit's lease; stopping it and standing by");
-            change("lost");
-            tasks.shutdown().await;
+            // The keepers go on with the last members; when renewals keep failing
+            // the others drop this instance, and its leases lapse too.
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "renewing the membership failed"),
         }
     }
-    let running = !tasks.is_empty();
-    tasks.shutdown().await;
-    if running {
-        if let Err(e) = log.release_lease(&lease_name, &me).await {
-            tracing::warn!(unit, error = %e, "releasing a unit's lease failed");
+    membership::leave(&*log, &me).await;
+}
+
+/// One unit's keeper.
+struct Keeper {
+    app: App,
+    unit: &'static str,
+    /// Its place in [`WORKER_UNITS`] (how units are dealt to members).
+    index: usize,
+    me: String,
+    members: tokio::sync::watch::Receiver<Vec<String>>,
+}
+
+impl Keeper {
+    /// Whether this instance owns the unit (or knows no members: then it runs what
+    /// it can take, as a lone instance does).
+    fn owns(&self) -> bool {
+        membership::owner(self.index, &self.members.borrow()).is_none_or(|o| o == self.me)
+    }
+
+    /// Runs the unit while its lease is held and this instance owns it, renewing the
+    /// lease; hands it over when another live member owns it; when the lease cannot
+    /// be renewed in time (another instance took it, or the log is unreachable) the
+    /// unit stops at once and this instance stands by until it can take it again.
+    async fn keep(self, held: bool, stop: Arc<tokio::sync::Notify>) {
+        let (app, unit, me) = (&self.app, self.unit, &self.me);
+        let ttl = app.cfg.lease_ttl;
+        let log = app.ctx.log.clone();
+        let lease_name = unit_lease(unit, 0);
+        let change = |what: &'static str| {
+            app.metrics
+                .lease_changes
+                .get_or_create(&crate::metrics::LeaseLabels {
+                    unit: format!("{unit}.0"),
+                    change: what,
+                })
+                .inc();
+        };
+        let mut tasks = JoinSet::new();
+        if held {
+            change("acquired");
+            spawn_unit(app, unit, &mut tasks);
+        }
+        let mut renewed = tokio::time::Instant::now();
+        let stopped = stop.notified();
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                _ = &mut stopped => break,
+                _ = tokio::time::sleep(ttl / 3) => {}
+            }
+            let running = !tasks.is_empty();
+            if !self.owns() {
+                if running {
+                    // Stopping a unit mid-batch is safe: its effects commit with
+                    // its checkpoint, and the sender records each attempt before
+                    // the call.
+                    tracing::info!(unit, "another instance owns the unit; handing it over");
+                    change("handed_over");
+                    tasks.shutdown().await;
+                    if let Err(e) = log.release_lease(&lease_name, me).await {
+                        tracing::warn!(unit, error = %e, "releasing a unit's lease failed");
+                    }
+                }
+                continue;
+            }
+            let held = match log.acquire_lease(&lease_name, me, ttl, None).await {
+                Ok(lease) if lease.holder == *me => true,
+                Ok(lease) if holder_died_here(&lease.holder, me) => log
+                    .acquire_lease(&lease_name, me, ttl, Some(&lease.holder))
+                    .await
+                    .is_ok_and(|l| l.holder == *me),
+                Ok(_) => false,
+                Err(e) => {
+                    tracing::warn!(unit, error = %e, "renewing a unit's lease failed");
+                    running && renewed.elapsed() < ttl * 2 / 3
+                }
+            };
+            if held {
+                renewed = tokio::time::Instant::now();
+                if !running {
+                    tracing::info!(unit, "took the unit's lease; starting it");
+                    change("acquired");
+                    spawn_unit(app, unit, &mut tasks);
+                }
+            } else if running {
+                tracing::error!(unit, "lost the unit's lease; stopping it and standing by");
+                change("lost");
+                tasks.shutdown().await;
+            }
+        }
+        let running = !tasks.is_empty();
+        tasks.shutdown().await;
+        if running {
+            if let Err(e) = log.release_lease(&lease_name, me).await {
+                tracing::warn!(unit, error = %e, "releasing a unit's lease failed");
+            }
         }
     }
 }

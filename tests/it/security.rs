@@ -1004,27 +1004,38 @@ async fn unit_holders(app: &crate::support::app::TestApp, operator: &str) -> Vec
         .collect()
 }
 
-async fn a_second_workers_instance_stands_by(log: LogKind) {
+async fn two_workers_instances_share_the_units(log: LogKind) {
     let (_dir, opts) = shared(log);
     let first = spawn_app_with(opts(true)).await;
     let operator = first.operator.clone();
+    // Alone, the first runs every unit.
+    let alone = unit_holders(&first, &operator).await;
+    assert!(alone.len() >= 6, "{alone:?}");
+    let first_id = alone[0].clone().expect("a holder");
+    assert!(
+        alone
+            .iter()
+            .all(|h| h.as_deref() == Some(first_id.as_str())),
+        "{alone:?}"
+    );
     let second = spawn_app_with(TestOptions {
         operator_key: Some(operator.clone()),
         ..opts(true)
     })
     .await;
-    // Every unit runs on the first, once; the second stands by and answers queries
-    // and commands (their read models are applied by the first).
-    let holders = unit_holders(&second, &operator).await;
-    assert!(holders.len() >= 6, "{holders:?}");
-    let first_id = holders[0].clone().expect("a holder");
-    assert!(
-        holders
+    // With a second, the units are dealt between the two: each runs once, on one
+    // of them, and each instance runs some. Both answer queries and commands.
+    eventually("the units spread over both instances", || async {
+        let h = unit_holders(&second, &operator).await;
+        let on_first = h
             .iter()
-            .all(|h| h.as_deref() == Some(first_id.as_str())),
-        "{holders:?}"
-    );
-    second.workspace("standby").await;
+            .filter(|h| h.as_deref() == Some(first_id.as_str()))
+            .count();
+        h.iter().all(|h| h.is_some()) && on_first > 0 && on_first < h.len()
+    })
+    .await;
+    second.workspace("shared").await;
+    first.workspace("shared-too").await;
     // The first stops: the second takes every unit over.
     first.stop().await;
     eventually("the second instance runs every unit", || async {
@@ -1038,11 +1049,11 @@ async fn a_second_workers_instance_stands_by(log: LogKind) {
 }
 
 #[tokio::test]
-async fn a_second_workers_instance_stands_by_and_takes_over_embedded() {
-    a_second_workers_instance_stands_by(LogKind::Embedded).await;
+async fn two_workers_instances_share_the_units_and_one_takes_over_embedded() {
+    two_workers_instances_share_the_units(LogKind::Embedded).await;
 }
 
 #[tokio::test]
-async fn a_second_workers_instance_stands_by_and_takes_over_jetstream() {
-    a_second_workers_instance_stands_by(LogKind::JetStream).await;
+async fn two_workers_instances_share_the_units_and_one_takes_over_jetstream() {
+    two_workers_instances_share_the_units(LogKind::JetStream).await;
 }
