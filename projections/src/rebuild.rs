@@ -316,6 +316,7 @@ async fn locked(
     projections: &[Arc<dyn Projection>],
     dry_run: bool,
 ) -> anyhow::Result<Option<Vec<RebuiltProjection>>> {
+    let sqlite = conn.backend_name() == "SQLite";
     let mut tx = conn.begin().await?;
     let mut at = Vec::with_capacity(projections.len());
     for p in projections {
@@ -346,6 +347,25 @@ async fn locked(
             let mut live_checksum = checksum_on(&mut tx, &**p).await?;
             if !dry_run {
                 for table in p.tables() {
+                    // On SQLite the table's secondary indexes are dropped and built
+                    // again after the copy, in the same transaction (readers keep
+                    // their snapshot, with its indexes, until the commit): building
+                    // an index from the copied rows sorts once, where keeping it up
+                    // row by row inserts at random places in a large tree.
+                    // PostgreSQL keeps them: dropping one would block its readers.
+                    let indexes: Vec<(String, String)> = if sqlite {
+                        sqlx::query_as("SELECT name, sql FROM main.sqlite_master WHERE type = 'index' AND tbl_name = $1 AND sql IS NOT NULL")
+                            .bind(*table)
+                            .fetch_all(&mut *tx)
+                            .await?
+                    } else {
+                        vec![]
+                    };
+                    for (name, _) in &indexes {
+                        sqlx::query(&format!("DROP INDEX main.{name}"))
+                            .execute(&mut *tx)
+                            .await?;
+                    }
                     sqlx::query(&format!("DELETE FROM {table}"))
                         .execute(&mut *tx)
                         .await?;
@@ -356,6 +376,12 @@ async fn locked(
                     .execute(&mut *tx)
                     .await
                     .with_context(|| format!("copying the rebuilt {table}"))?;
+                    for (name, sql) in &indexes {
+                        sqlx::query(sql)
+                            .execute(&mut *tx)
+                            .await
+                            .with_context(|| format!("building {name} again"))?;
+                    }
                 }
                 if shadow_cp != live_cp {
                     // The live projection was behind the rebuilt one: it goes on from

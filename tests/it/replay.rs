@@ -166,7 +166,11 @@ async fn replay_under_load(log: LogKind, db: DbKind) {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let indexes = index_names(&app).await;
+    assert!(indexes.iter().any(|i| i == "messages_wamid"), "{indexes:?}");
     swap_all(&app).await;
+    // The swap rebuilds SQLite's secondary indexes: every one is back.
+    assert_eq!(index_names(&app).await, indexes);
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
@@ -179,6 +183,22 @@ async fn replay_under_load(log: LogKind, db: DbKind) {
         .await
         .unwrap();
     assert_eq!(messages as u64, 200 + sent.load(Ordering::Relaxed));
+}
+
+/// The live read-model database's index names, sorted.
+async fn index_names(app: &crate::support::app::TestApp) -> Vec<String> {
+    let sql = match app.app.ctx.store.backend {
+        wabridge_projections::Backend::Sqlite => {
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name"
+        }
+        wabridge_projections::Backend::Postgres => {
+            "SELECT CAST(indexname AS TEXT) FROM pg_indexes WHERE schemaname = current_schema() ORDER BY 1"
+        }
+    };
+    sqlx::query_scalar(sql)
+        .fetch_all(&app.app.ctx.store.reads)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
