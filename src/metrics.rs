@@ -57,7 +57,7 @@ pub struct StreamLabels {
 pub struct LeaseLabels {
     /// The unit (`projections.0`, `webhook_processor.0`, ...).
     pub unit: String,
-    /// `acquired` or `lost`.
+    /// `acquired`, `lost` or `handed_over` (to the member that owns the unit).
     pub change: &'static str,
 }
 
@@ -93,7 +93,7 @@ pub struct Metrics {
     pub projection_lag: Family<ConsumerLabels, Gauge>,
     /// Dead letters waiting for the operator.
     pub dead_letters_open: Gauge,
-    /// Units of work whose lease this instance took or lost.
+    /// Units of work whose lease this instance took, lost or handed over.
     pub lease_changes: Family<LeaseLabels, Counter>,
     /// Sends the sender scheduled to retry (a retryable Meta answer or no answer).
     pub sender_retries: Counter,
@@ -212,7 +212,7 @@ impl Default for Metrics {
         );
         registry.register(
             "wabridge_lease_changes",
-            "Units of work (projections, processor, reactors) whose lease this instance took or lost",
+            "Units of work (projections, processor, reactors) whose lease this instance took, lost or handed over",
             m.lease_changes.clone(),
         );
         registry.register(
