@@ -281,6 +281,18 @@ impl Workers {
     }
 }
 
+/// Waits one renewal round (a third of the lease period `ttl`): `false` once
+/// stopped.
+async fn next_round(
+    stopped: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    ttl: Duration,
+) -> bool {
+    tokio::select! {
+        _ = stopped => false,
+        _ = tokio::time::sleep(ttl / 3) => true,
+    }
+}
+
 /// Renews this instance's membership every lease round and publishes the members;
 /// leaves them when stopped.
 async fn renew_membership(
@@ -292,11 +304,7 @@ async fn renew_membership(
 ) {
     let stopped = stop.notified();
     tokio::pin!(stopped);
-    loop {
-        tokio::select! {
-            _ = &mut stopped => break,
-            _ = tokio::time::sleep(ttl / 3) => {}
-        }
+    while next_round(stopped.as_mut(), ttl).await {
         match membership::renew(&*log, &me, ttl, |m| holder_died_here(m, &me)).await {
             Ok(m) => {
                 members.send_if_modified(|current| {
@@ -356,11 +364,7 @@ impl Keeper {
         let mut renewed = tokio::time::Instant::now();
         let stopped = stop.notified();
         tokio::pin!(stopped);
-        loop {
-            tokio::select! {
-                _ = &mut stopped => break,
-                _ = tokio::time::sleep(ttl / 3) => {}
-            }
+        while next_round(stopped.as_mut(), ttl).await {
             let running = !tasks.is_empty();
             if !self.owns() {
                 if running {

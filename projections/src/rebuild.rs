@@ -347,41 +347,7 @@ async fn locked(
             let mut live_checksum = checksum_on(&mut tx, &**p).await?;
             if !dry_run {
                 for table in p.tables() {
-                    // On SQLite the table's secondary indexes are dropped and built
-                    // again after the copy, in the same transaction (readers keep
-                    // their snapshot, with its indexes, until the commit): building
-                    // an index from the copied rows sorts once, where keeping it up
-                    // row by row inserts at random places in a large tree.
-                    // PostgreSQL keeps them: dropping one would block its readers.
-                    let indexes: Vec<(String, String)> = if sqlite {
-                        sqlx::query_as("SELECT name, sql FROM main.sqlite_master WHERE type = 'index' AND tbl_name = $1 AND sql IS NOT NULL")
-                            .bind(*table)
-                            .fetch_all(&mut *tx)
-                            .await?
-                    } else {
-                        vec![]
-                    };
-                    for (name, _) in &indexes {
-                        sqlx::query(&format!("DROP INDEX main.{name}"))
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    sqlx::query(&format!("DELETE FROM {table}"))
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query(&format!(
-                        "INSERT INTO {table} SELECT * FROM {}.{table}",
-                        shadow.qualifier
-                    ))
-                    .execute(&mut *tx)
-                    .await
-                    .with_context(|| format!("copying the rebuilt {table}"))?;
-                    for (name, sql) in &indexes {
-                        sqlx::query(sql)
-                            .execute(&mut *tx)
-                            .await
-                            .with_context(|| format!("building {name} again"))?;
-                    }
+                    copy_table(&mut tx, table, &shadow.qualifier, sqlite).await?;
                 }
                 if shadow_cp != live_cp {
                     // The live projection was behind the rebuilt one: it goes on from
@@ -407,6 +373,51 @@ async fn locked(
     }
     tx.commit().await?;
     Ok(Some(out))
+}
+
+/// Replaces the live `table`'s rows with the shadow's (`qualifier.table`), inside
+/// the caller's transaction.
+///
+/// On SQLite the table's secondary indexes are dropped and built again after the
+/// copy, in the same transaction (readers keep their snapshot, with its indexes,
+/// until the commit): building an index from the copied rows sorts once, where
+/// keeping it up row by row inserts at random places in a large tree. PostgreSQL
+/// keeps them: dropping one would block its readers until the commit.
+async fn copy_table(
+    tx: &mut sqlx::AnyConnection,
+    table: &str,
+    qualifier: &str,
+    sqlite: bool,
+) -> anyhow::Result<()> {
+    let indexes: Vec<(String, String)> = if sqlite {
+        sqlx::query_as("SELECT name, sql FROM main.sqlite_master WHERE type = 'index' AND tbl_name = $1 AND sql IS NOT NULL")
+            .bind(table)
+            .fetch_all(&mut *tx)
+            .await?
+    } else {
+        vec![]
+    };
+    for (name, _) in &indexes {
+        sqlx::query(&format!("DROP INDEX main.{name}"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(&format!("DELETE FROM {table}"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!(
+        "INSERT INTO {table} SELECT * FROM {qualifier}.{table}"
+    ))
+    .execute(&mut *tx)
+    .await
+    .with_context(|| format!("copying the rebuilt {table}"))?;
+    for (name, sql) in &indexes {
+        sqlx::query(sql)
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("building {name} again"))?;
+    }
+    Ok(())
 }
 
 /// The live state's checksum and the checkpoint it is at, read in one snapshot.
