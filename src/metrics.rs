@@ -4,7 +4,7 @@
 //! Counters are exposed with the `_total` suffix; gauges that describe the read
 //! models (projection lag, open dead letters) are set when `/metrics` is scraped.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
@@ -16,10 +16,7 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use wabridge_events::{
-    AppendError, Appended, EventLog, EventStream, Lease, LogError, Namespace, NewEvent, ReadFrom,
-    StoredEvent, StreamKind,
-};
+use wabridge_events::{AppendError, Appended, EventLog, NewEvent, StreamKind};
 
 /// A connection closed at accept, by the cap it met.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -267,7 +264,11 @@ impl TimedLog {
 }
 
 #[async_trait::async_trait]
-impl EventLog for TimedLog {
+impl wabridge_events::WrappedLog for TimedLog {
+    fn inner(&self) -> &dyn EventLog {
+        &*self.inner
+    }
+
     async fn append(&self, event: NewEvent) -> Result<Appended, AppendError> {
         let stream = match self.inner.namespace().stream_of(&event.subject) {
             Some(StreamKind::Raw) => "raw",
@@ -280,91 +281,6 @@ impl EventLog for TimedLog {
             .get_or_create(&StreamLabels { stream })
             .observe(started.elapsed().as_secs_f64());
         result
-    }
-
-    async fn read(
-        &self,
-        stream: StreamKind,
-        from: ReadFrom,
-        filter: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, LogError> {
-        self.inner.read(stream, from, filter, limit).await
-    }
-
-    async fn follow(
-        &self,
-        stream: StreamKind,
-        consumer: &str,
-        from_seq: u64,
-    ) -> Result<EventStream, LogError> {
-        self.inner.follow(stream, consumer, from_seq).await
-    }
-
-    async fn follow_ephemeral(
-        &self,
-        stream: StreamKind,
-        from_seq: u64,
-    ) -> Result<EventStream, LogError> {
-        self.inner.follow_ephemeral(stream, from_seq).await
-    }
-
-    async fn last_seq(&self, stream: StreamKind) -> Result<u64, LogError> {
-        self.inner.last_seq(stream).await
-    }
-
-    async fn last_subject_seq(&self, subject: &str) -> Result<u64, LogError> {
-        self.inner.last_subject_seq(subject).await
-    }
-
-    async fn acquire_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        ttl: Duration,
-        replacing: Option<&str>,
-    ) -> Result<Lease, LogError> {
-        self.inner.acquire_lease(name, holder, ttl, replacing).await
-    }
-
-    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), LogError> {
-        self.inner.release_lease(name, holder).await
-    }
-
-    async fn lease(&self, name: &str) -> Result<Option<Lease>, LogError> {
-        self.inner.lease(name).await
-    }
-
-    async fn kv_get(
-        &self,
-        bucket: &str,
-        key: &str,
-    ) -> Result<Option<wabridge_events::log::KvEntry>, LogError> {
-        self.inner.kv_get(bucket, key).await
-    }
-
-    async fn kv_cas(
-        &self,
-        bucket: &str,
-        key: &str,
-        value: bytes::Bytes,
-        expected_revision: u64,
-    ) -> Result<Option<u64>, LogError> {
-        self.inner
-            .kv_cas(bucket, key, value, expected_revision)
-            .await
-    }
-
-    async fn ping(&self) -> Result<(), LogError> {
-        self.inner.ping().await
-    }
-
-    fn max_payload(&self) -> usize {
-        self.inner.max_payload()
-    }
-
-    fn namespace(&self) -> &Namespace {
-        self.inner.namespace()
     }
 }
 

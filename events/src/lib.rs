@@ -9,6 +9,7 @@ pub mod subject;
 pub mod tail;
 pub mod timestamp;
 pub mod types;
+pub mod wrapped;
 
 pub use envelope::{Actor, ActorKind, Envelope};
 pub use log::{
@@ -18,3 +19,4 @@ pub use log::{
 pub use subject::{Namespace, Slug, SlugError};
 pub use timestamp::Timestamp;
 pub use types::{DecodeError, DomainEvent};
+pub use wrapped::WrappedLog;

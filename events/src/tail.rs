@@ -22,15 +22,10 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::broadcast;
 
-use crate::{
-    log::{KvEntry, Lease},
-    AppendError, Appended, EventLog, EventStream, LogError, Namespace, NewEvent, ReadFrom,
-    StoredEvent, StreamKind,
-};
+use crate::{EventLog, EventStream, LogError, ReadFrom, StoredEvent, StreamKind};
 
 /// Events a follower may be behind the tail before it must follow again.
 pub const TAIL_CAPACITY: usize = 4096;
@@ -182,28 +177,9 @@ impl Joining {
 }
 
 #[async_trait::async_trait]
-impl EventLog for SharedTail {
-    async fn append(&self, event: NewEvent) -> Result<Appended, AppendError> {
-        self.inner.append(event).await
-    }
-
-    async fn read(
-        &self,
-        stream: StreamKind,
-        from: ReadFrom,
-        filter: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, LogError> {
-        self.inner.read(stream, from, filter, limit).await
-    }
-
-    async fn follow(
-        &self,
-        stream: StreamKind,
-        consumer: &str,
-        from_seq: u64,
-    ) -> Result<EventStream, LogError> {
-        self.inner.follow(stream, consumer, from_seq).await
+impl crate::WrappedLog for SharedTail {
+    fn inner(&self) -> &dyn EventLog {
+        &*self.inner
     }
 
     async fn follow_ephemeral(
@@ -230,60 +206,6 @@ impl EventLog for SharedTail {
             joining,
             |mut j| async move { j.next_event().await.map(|item| (item, j)) },
         )))
-    }
-
-    async fn last_seq(&self, stream: StreamKind) -> Result<u64, LogError> {
-        self.inner.last_seq(stream).await
-    }
-
-    async fn last_subject_seq(&self, subject: &str) -> Result<u64, LogError> {
-        self.inner.last_subject_seq(subject).await
-    }
-
-    async fn acquire_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        ttl: Duration,
-        replacing: Option<&str>,
-    ) -> Result<Lease, LogError> {
-        self.inner.acquire_lease(name, holder, ttl, replacing).await
-    }
-
-    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), LogError> {
-        self.inner.release_lease(name, holder).await
-    }
-
-    async fn lease(&self, name: &str) -> Result<Option<Lease>, LogError> {
-        self.inner.lease(name).await
-    }
-
-    async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>, LogError> {
-        self.inner.kv_get(bucket, key).await
-    }
-
-    async fn kv_cas(
-        &self,
-        bucket: &str,
-        key: &str,
-        value: Bytes,
-        expected_revision: u64,
-    ) -> Result<Option<u64>, LogError> {
-        self.inner
-            .kv_cas(bucket, key, value, expected_revision)
-            .await
-    }
-
-    async fn ping(&self) -> Result<(), LogError> {
-        self.inner.ping().await
-    }
-
-    fn max_payload(&self) -> usize {
-        self.inner.max_payload()
-    }
-
-    fn namespace(&self) -> &Namespace {
-        self.inner.namespace()
     }
 }
 

@@ -18,8 +18,7 @@ use wabridge_events::{
         jetstream::{JetStreamConfig, JetStreamLog},
     },
     log::KvEntry,
-    AppendError, Appended, EventLog, EventStream, Lease, LogError, Namespace, NewEvent, ReadFrom,
-    StoredEvent, StreamKind,
+    EventLog, LogError, Namespace,
 };
 use wabridge_handlers::ratelimit::{unix_nanos_now, Decision, Policy, SharedLimiter};
 
@@ -324,62 +323,9 @@ impl Counting {
 }
 
 #[async_trait::async_trait]
-impl EventLog for Counting {
-    async fn append(&self, event: NewEvent) -> Result<Appended, AppendError> {
-        self.inner.append(event).await
-    }
-
-    async fn read(
-        &self,
-        stream: StreamKind,
-        from: ReadFrom,
-        filter: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, LogError> {
-        self.inner.read(stream, from, filter, limit).await
-    }
-
-    async fn follow(
-        &self,
-        stream: StreamKind,
-        consumer: &str,
-        from_seq: u64,
-    ) -> Result<EventStream, LogError> {
-        self.inner.follow(stream, consumer, from_seq).await
-    }
-
-    async fn follow_ephemeral(
-        &self,
-        stream: StreamKind,
-        from_seq: u64,
-    ) -> Result<EventStream, LogError> {
-        self.inner.follow_ephemeral(stream, from_seq).await
-    }
-
-    async fn last_seq(&self, stream: StreamKind) -> Result<u64, LogError> {
-        self.inner.last_seq(stream).await
-    }
-
-    async fn last_subject_seq(&self, subject: &str) -> Result<u64, LogError> {
-        self.inner.last_subject_seq(subject).await
-    }
-
-    async fn acquire_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        ttl: Duration,
-        replacing: Option<&str>,
-    ) -> Result<Lease, LogError> {
-        self.inner.acquire_lease(name, holder, ttl, replacing).await
-    }
-
-    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), LogError> {
-        self.inner.release_lease(name, holder).await
-    }
-
-    async fn lease(&self, name: &str) -> Result<Option<Lease>, LogError> {
-        self.inner.lease(name).await
+impl wabridge_events::WrappedLog for Counting {
+    fn inner(&self) -> &dyn EventLog {
+        &*self.inner
     }
 
     async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>, LogError> {
@@ -398,17 +344,5 @@ impl EventLog for Counting {
         self.inner
             .kv_cas(bucket, key, value, expected_revision)
             .await
-    }
-
-    async fn ping(&self) -> Result<(), LogError> {
-        self.inner.ping().await
-    }
-
-    fn max_payload(&self) -> usize {
-        self.inner.max_payload()
-    }
-
-    fn namespace(&self) -> &Namespace {
-        self.inner.namespace()
     }
 }

@@ -13,15 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use sqlx::AnyConnection;
 use wabridge_events::{
     backends::embedded::{EmbeddedConfig, EmbeddedLog},
-    log::KvEntry,
     types::{new_event, WorkspaceCreated},
-    Actor, AppendError, Appended, EventLog, EventStream, Lease, LogError, Namespace, NewEvent,
-    ReadFrom, Slug, StoredEvent, StreamKind,
+    Actor, EventLog, EventStream, LogError, Slug, StoredEvent, StreamKind,
 };
 use wabridge_projections::driver::{Driver, Follower, Reactor, Staged};
 
@@ -33,19 +30,9 @@ struct Skipping {
 }
 
 #[async_trait::async_trait]
-impl EventLog for Skipping {
-    async fn append(&self, event: NewEvent) -> Result<Appended, AppendError> {
-        self.inner.append(event).await
-    }
-
-    async fn read(
-        &self,
-        stream: StreamKind,
-        from: ReadFrom,
-        filter: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<StoredEvent>, LogError> {
-        self.inner.read(stream, from, filter, limit).await
+impl wabridge_events::WrappedLog for Skipping {
+    fn inner(&self) -> &dyn EventLog {
+        &self.inner
     }
 
     async fn follow(
@@ -63,68 +50,6 @@ impl EventLog for Skipping {
             let keep = !matches!(e, Ok(e) if e.seq == drop_seq);
             async move { keep }
         })))
-    }
-
-    async fn follow_ephemeral(
-        &self,
-        stream: StreamKind,
-        from_seq: u64,
-    ) -> Result<EventStream, LogError> {
-        self.inner.follow_ephemeral(stream, from_seq).await
-    }
-
-    async fn last_seq(&self, stream: StreamKind) -> Result<u64, LogError> {
-        self.inner.last_seq(stream).await
-    }
-
-    async fn last_subject_seq(&self, subject: &str) -> Result<u64, LogError> {
-        self.inner.last_subject_seq(subject).await
-    }
-
-    async fn acquire_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        ttl: Duration,
-        replacing: Option<&str>,
-    ) -> Result<Lease, LogError> {
-        self.inner.acquire_lease(name, holder, ttl, replacing).await
-    }
-
-    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), LogError> {
-        self.inner.release_lease(name, holder).await
-    }
-
-    async fn lease(&self, name: &str) -> Result<Option<Lease>, LogError> {
-        self.inner.lease(name).await
-    }
-
-    async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>, LogError> {
-        self.inner.kv_get(bucket, key).await
-    }
-
-    async fn kv_cas(
-        &self,
-        bucket: &str,
-        key: &str,
-        value: Bytes,
-        expected_revision: u64,
-    ) -> Result<Option<u64>, LogError> {
-        self.inner
-            .kv_cas(bucket, key, value, expected_revision)
-            .await
-    }
-
-    async fn ping(&self) -> Result<(), LogError> {
-        self.inner.ping().await
-    }
-
-    fn max_payload(&self) -> usize {
-        self.inner.max_payload()
-    }
-
-    fn namespace(&self) -> &Namespace {
-        self.inner.namespace()
     }
 }
 
