@@ -332,10 +332,10 @@ struct Keeper {
 }
 
 impl Keeper {
-    /// Whether this instance owns the unit (or knows no members: then it runs what
-    /// it can take, as a lone instance does).
+    /// Whether this instance owns the unit (it is always among the members it
+    /// knows).
     fn owns(&self) -> bool {
-        membership::owner(self.index, &self.members.borrow()).is_none_or(|o| o == self.me)
+        membership::owner(self.index, &self.members.borrow()) == Some(self.me.as_str())
     }
 
     /// Runs the unit while its lease is held and this instance owns it, renewing the

@@ -120,14 +120,14 @@ pub async fn insert_rows<R: serde::Serialize>(
 }
 
 /// Rows of `table` whose primary key `(workspace, phone_number_id, wamid)` is one
-/// of `keys`, as `SELECT {columns} …`: one statement per [`JSON_ROWS`] keys, bound as
+/// of `keys` (each serialised as those three strings), as `SELECT {columns} …`: one statement per [`JSON_ROWS`] keys, bound as
 /// one JSON array, looked up by the primary key (so a rebuild's shadow needs no
 /// other index for it).
-pub async fn by_message_keys(
+pub async fn by_message_keys<K: serde::Serialize>(
     conn: &mut sqlx::AnyConnection,
     columns: &str,
     table: &str,
-    keys: &[&(String, String, String)],
+    keys: &[K],
 ) -> anyhow::Result<Vec<sqlx::any::AnyRow>> {
     let from = if conn_is_postgres(conn) {
         "jsonb_array_elements(CAST($1 AS jsonb)) AS j(value)"

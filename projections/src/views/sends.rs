@@ -505,12 +505,11 @@ impl Projection for Sends {
         }
         let mut known: HashSet<(String, String, String)> = HashSet::new();
         if !wanted.is_empty() {
-            let keys: Vec<&(String, String, String)> = wanted.iter().collect();
             for r in crate::batch::by_message_keys(
                 &mut *conn,
                 "workspace, phone_number_id, wamid",
                 "send_wamids",
-                &keys,
+                &wanted,
             )
             .await?
             {
