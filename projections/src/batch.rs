@@ -119,24 +119,32 @@ pub async fn insert_rows<R: serde::Serialize>(
     Ok(())
 }
 
-/// Rows of `table` whose primary key `(workspace, phone_number_id, wamid)` is one
-/// of `keys` (each serialised as those three strings), as `SELECT {columns} …`: one statement per [`JSON_ROWS`] keys, bound as
-/// one JSON array, looked up by the primary key (so a rebuild's shadow needs no
-/// other index for it).
-pub async fn by_message_keys<K: serde::Serialize>(
+/// Rows of `table` whose key columns `key_columns` (its primary key, so a rebuild's
+/// shadow needs no other index for it) equal one of `keys` (each serialised as a
+/// JSON array of those strings), as `SELECT {columns} …`: one statement per
+/// [`JSON_ROWS`] keys, bound as one JSON array.
+pub async fn by_keys<K: serde::Serialize>(
     conn: &mut sqlx::AnyConnection,
     columns: &str,
     table: &str,
+    key_columns: &[&str],
     keys: &[K],
 ) -> anyhow::Result<Vec<sqlx::any::AnyRow>> {
+    if keys.is_empty() {
+        return Ok(vec![]);
+    }
     let from = if conn_is_postgres(conn) {
         "jsonb_array_elements(CAST($1 AS jsonb)) AS j(value)"
     } else {
         "json_each($1) AS j"
     };
+    let values: Vec<String> = (0..key_columns.len())
+        .map(|i| format!("j.value ->> {i}"))
+        .collect();
     let sql = format!(
-        "SELECT {columns} FROM {table} WHERE (workspace, phone_number_id, wamid) IN \
-         (SELECT j.value ->> 0, j.value ->> 1, j.value ->> 2 FROM {from})"
+        "SELECT {columns} FROM {table} WHERE ({}) IN (SELECT {} FROM {from})",
+        key_columns.join(", "),
+        values.join(", ")
     );
     let mut out = vec![];
     for chunk in keys.chunks(JSON_ROWS) {
@@ -148,6 +156,23 @@ pub async fn by_message_keys<K: serde::Serialize>(
         );
     }
     Ok(out)
+}
+
+/// [`by_keys`] on a message table's primary key `(workspace, phone_number_id, wamid)`.
+pub async fn by_message_keys<K: serde::Serialize>(
+    conn: &mut sqlx::AnyConnection,
+    columns: &str,
+    table: &str,
+    keys: &[K],
+) -> anyhow::Result<Vec<sqlx::any::AnyRow>> {
+    by_keys(
+        conn,
+        columns,
+        table,
+        &["workspace", "phone_number_id", "wamid"],
+        keys,
+    )
+    .await
 }
 
 fn conn_is_postgres(conn: &sqlx::AnyConnection) -> bool {

@@ -499,3 +499,179 @@ async fn batch_folds_equal_one_event_at_a_time_sqlite() {
 async fn batch_folds_equal_one_event_at_a_time_postgres() {
     batch_folds_equal_one_at_a_time(DbKind::Postgres).await;
 }
+
+/// The consent fold over a batch handles what one event at a time does with
+/// aliases: contacts named by a wa_id, a user id or both, a link that merges two
+/// contacts (mid-batch), a user-id change, a suspicion and repeated changes.
+async fn consent_batch_fold_with_aliases(db: DbKind) {
+    use wabridge_events::{
+        types::{
+            new_event, ConsentScope, ConsentSource, ConsentSourceKind, ContactMarketingPreference,
+            ContactOptedIn, ContactOptedOut, ContactOptoutSuspected, ContactRef,
+            ContactUserIdChanged, EventData, MetaSource,
+        },
+        Actor, Slug, Timestamp,
+    };
+    let app = spawn_app(LogKind::Embedded, db).await;
+    app.workspace("gamma").await;
+    let log = app.app.ctx.log.clone();
+    let ws = Slug::parse("gamma").unwrap();
+    let contact = |wa: Option<&str>, user: Option<&str>| ContactRef {
+        wa_id: wa.map(Into::into),
+        user_id: user.map(Into::into),
+        ..ContactRef::default()
+    };
+    let source = ConsentSource {
+        kind: ConsentSourceKind::Keyword,
+        keyword: Some("STOP".into()),
+        language: Some("en".into()),
+        message_id: None,
+        webhook_seq: None,
+    };
+    let meta = MetaSource {
+        waba_id: WABA.into(),
+        phone_number_id: Some(NUMBER.into()),
+        display_phone_number: None,
+        field: "messages".into(),
+        raw_seq: 1,
+    };
+    fn ev<T: EventData>(
+        log: &dyn wabridge_events::EventLog,
+        ws: &Slug,
+        data: &T,
+    ) -> wabridge_events::NewEvent {
+        new_event(
+            log.namespace(),
+            Some(ws.clone()),
+            Actor::system("test"),
+            data,
+        )
+    }
+    let out = |c: ContactRef, scope| ContactOptedOut {
+        contact: c,
+        scope,
+        source: source.clone(),
+        reason: Some("asked".into()),
+        at: Timestamp::now(),
+    };
+    let inn = |c: ContactRef, scope| ContactOptedIn {
+        contact: c,
+        scope,
+        source: source.clone(),
+        reason: None,
+        at: Timestamp::now(),
+    };
+    let pref = |c: ContactRef| ContactMarketingPreference {
+        source: meta.clone(),
+        contact: c,
+        category: "marketing_messages".into(),
+        value: "stop".into(),
+        detail: None,
+        timestamp: Timestamp::now(),
+    };
+    let l = &*log;
+    let events = vec![
+        ev(l, &ws, &out(contact(Some("441"), None), ConsentScope::All)),
+        ev(
+            l,
+            &ws,
+            &out(contact(None, Some("US.1")), ConsentScope::Marketing),
+        ),
+        // Links 441 and US.1: two contacts become one, their state the union.
+        ev(l, &ws, &pref(contact(Some("441"), Some("US.1")))),
+        ev(
+            l,
+            &ws,
+            &out(contact(Some("441"), None), ConsentScope::Marketing),
+        ),
+        ev(
+            l,
+            &ws,
+            &inn(contact(Some("442"), Some("US.2")), ConsentScope::All),
+        ),
+        ev(l, &ws, &out(contact(None, Some("US.2")), ConsentScope::All)),
+        ev(
+            l,
+            &ws,
+            &ContactUserIdChanged {
+                source: meta.clone(),
+                previous_user_id: Some("US.2".into()),
+                current_user_id: "US.3".into(),
+                previous_parent_user_id: None,
+                current_parent_user_id: None,
+                wa_id: Some("442".into()),
+                detail: None,
+                timestamp: Timestamp::now(),
+            },
+        ),
+        ev(
+            l,
+            &ws,
+            &out(contact(None, Some("US.3")), ConsentScope::Marketing),
+        ),
+        ev(l, &ws, &inn(contact(Some("441"), None), ConsentScope::All)),
+        ev(
+            l,
+            &ws,
+            &ContactOptoutSuspected {
+                id: "wamid.S1".into(),
+                contact: contact(Some("443"), None),
+                message_id: "wamid.S1".into(),
+                text: "please no more".into(),
+                matched: "no more".into(),
+                at: Timestamp::now(),
+            },
+        ),
+        ev(l, &ws, &out(contact(Some("443"), None), ConsentScope::All)),
+        ev(l, &ws, &pref(contact(Some("443"), Some("US.4")))),
+        ev(l, &ws, &out(contact(Some("444"), None), ConsentScope::All)),
+        ev(l, &ws, &out(contact(Some("444"), None), ConsentScope::All)),
+        ev(
+            l,
+            &ws,
+            &inn(contact(Some("444"), None), ConsentScope::Marketing),
+        ),
+        // Two contacts made separately, then merged by a change naming both.
+        ev(
+            l,
+            &ws,
+            &out(contact(Some("445"), None), ConsentScope::Marketing),
+        ),
+        ev(l, &ws, &out(contact(None, Some("US.5")), ConsentScope::All)),
+        ev(
+            l,
+            &ws,
+            &inn(contact(Some("445"), Some("US.5")), ConsentScope::Marketing),
+        ),
+        ev(
+            l,
+            &ws,
+            &out(contact(None, Some("US.5")), ConsentScope::Marketing),
+        ),
+    ];
+    for e in events {
+        log.append(e).await.unwrap();
+    }
+    app.settle().await;
+    let merged =
+        wabridge_projections::views::consent::state(&app.app.ctx.store, "gamma", &["US.5"])
+            .await
+            .unwrap();
+    assert!(merged.opted_out && merged.marketing_opted_out, "{merged:?}");
+    crate::support::app::batch_fold_equals_one_at_a_time(
+        &app,
+        db,
+        Arc::new(wabridge_projections::views::consent::Consent),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_consent_batch_fold_keeps_aliases_and_merges_sqlite() {
+    consent_batch_fold_with_aliases(DbKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn the_consent_batch_fold_keeps_aliases_and_merges_postgres() {
+    consent_batch_fold_with_aliases(DbKind::Postgres).await;
+}

@@ -116,9 +116,7 @@ impl Projection for ApiKeys {
         "SELECT key_id || '|' || COALESCE(workspace, '') || '|' || name || '|' || role || '|' || secret_hash || '|' || created_at || '|' || COALESCE(expires_at, '') || '|' || COALESCE(revoked_at, '') || '|' || COALESCE(last_used_at, '') || '|' || CAST(log_seq AS TEXT) FROM api_keys ORDER BY key_id"
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
-        if super::skip(event, |t| {
-            matches!(t, "api_key.created" | "api_key.revoked" | "api_key.used")
-        }) {
+        if super::skip(event, relevant) {
             return Ok(());
         }
         let decoded = super::decode(event)?;
@@ -130,6 +128,75 @@ impl Projection for ApiKeys {
             put(conn, &next).await?;
         }
         Ok(())
+    }
+
+    /// The batch folded in memory: the keys it names loaded in one statement, each
+    /// event decided by [`next_key`] in log order, the changed rows written in one.
+    async fn apply_batch(
+        &self,
+        conn: &mut AnyConnection,
+        events: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        use crate::batch::{by_keys, insert_rows, Col};
+        let mut items = vec![];
+        for event in events {
+            if super::skip(event, relevant) {
+                continue;
+            }
+            let decoded = super::decode(event)?;
+            if let Some(key_id) = key_of(decoded) {
+                items.push((event, decoded, key_id));
+            }
+        }
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut ids: Vec<[&str; 1]> = items.iter().map(|(_, _, k)| [*k]).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut rows: std::collections::HashMap<String, ApiKeyRow> =
+            by_keys(&mut *conn, COLUMNS, "api_keys", &["key_id"], &ids)
+                .await?
+                .into_iter()
+                .map(|r| {
+                    let r = row(r);
+                    (r.id.clone(), r)
+                })
+                .collect();
+        let mut changed = std::collections::BTreeSet::new();
+        for (event, decoded, key_id) in items {
+            if let Some(next) = next_key(rows.get(key_id), decoded, &EventMeta::of(event)) {
+                changed.insert(key_id);
+                rows.insert(key_id.to_string(), next);
+            }
+        }
+        let out: Vec<_> = changed
+            .iter()
+            .map(|id| {
+                let k = &rows[*id];
+                (
+                    &k.id,
+                    &k.workspace,
+                    &k.name,
+                    &k.role,
+                    &k.secret_hash,
+                    &k.created_at,
+                    &k.expires_at,
+                    &k.revoked_at,
+                    &k.last_used_at,
+                    k.log_seq as i64,
+                )
+            })
+            .collect();
+        use Col::{Int, Text};
+        insert_rows(
+            conn,
+            &format!("INSERT INTO api_keys ({PUT_COLUMNS})"),
+            &[Text, Text, Text, Text, Text, Text, Text, Text, Text, Int],
+            PUT_CONFLICT,
+            &out,
+        )
+        .await
     }
 }
 
@@ -145,8 +212,8 @@ async fn load(conn: &mut AnyConnection, key_id: &str) -> anyhow::Result<Option<A
 
 /// Writes a key's row (inserted, or replacing the stored one).
 async fn put(conn: &mut AnyConnection, k: &ApiKeyRow) -> anyhow::Result<()> {
-    sqlx::query("INSERT INTO api_keys (key_id, workspace, name, role, secret_hash, created_at, expires_at, revoked_at, last_used_at, log_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-         ON CONFLICT (key_id) DO UPDATE SET workspace = excluded.workspace, name = excluded.name, role = excluded.role, secret_hash = excluded.secret_hash, created_at = excluded.created_at, expires_at = excluded.expires_at, revoked_at = excluded.revoked_at, last_used_at = excluded.last_used_at, log_seq = excluded.log_seq")
+    let sql = format!("INSERT INTO api_keys ({PUT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) {PUT_CONFLICT}");
+    sqlx::query(&sql)
         .bind(&k.id)
         .bind(&k.workspace)
         .bind(&k.name)
@@ -160,6 +227,17 @@ async fn put(conn: &mut AnyConnection, k: &ApiKeyRow) -> anyhow::Result<()> {
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// The columns a write gives, in order.
+const PUT_COLUMNS: &str = "key_id, workspace, name, role, secret_hash, created_at, expires_at, revoked_at, last_used_at, log_seq";
+
+/// A write replaces the stored row.
+const PUT_CONFLICT: &str = "ON CONFLICT (key_id) DO UPDATE SET workspace = excluded.workspace, name = excluded.name, role = excluded.role, secret_hash = excluded.secret_hash, created_at = excluded.created_at, expires_at = excluded.expires_at, revoked_at = excluded.revoked_at, last_used_at = excluded.last_used_at, log_seq = excluded.log_seq";
+
+/// The event types this projection folds.
+fn relevant(t: &str) -> bool {
+    matches!(t, "api_key.created" | "api_key.revoked" | "api_key.used")
 }
 
 const COLUMNS: &str = "key_id, workspace, name, role, created_at, expires_at, revoked_at, last_used_at, secret_hash, log_seq";

@@ -333,7 +333,7 @@ impl Projection for Audit {
                 .await?;
         }
         let entry = step.entry;
-        sqlx::query("INSERT INTO audit_entries (workspace, seq, at, actor, action, target, outcome, ip, prev_hash, hash, log_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
+        sqlx::query(&format!("INSERT INTO audit_entries ({ENTRY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"))
             .bind(&ws)
             .bind(entry.seq)
             .bind(&entry.at)
@@ -347,8 +347,9 @@ impl Projection for Audit {
             .bind(event.seq as i64)
             .execute(&mut *conn)
             .await?;
-        sqlx::query("INSERT INTO audit_heads (workspace, seq, hash, cut_through, cut_hash, cut_signature) VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (workspace) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, cut_through = excluded.cut_through, cut_hash = excluded.cut_hash, cut_signature = excluded.cut_signature")
+        sqlx::query(&format!(
+            "INSERT INTO audit_heads ({HEAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) {HEAD_CONFLICT}"
+        ))
             .bind(&ws)
             .bind(h.seq)
             .bind(&h.hash)
@@ -359,6 +360,103 @@ impl Projection for Audit {
             .await?;
         Ok(())
     }
+
+    /// The batch folded in memory: each workspace's head loaded once, the chain
+    /// stepped in log order, the entries and the heads each written in one
+    /// statement (a retention cut writes what came before it, then deletes).
+    async fn apply_batch(
+        &self,
+        conn: &mut AnyConnection,
+        events: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        let mut heads: std::collections::BTreeMap<String, (AuditHead, bool)> = Default::default();
+        let mut entries: Vec<serde_json::Value> = vec![];
+        for event in events {
+            let decoded = super::decode(event)?;
+            if describe(decoded).is_none() {
+                continue;
+            }
+            let ws = super::ws_of(event);
+            if !heads.contains_key(&ws) {
+                let h = head(&mut *conn, &ws).await?.unwrap_or_default();
+                heads.insert(ws.clone(), (h, false));
+            }
+            let (h, touched) = heads.get_mut(&ws).expect("loaded above");
+            let Some(step) = step(self.key(), &ws, h, event, decoded) else {
+                continue;
+            };
+            *touched = true;
+            if let Some(through) = step.cut_through {
+                write_entries(&mut *conn, std::mem::take(&mut entries)).await?;
+                sqlx::query("DELETE FROM audit_entries WHERE workspace = $1 AND seq <= $2")
+                    .bind(&ws)
+                    .bind(through)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            let e = step.entry;
+            entries.push(serde_json::json!([
+                ws,
+                e.seq,
+                e.at,
+                e.actor,
+                e.action,
+                e.target,
+                e.outcome,
+                e.ip,
+                e.prev_hash,
+                e.hash,
+                event.seq as i64
+            ]));
+        }
+        write_entries(&mut *conn, entries).await?;
+        let rows: Vec<serde_json::Value> = heads
+            .iter()
+            .filter(|(_, (_, touched))| *touched)
+            .map(|(ws, (h, _))| {
+                serde_json::json!([
+                    ws,
+                    h.seq,
+                    h.hash,
+                    h.cut_through,
+                    h.cut_hash,
+                    h.cut_signature
+                ])
+            })
+            .collect();
+        use crate::batch::Col::{Int, Text};
+        crate::batch::insert_rows(
+            conn,
+            &format!("INSERT INTO audit_heads ({HEAD_COLUMNS})"),
+            &[Text, Int, Text, Int, Text, Text],
+            HEAD_CONFLICT,
+            &rows,
+        )
+        .await
+    }
+}
+
+const ENTRY_COLUMNS: &str =
+    "workspace, seq, at, actor, action, target, outcome, ip, prev_hash, hash, log_seq";
+const HEAD_COLUMNS: &str = "workspace, seq, hash, cut_through, cut_hash, cut_signature";
+const HEAD_CONFLICT: &str = "ON CONFLICT (workspace) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, cut_through = excluded.cut_through, cut_hash = excluded.cut_hash, cut_signature = excluded.cut_signature";
+
+/// Entries (as JSON rows in [`ENTRY_COLUMNS`] order) in one statement.
+async fn write_entries(
+    conn: &mut AnyConnection,
+    entries: Vec<serde_json::Value>,
+) -> anyhow::Result<()> {
+    use crate::batch::Col::{Int, Text};
+    crate::batch::insert_rows(
+        conn,
+        &format!("INSERT INTO audit_entries ({ENTRY_COLUMNS})"),
+        &[
+            Text, Int, Text, Text, Text, Text, Text, Text, Text, Text, Int,
+        ],
+        "",
+        &entries,
+    )
+    .await
 }
 
 /// Filters of the audit query.

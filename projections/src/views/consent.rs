@@ -169,7 +169,7 @@ pub struct Suspicion {
     pub at: String,
 }
 
-fn identifiers(c: &ContactRef) -> Vec<String> {
+pub(super) fn identifiers(c: &ContactRef) -> Vec<String> {
     [c.wa_id.clone(), c.user_id.clone()]
         .into_iter()
         .flatten()
@@ -333,6 +333,12 @@ async fn record_change(
     Ok(())
 }
 
+/// The event types consent cares about (most events are not: decided by type
+/// before decoding).
+pub(super) fn relevant(t: &str) -> bool {
+    t.starts_with("contact.") || t.starts_with("consent.") || t == "message.received"
+}
+
 #[async_trait::async_trait]
 impl Projection for Consent {
     fn name(&self) -> &'static str {
@@ -356,10 +362,6 @@ impl Projection for Consent {
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
         let ws = super::ws_of(event);
-        // Most events are not about consent: decide by type before decoding.
-        let relevant = |t: &str| {
-            t.starts_with("contact.") || t.starts_with("consent.") || t == "message.received"
-        };
         if super::skip(event, relevant) {
             return Ok(());
         }
@@ -462,6 +464,16 @@ impl Projection for Consent {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Opt-outs, opt-ins and links folded in memory, each table written once per
+    /// batch (see `consent_batch`); the rare rest one at a time.
+    async fn apply_batch(
+        &self,
+        conn: &mut AnyConnection,
+        events: &[StoredEvent],
+    ) -> anyhow::Result<()> {
+        super::consent_batch::apply_batch(self, conn, events).await
     }
 }
 

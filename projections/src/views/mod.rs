@@ -8,6 +8,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod consent;
+mod consent_batch;
 pub mod dead_letters;
 pub mod endpoints;
 pub mod media;
