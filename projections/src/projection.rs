@@ -59,9 +59,6 @@ pub trait Projection: Send + Sync + 'static {
     }
 }
 
-/// Lines of a dump joined per fetched row when checksumming.
-const CHECKSUM_GROUP: usize = 1000;
-
 /// SHA-256 (hex) of a projection's canonical dump: of its lines in order, each
 /// followed by `\n`.
 pub async fn checksum(store: &Store, projection: &dyn Projection) -> anyhow::Result<String> {
@@ -70,40 +67,21 @@ pub async fn checksum(store: &Store, projection: &dyn Projection) -> anyhow::Res
 }
 
 /// As [`checksum`], on a connection (inside a transaction: the state as of it).
+///
+/// The dump is streamed (a read model of millions of rows is hashed in constant
+/// memory) and sorted once, by its own `ORDER BY`. (Joining lines into groups in
+/// the database to fetch fewer rows was tried: its extra window and sorts cost
+/// more than the rows saved — 10.7 s against 6.3 s for 1.17 million rows on
+/// SQLite, 5.5 s against 3.4 s on PostgreSQL.)
 pub async fn checksum_on(
     conn: &mut AnyConnection,
     projection: &dyn Projection,
 ) -> anyhow::Result<String> {
-    checksum_in_groups(conn, projection, CHECKSUM_GROUP).await
-}
-
-/// As [`checksum_on`], fetching the dump's lines `group` at a time (the hash does
-/// not depend on it).
-pub async fn checksum_in_groups(
-    conn: &mut AnyConnection,
-    projection: &dyn Projection,
-    group: usize,
-) -> anyhow::Result<String> {
-    // The dump's lines in groups, each group's lines joined by "\n" in the
-    // database: far fewer rows to fetch, and the same bytes hashed as line by line (each line followed by "\n"). Streamed: a read model of
-    // millions of rows is hashed in constant memory.
     use futures_util::TryStreamExt;
-    let joined = if conn.backend_name() == "PostgreSQL" {
-        "string_agg(line, chr(10) ORDER BY line)"
-    } else {
-        "group_concat(line, char(10) ORDER BY line)"
-    };
-    let sql = format!(
-        "WITH d(line) AS ({}) SELECT {joined} FROM \
-         (SELECT line, (row_number() OVER (ORDER BY line) - 1) / {} AS g FROM d) AS x \
-         GROUP BY g ORDER BY g",
-        projection.dump_sql(),
-        group.max(1)
-    );
-    let mut rows = sqlx::query_scalar::<_, String>(&sql).fetch(conn);
+    let mut rows = sqlx::query_scalar::<_, String>(projection.dump_sql()).fetch(conn);
     let mut h = Sha256::new();
-    while let Some(group) = rows.try_next().await? {
-        h.update(group.as_bytes());
+    while let Some(line) = rows.try_next().await? {
+        h.update(line.as_bytes());
         h.update(b"\n");
     }
     Ok(hex::encode(h.finalize()))

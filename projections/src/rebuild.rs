@@ -240,6 +240,11 @@ async fn run(
             last_report = Instant::now();
         }
     }
+    tracing::info!(
+        position,
+        seconds = started.elapsed().as_secs_f64(),
+        "rebuild: replayed into the shadow"
+    );
     // 2. and 3. Lock the live checkpoints, meet them exactly, swap or compare.
     for attempt in 0.. {
         let head = log.last_seq(StreamKind::Domain).await?;
@@ -342,12 +347,21 @@ async fn locked(
     let mut out = Vec::with_capacity(at.len());
     for (p, live_cp, shadow_cp) in at {
         // The rebuilt state's checksum is taken beside the swap (another
-        // connection, another file or schema): the two run on two cores.
+        // connection, another file or schema): the two run on two cores. A dry run
+        // compares it with the live state as it is; a swap checks the live state
+        // after the copy (the state before the copy is replaced unread).
         let swap = async {
-            let mut live_checksum = checksum_on(&mut tx, &**p).await?;
-            if !dry_run {
+            if dry_run {
+                checksum_on(&mut tx, &**p).await
+            } else {
                 for table in p.tables() {
+                    let t0 = Instant::now();
                     copy_table(&mut tx, table, &shadow.qualifier, sqlite).await?;
+                    tracing::debug!(
+                        table,
+                        seconds = t0.elapsed().as_secs_f64(),
+                        "rebuild: copied"
+                    );
                 }
                 if shadow_cp != live_cp {
                     // The live projection was behind the rebuilt one: it goes on from
@@ -358,11 +372,16 @@ async fn locked(
                         .execute(&mut *tx)
                         .await?;
                 }
-                live_checksum = checksum_on(&mut tx, &**p).await?;
+                checksum_on(&mut tx, &**p).await
             }
-            anyhow::Ok(live_checksum)
         };
+        let t0 = Instant::now();
         let (rebuilt, live_checksum) = tokio::join!(checksum(&shadow.store, &**p), swap);
+        tracing::debug!(
+            projection = p.name(),
+            seconds = t0.elapsed().as_secs_f64(),
+            "rebuild: compared or swapped"
+        );
         let (rebuilt, live_checksum) = (rebuilt?, live_checksum?);
         out.push(RebuiltProjection {
             name: p.name().to_string(),
