@@ -48,6 +48,12 @@ impl NatsServer {
     /// Starts a private server on a free port with a fresh store, and waits until
     /// JetStream answers. Panics (with the server's log) when it does not come up.
     pub async fn start() -> NatsServer {
+        Self::start_with("always", "1G").await
+    }
+
+    /// As [`NatsServer::start`], with another `sync_interval` (`always`, `1s`, ...)
+    /// and `max_file_store` (a long soak stores gigabytes).
+    pub async fn start_with(sync_interval: &str, max_file_store: &str) -> NatsServer {
         let mut last_err = String::new();
         // A free port found by binding :0 can be taken by someone else before the
         // server binds it; try a few.
@@ -57,8 +63,11 @@ impl NatsServer {
                 .tempdir()
                 .expect("creating a temp dir for nats-server");
             let port = free_port();
-            std::fs::write(dir.path().join("nats.conf"), config(port, dir.path()))
-                .expect("writing nats.conf");
+            std::fs::write(
+                dir.path().join("nats.conf"),
+                config(port, dir.path(), sync_interval, max_file_store),
+            )
+            .expect("writing nats.conf");
             let server = NatsServer {
                 port,
                 dir,
@@ -298,13 +307,13 @@ fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
-fn config(port: u16, dir: &Path) -> String {
+fn config(port: u16, dir: &Path, sync_interval: &str, max_file_store: &str) -> String {
     let store = dir.join("js");
     format!(
         "server_name: wbit-{port}\n\
          listen: 127.0.0.1:{port}\n\
          max_payload: 8MB\n\
-         jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n  max_file_store: 1G\n  max_memory_store: 64M\n}}\n",
+         jetstream {{\n  store_dir: {store:?}\n  sync_interval: {sync_interval}\n  max_file_store: {max_file_store}\n  max_memory_store: 64M\n}}\n",
         store = store.display().to_string(),
     )
 }
