@@ -326,11 +326,7 @@ impl Projection for Audit {
             return Ok(());
         };
         if let Some(through) = step.cut_through {
-            sqlx::query("DELETE FROM audit_entries WHERE workspace = $1 AND seq <= $2")
-                .bind(&ws)
-                .bind(through)
-                .execute(&mut *conn)
-                .await?;
+            cut(&mut *conn, &ws, through).await?;
         }
         let entry = step.entry;
         sqlx::query(&format!("INSERT INTO audit_entries ({ENTRY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"))
@@ -388,11 +384,7 @@ impl Projection for Audit {
             *touched = true;
             if let Some(through) = step.cut_through {
                 write_entries(&mut *conn, std::mem::take(&mut entries)).await?;
-                sqlx::query("DELETE FROM audit_entries WHERE workspace = $1 AND seq <= $2")
-                    .bind(&ws)
-                    .bind(through)
-                    .execute(&mut *conn)
-                    .await?;
+                cut(&mut *conn, &ws, through).await?;
             }
             let e = step.entry;
             entries.push(serde_json::json!([
@@ -440,6 +432,16 @@ const ENTRY_COLUMNS: &str =
     "workspace, seq, at, actor, action, target, outcome, ip, prev_hash, hash, log_seq";
 const HEAD_COLUMNS: &str = "workspace, seq, hash, cut_through, cut_hash, cut_signature";
 const HEAD_CONFLICT: &str = "ON CONFLICT (workspace) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, cut_through = excluded.cut_through, cut_hash = excluded.cut_hash, cut_signature = excluded.cut_signature";
+
+/// A retention cut: a workspace's entries up to `through` leave the view.
+async fn cut(conn: &mut AnyConnection, ws: &str, through: i64) -> anyhow::Result<()> {
+    sqlx::query("DELETE FROM audit_entries WHERE workspace = $1 AND seq <= $2")
+        .bind(ws)
+        .bind(through)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
 
 /// Entries (as JSON rows in [`ENTRY_COLUMNS`] order) in one statement.
 async fn write_entries(

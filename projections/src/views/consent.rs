@@ -288,6 +288,22 @@ async fn write_state(
     Ok(())
 }
 
+/// How a history row names a change: its action, scope and source kind.
+pub(super) fn history_labels(
+    change: Change,
+    source: &ConsentSource,
+) -> anyhow::Result<(&'static str, ConsentScope, String)> {
+    let (action, scope) = match change {
+        Change::OptOut(s) => ("opt_out", s),
+        Change::OptIn(s) => ("opt_in", s),
+    };
+    let kind = serde_json::to_value(source.kind)?
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    Ok((action, scope, kind))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn record_change(
     conn: &mut AnyConnection,
@@ -306,14 +322,7 @@ async fn record_change(
     let id = resolve(&mut *conn, &ws, &idents).await?;
     let state = next_state(state_of(&mut *conn, &ws, &id).await?, change);
     write_state(&mut *conn, &ws, &id, state, Some(at)).await?;
-    let (action, scope) = match change {
-        Change::OptOut(s) => ("opt_out", s),
-        Change::OptIn(s) => ("opt_in", s),
-    };
-    let kind = serde_json::to_value(source.kind)?
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let (action, scope, kind) = history_labels(change, source)?;
     sqlx::query("INSERT INTO consent_history (workspace, contact_id, log_seq, at, scope, action, source_kind, keyword, language, message_id, webhook_seq, reason, actor) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING")
         .bind(&ws)
         .bind(&id)

@@ -14,7 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 use sqlx::{AnyConnection, Row};
 use wabridge_events::{types::ConsentSource, DomainEvent, StoredEvent};
 
-use super::consent::{choose, identifiers, next_state, relevant, Change, Consent, ConsentState};
+use super::consent::{
+    choose, history_labels, identifiers, next_state, relevant, Change, Consent, ConsentState,
+};
 use crate::{
     batch::{by_keys, insert_rows, Col},
     Projection,
@@ -283,14 +285,7 @@ impl Fold {
         let state = next_state(self.states.get(&key).copied().unwrap_or_default(), *change);
         self.states.insert(key.clone(), state);
         self.contact_rows.insert(key, (state, at.clone()));
-        let (action, scope) = match change {
-            Change::OptOut(s) => ("opt_out", s),
-            Change::OptIn(s) => ("opt_in", s),
-        };
-        let kind = serde_json::to_value(source.kind)?
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let (action, scope, kind) = history_labels(*change, source)?;
         self.history.push(serde_json::json!([
             ws,
             id,
