@@ -442,8 +442,8 @@ async fn a_rebuild_after_the_raw_webhooks_expired_is_identical_jetstream() {
 }
 
 /// A projection's batch fold leaves exactly the rows of applying its events one at
-/// a time, for every projection (messages, send_context and sends fold batches in
-/// memory).
+/// a time, for every projection (messages, send_context, sends, endpoints, consent,
+/// api_keys and audit fold batches in memory).
 async fn batch_folds_equal_one_at_a_time(db: DbKind) {
     let app = spawn_app(LogKind::Embedded, db).await;
     crate::http::activity(&app).await;
