@@ -112,18 +112,28 @@ pub(crate) async fn count_messages(
     let mut total = 0;
     let mut after = String::new();
     loop {
-        let r: Value = client
+        let r = client
             .get(served.url(&format!(
                 "/v1/workspaces/acme/events?types=message.received&limit=500&after={after}"
             )))
             .bearer_auth(key)
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
             .unwrap();
-        let items = r["items"].as_array().unwrap();
+        // A long run pages past the key's rate limit: wait as told.
+        if r.status() == 429 {
+            let wait = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(1);
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            continue;
+        }
+        let r: Value = r.json().await.unwrap();
+        let items = r["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("the feed answered {r}"));
         if items.is_empty() {
             return (total, wamids.len());
         }

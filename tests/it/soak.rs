@@ -122,16 +122,50 @@ async fn a_steady_load_with_a_rebuild_in_the_middle_loses_nothing_and_memory_sta
                 .header("content-type", "application/json")
                 .body(body)
                 .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), at.elapsed())
+                .await;
+            let outcome = match r {
+                Ok(r) if r.status() == 200 => Ok(()),
+                Ok(r) => Err(format!("answered {}", r.status())),
+                Err(e) => Err(format!("{:?}", std::error::Error::source(&e))),
+            };
+            (outcome, at, at.elapsed())
         }));
     }
     let mut latencies = Vec::with_capacity(n);
+    // Every failure, by kind, with when it was sent (seconds into the run).
+    let mut failures: std::collections::BTreeMap<String, (usize, f64, f64)> = Default::default();
     for t in tasks {
-        let (status, latency) = t.await.unwrap();
-        assert_eq!(status, 200, "a webhook was refused during the soak");
-        latencies.push(latency);
+        let (outcome, at, latency) = t.await.unwrap();
+        match outcome {
+            Ok(()) => latencies.push(latency),
+            Err(kind) => {
+                let when = at.duration_since(start).as_secs_f64();
+                let f = failures.entry(kind).or_insert((0, when, when));
+                f.0 += 1;
+                f.2 = when;
+            }
+        }
+    }
+    if !failures.is_empty() {
+        let metrics = client
+            .get(served.url("/metrics"))
+            .send()
+            .await
+            .map(|r| r.text());
+        let connections = match metrics {
+            Ok(text) => text
+                .await
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("connection") && !l.starts_with('#'))
+                .collect::<Vec<_>>()
+                .join("; "),
+            Err(e) => e.to_string(),
+        };
+        panic!(
+            "{} of {n} webhooks failed (kind: count, first and last sent at s): {failures:?}; server metrics: {connections}",
+            failures.values().map(|f| f.0).sum::<usize>()
+        );
     }
     latencies.sort();
     let p99 = latencies[latencies.len() * 99 / 100];
