@@ -111,6 +111,7 @@ pub(crate) async fn count_messages(
     let mut wamids = std::collections::HashSet::new();
     let mut total = 0;
     let mut after = String::new();
+    let mut limited = 0;
     loop {
         let r = client
             .get(served.url(&format!(
@@ -120,8 +121,11 @@ pub(crate) async fn count_messages(
             .send()
             .await
             .unwrap();
-        // A long run pages past the key's rate limit: wait as told.
+        // A long run pages past the key's rate limit: wait as told (a bounded
+        // number of times: a limit that never lifts is a failure).
         if r.status() == 429 {
+            limited += 1;
+            assert!(limited <= 600, "the feed stayed rate-limited");
             let wait = r
                 .headers()
                 .get("retry-after")

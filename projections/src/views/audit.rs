@@ -373,11 +373,13 @@ impl Projection for Audit {
                 continue;
             }
             let ws = super::ws_of(event);
-            if !heads.contains_key(&ws) {
-                let h = head(&mut *conn, &ws).await?.unwrap_or_default();
-                heads.insert(ws.clone(), (h, false));
-            }
-            let (h, touched) = heads.get_mut(&ws).expect("loaded above");
+            let (h, touched) = match heads.entry(ws.clone()) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let h = head(&mut *conn, &ws).await?.unwrap_or_default();
+                    e.insert((h, false))
+                }
+            };
             let Some(step) = step(self.key(), &ws, h, event, decoded) else {
                 continue;
             };

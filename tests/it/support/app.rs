@@ -629,7 +629,8 @@ pub async fn batch_fold_equals_one_at_a_time(
         p.name()
     );
     assert_eq!(stores[0].0, live, "{}: differs from live", p.name());
-    // The checksum is the hash of the dump's lines, each followed by "\n".
+    // The checksum's definition, which operators can reproduce from the dump: the
+    // SHA-256 of the dump's lines, each followed by "\n".
     let mut conn = app.app.ctx.store.reads.acquire().await.unwrap();
     let lines: Vec<String> = sqlx::query_scalar(p.dump_sql())
         .fetch_all(&mut *conn)
