@@ -25,7 +25,7 @@ use wabridge_events::{
     NewEvent, ReadFrom, Slug, StoredEvent, StreamKind, Timestamp,
 };
 
-use crate::support::{unique_ns, NatsServer};
+use crate::support::{unique_ns, NatsCluster, NatsServer};
 
 // ------------------------------------------------------------------ fixtures
 
@@ -256,6 +256,167 @@ mod jetstream {
             .expect("connecting with a comma-separated server list");
         let s = ns.domain_subject(None, "list", "a");
         assert_eq!(append_ok(&log, ev(&s, "listed")).await, 1);
+    }
+
+    /// Reads and resubscriptions do not leave consumers behind: more reads than the
+    /// server's default limit of consumers per stream (1,000 on nats-server 2.15)
+    /// within the consumers' inactivity threshold all succeed, and afterwards the
+    /// stream holds no consumer of theirs; a follower that subscribes again and
+    /// again leaves one. Found by the soak: the message feed, which reads a
+    /// page per request, answered 503 "maximum consumers limit reached" after
+    /// about 2,400 pages in a minute.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_and_resubscriptions_leave_no_consumers() {
+        let url = NatsServer::shared().await.url();
+        let ns = unique_ns();
+        let log = Arc::new(
+            JetStreamLog::connect(jetstream_config(&url, ns.clone()))
+                .await
+                .unwrap(),
+        );
+        let s = ns.domain_subject(None, "reads", "a");
+        for i in 0..3 {
+            append_ok(&*log, ev(&s, format!("r{i}"))).await;
+        }
+        let reads: Vec<_> = (0..4)
+            .map(|_| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    for _ in 0..300 {
+                        let page = log
+                            .read(StreamKind::Domain, ReadFrom::Seq(2), None, 10)
+                            .await
+                            .expect("a read");
+                        assert_eq!(seqs(&page), vec![2, 3]);
+                    }
+                })
+            })
+            .collect();
+        for r in join_all(reads).await {
+            r.unwrap();
+        }
+        for _ in 0..20 {
+            let mut follower = log.follow(StreamKind::Domain, "again", 3).await.unwrap();
+            assert_eq!(next_event(&mut follower).await.seq, 3);
+        }
+
+        let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+        let mut stream = js
+            .get_stream(ns.stream_name(StreamKind::Domain))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = stream.info().await.unwrap().state.consumer_count;
+            if left <= 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{left} consumers left on the stream after the reads and 20 subscriptions of one follower"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// In a three-node cluster, the node leading a durable follower's consumer is
+    /// SIGKILLed: the follower notices within seconds (a missed idle heartbeat
+    /// ends its subscription with an error), subscribes again as the driver does,
+    /// and gets the next event. With the client's default heartbeat (15 s, pulls
+    /// of 30 s) it stalled for about half a minute; projections then lagged that
+    /// long after a leader change.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_durable_follower_resumes_soon_after_its_consumer_leader_dies() {
+        let cluster = NatsCluster::start().await;
+        let ns = unique_ns();
+        let mut cfg = jetstream_config(&cluster.urls(), ns.clone());
+        cfg.replicas = 3;
+        let log = JetStreamLog::connect(cfg).await.unwrap();
+        let s = ns.domain_subject(None, "leader", "a");
+        append_ok(&log, ev(&s, "before")).await;
+        let mut follower = log.follow(StreamKind::Domain, "c1", 1).await.unwrap();
+        assert_eq!(next_event(&mut follower).await.seq, 1);
+
+        let observer = async_nats::connect(
+            cluster
+                .nodes
+                .iter()
+                .map(|n| n.url().parse().unwrap())
+                .collect::<Vec<async_nats::ServerAddr>>(),
+        )
+        .await
+        .unwrap();
+        let js = async_nats::jetstream::new(observer);
+        let stream = js
+            .get_stream(ns.stream_name(StreamKind::Domain))
+            .await
+            .unwrap();
+        // The follower's consumer is named after it.
+        let names: Vec<String> = stream
+            .consumer_names()
+            .map(|n| n.unwrap())
+            .collect::<Vec<_>>()
+            .await;
+        let name = names
+            .iter()
+            .find(|n| n.starts_with("c1-"))
+            .unwrap_or_else(|| panic!("no consumer of c1 among {names:?}"));
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer(name).await.unwrap();
+        let leader = consumer
+            .info()
+            .await
+            .unwrap()
+            .cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone())
+            .expect("the consumer has a leader");
+        let killed = Instant::now();
+        cluster.node(&leader).kill();
+
+        // The next append may wait for a new stream leader.
+        let after = loop {
+            match log.append(ev(&s, "after")).await {
+                Ok(a) => break a.seq,
+                Err(_) if killed.elapsed() < Duration::from_secs(30) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await
+                }
+                Err(e) => panic!("no append within 30 s of the kill: {e}"),
+            }
+        };
+        let appended = killed.elapsed();
+        let bound = appended + Duration::from_secs(20);
+        let mut next = 2;
+        let got = loop {
+            let left = bound.saturating_sub(killed.elapsed());
+            match tokio::time::timeout(left, follower.next()).await {
+                Ok(Some(Ok(e))) if e.seq >= after => break e,
+                Ok(Some(Ok(e))) => next = e.seq + 1,
+                // As the driver does: after an error, subscribe again.
+                Ok(ended) => {
+                    let why = ended.map(|r| r.err().map(|e| e.to_string()));
+                    eprintln!("{:?} after the kill: {why:?}", killed.elapsed());
+                    loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    match log.follow(StreamKind::Domain, "c1", next).await {
+                        Ok(f) => break follower = f,
+                        Err(e) if killed.elapsed() < bound => {
+                            eprintln!("{:?} after the kill: {e}", killed.elapsed())
+                        }
+                        Err(e) => panic!("no subscription within 20 s of the append: {e}"),
+                    }
+                    }
+                }
+                Err(_) => panic!(
+                    "the follower did not deliver the event appended {appended:?} after its consumer's leader {leader} died within 20 s of the append"
+                ),
+            }
+        };
+        assert_eq!(&got.payload[..], b"after");
+        eprintln!(
+            "consumer leader {leader} killed; the next append landed {appended:?} after the kill, the follower had it {:?} after the kill",
+            killed.elapsed()
+        );
     }
 
     /// Key-value entries survive a restart (SIGKILL) of the server, revisions

@@ -3,9 +3,9 @@
 //! refuses appends rather than dropping old events), deletes and purges denied.
 //!
 //! Appends return only after the server's `PubAck`; with `sync_interval: always`
-//! (the shipped nats.conf) that means fsynced. Projections follow through a durable
-//! pull consumer that is (re)created at the position the read model's checkpoint
-//! names, so the read-model database stays the authority.
+//! (the shipped nats.conf) that means fsynced. Projections follow through a pull
+//! consumer created for each subscription at the position the read model's
+//! checkpoint names, so the read-model database stays the authority.
 
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
@@ -31,6 +31,15 @@ use crate::{
 /// Room kept for headers: the server's `max_payload` and the stream's
 /// `max_message_size` count headers and payload together.
 const HEADER_ROOM: usize = 4096;
+
+/// How long a follower's pull request lasts.
+const FOLLOW_PULL_EXPIRY: Duration = Duration::from_secs(5);
+/// The idle heartbeat the server sends a follower meanwhile (two missed
+/// ones end the subscription with an error).
+const FOLLOW_HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long the server keeps a follower's consumer nobody pulls from (one left by a
+/// process that died, or whose deletion failed).
+const FOLLOWER_INACTIVE: Duration = Duration::from_secs(60);
 
 /// The dedup id of a probe publish that can never be the stream's last message id.
 const DEDUP_PROBE: &str = "wabridge:dedup-probe";
@@ -94,9 +103,75 @@ pub struct JetStreamLog {
     leases: std::sync::Arc<std::sync::OnceLock<kv::Store>>,
     /// The key-value buckets (`<NS>_KV_<BUCKET>`) opened so far, by logical name.
     kv_stores: std::sync::Arc<tokio::sync::Mutex<HashMap<String, kv::Store>>>,
+    /// Each follower's current consumer on the server, by the follower's name, to
+    /// delete when it subscribes again.
+    followers: std::sync::Arc<std::sync::Mutex<HashMap<String, String>>>,
 }
 
 impl JetStreamLog {
+    /// Reads up to `limit` events through `consumer`, created at `from`.
+    async fn read_from(
+        &self,
+        kind: StreamKind,
+        consumer: jetstream::consumer::Consumer<pull::OrderedConfig>,
+        from: ReadFrom,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, LogError> {
+        let pending = consumer.cached_info().num_pending as usize;
+        let want = pending.min(limit);
+        let mut out = Vec::with_capacity(want);
+        if want == 0 {
+            return Ok(out);
+        }
+        let mut messages = consumer.messages().await.map_err(LogError::new)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while out.len() < want {
+            let msg = match tokio::time::timeout(Duration::from_secs(1), messages.next()).await {
+                Ok(Some(m)) => m.map_err(LogError::new)?,
+                Ok(None) => break,
+                Err(_) => {
+                    // Counted as pending but not coming: expired (a raw stream's
+                    // max age) or purged meanwhile when the stream now starts past
+                    // what was read; the page ends there (the next read counts
+                    // again). Otherwise wait, up to the deadline.
+                    let next = match (out.last(), &from) {
+                        (Some(e), _) => Some(e.seq + 1),
+                        (None, ReadFrom::Seq(n)) => Some(*n),
+                        (None, ReadFrom::Time(_)) => None,
+                    };
+                    let state = self
+                        .fetch_stream(kind)
+                        .await
+                        .map(|s| s.cached_info().state.clone())
+                        .map_err(|e| LogError(anyhow::anyhow!("{e}")))?;
+                    let gone = state.messages == 0
+                        || next
+                            .is_some_and(|n| state.first_sequence > n || state.last_sequence < n);
+                    if gone {
+                        break;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(LogError(anyhow::anyhow!(
+                            "timed out reading the {} stream: {} of {want} pending events read, next {next:?}; the stream holds {} from {} to {}",
+                            kind.as_str(),
+                            out.len(),
+                            state.messages,
+                            state.first_sequence,
+                            state.last_sequence,
+                        )));
+                    }
+                    continue;
+                }
+            };
+            let seq = msg
+                .info()
+                .map_err(|e| LogError(anyhow::anyhow!("{e}")))?
+                .stream_sequence;
+            out.push(to_stored(kind, &msg, seq)?);
+        }
+        Ok(out)
+    }
+
     /// Connects (failing fast when the server is unreachable) and creates or updates
     /// both streams.
     pub async fn connect(cfg: JetStreamConfig) -> anyhow::Result<Self> {
@@ -138,6 +213,7 @@ impl JetStreamLog {
             handles: Default::default(),
             leases: Default::default(),
             kv_stores: Default::default(),
+            followers: Default::default(),
         };
         for kind in [StreamKind::Domain, StreamKind::Raw] {
             log.ensure_stream(kind).await?;
@@ -501,67 +577,24 @@ impl EventLog for JetStreamLog {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, LogError> {
         let stream = self.stream(kind).await?;
+        // Named, so that it can be deleted when the read ends (the ordered consumer
+        // keeps its name when it recreates itself). Left to its inactivity threshold
+        // (30 s), one consumer per read outran the server's default limit of 1,000
+        // consumers per stream (nats-server 2.15) at a few reads per second.
+        let name = ephemeral_name("read");
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
+                name: Some(name.clone()),
                 filter_subject: filter.unwrap_or_default().to_string(),
                 deliver_policy: deliver_policy(from),
                 ..Default::default()
             })
             .await
             .map_err(LogError::new)?;
-        let pending = consumer.cached_info().num_pending as usize;
-        let want = pending.min(limit);
-        let mut out = Vec::with_capacity(want);
-        if want == 0 {
-            return Ok(out);
-        }
-        let mut messages = consumer.messages().await.map_err(LogError::new)?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while out.len() < want {
-            let msg = match tokio::time::timeout(Duration::from_secs(1), messages.next()).await {
-                Ok(Some(m)) => m.map_err(LogError::new)?,
-                Ok(None) => break,
-                Err(_) => {
-                    // Counted as pending but not coming: expired (a raw stream's
-                    // max age) or purged meanwhile when the stream now starts past
-                    // what was read; the page ends there (the next read counts
-                    // again). Otherwise wait, up to the deadline.
-                    let next = match (out.last(), &from) {
-                        (Some(e), _) => Some(e.seq + 1),
-                        (None, ReadFrom::Seq(n)) => Some(*n),
-                        (None, ReadFrom::Time(_)) => None,
-                    };
-                    let state = self
-                        .fetch_stream(kind)
-                        .await
-                        .map(|s| s.cached_info().state.clone())
-                        .map_err(|e| LogError(anyhow::anyhow!("{e}")))?;
-                    let gone = state.messages == 0
-                        || next
-                            .is_some_and(|n| state.first_sequence > n || state.last_sequence < n);
-                    if gone {
-                        break;
-                    }
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err(LogError(anyhow::anyhow!(
-                            "timed out reading the {} stream: {} of {want} pending events read, next {next:?}; the stream holds {} from {} to {}",
-                            kind.as_str(),
-                            out.len(),
-                            state.messages,
-                            state.first_sequence,
-                            state.last_sequence,
-                        )));
-                    }
-                    continue;
-                }
-            };
-            let seq = msg
-                .info()
-                .map_err(|e| LogError(anyhow::anyhow!("{e}")))?
-                .stream_sequence;
-            out.push(to_stored(kind, &msg, seq)?);
-        }
-        Ok(out)
+        let read = self.read_from(kind, consumer, from, limit).await;
+        // A consumer that cannot be deleted now (server gone) expires on its own.
+        let _ = stream.delete_consumer(&name).await;
+        read
     }
 
     async fn follow(
@@ -571,23 +604,65 @@ impl EventLog for JetStreamLog {
         from_seq: u64,
     ) -> Result<EventStream, LogError> {
         let stream = self.stream(kind).await?;
-        // The read model's checkpoint is the authority: reposition the durable there.
-        let _ = stream.delete_consumer(consumer).await;
+        // The read model's checkpoint is the authority: each subscription gets a
+        // consumer of its own, created at the checkpoint, with one replica held in
+        // memory (nothing on the server needs to outlive it). A fresh name, not
+        // the durable of the last subscription repositioned: in a cluster, after
+        // the node leading a replicated consumer died, deleting or updating that
+        // consumer failed ("start sequence can not be updated") or its new
+        // subscription stayed silent until a new leader was elected. The previous
+        // consumer is deleted; one that cannot be (its node died) expires.
+        let previous = self
+            .followers
+            .lock()
+            .expect("the followers map is poisoned only by a panic")
+            .get(consumer)
+            .cloned();
+        // A durable of that name from earlier versions, and the previous one: aside,
+        // since a consumer on a dead node answers only when the request times out.
+        let olds: Vec<String> = [Some(consumer.to_string()), previous]
+            .into_iter()
+            .flatten()
+            .collect();
+        let on = stream.clone();
+        tokio::spawn(async move {
+            for old in olds {
+                let _ = on.delete_consumer(&old).await;
+            }
+        });
+        let name = ephemeral_name(consumer);
         let durable: jetstream::consumer::Consumer<pull::Config> = stream
             .create_consumer(pull::Config {
-                durable_name: Some(consumer.to_string()),
+                name: Some(name.clone()),
                 deliver_policy: DeliverPolicy::ByStartSequence {
                     start_sequence: from_seq.max(1),
                 },
-                // Progress lives in the read model's checkpoint (the consumer is
-                // repositioned there at every subscription), so the server tracks
-                // no acknowledgements: each would be one more message both ways.
+                // Progress lives in the read model's checkpoint, so the server
+                // tracks no acknowledgements: each would be one more message both
+                // ways.
                 ack_policy: AckPolicy::None,
+                num_replicas: 1,
+                memory_storage: true,
+                inactive_threshold: FOLLOWER_INACTIVE,
                 ..Default::default()
             })
             .await
             .map_err(LogError::new)?;
-        let messages = durable.messages().await.map_err(LogError::new)?;
+        self.followers
+            .lock()
+            .expect("the followers map is poisoned only by a panic")
+            .insert(consumer.to_string(), name);
+        // A short idle heartbeat: a consumer whose server died is noticed within
+        // a few seconds, by a missed heartbeat, and the follower subscribes again;
+        // the client's default (15 s, a pull expiring after 30 s) left projections
+        // stalled for half a minute.
+        let messages = durable
+            .stream()
+            .expires(FOLLOW_PULL_EXPIRY)
+            .heartbeat(FOLLOW_HEARTBEAT)
+            .messages()
+            .await
+            .map_err(LogError::new)?;
         Ok(Box::pin(messages.map(move |item| {
             let msg = item.map_err(LogError::new)?;
             let seq = msg
@@ -779,4 +854,13 @@ impl EventLog for JetStreamLog {
     fn namespace(&self) -> &Namespace {
         &self.cfg.namespace
     }
+}
+
+/// A unique consumer name: `what` (a follower's name, or `read`) and a nonce, so
+/// that an operator reading the server's consumer list sees whose it is.
+fn ephemeral_name(what: &str) -> String {
+    format!(
+        "{what}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..16]
+    )
 }
