@@ -77,14 +77,26 @@ pub enum Command {
     },
     /// Rebuild read models from the log beside the live ones (the server may keep
     /// serving), then swap them in atomically; prints a checksum per projection.
+    ///
+    /// `--projection webhook_processor --since TIME` (or `--from-seq N`) instead
+    /// splits the webhooks stored since then again with this version's code and
+    /// appends the domain events they should have given and did not.
     Replay {
-        /// A projection's name (`wabridge projections list`), or `all`.
+        /// A projection's name (`wabridge projections list`), or `all`; or
+        /// `webhook_processor` with `--since` / `--from-seq`.
         #[arg(long)]
         projection: String,
         /// Rebuild and compare with the live state; swap nothing (exit 1 when they
-        /// differ).
+        /// differ). With `webhook_processor`: count what would be appended.
         #[arg(long)]
         dry_run: bool,
+        /// With `webhook_processor`: the first raw-stream sequence to process again.
+        #[arg(long, conflicts_with = "since")]
+        from_seq: Option<u64>,
+        /// With `webhook_processor`: process again the webhooks received at or after
+        /// this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
     },
     /// The read models.
     Projections {
@@ -525,13 +537,96 @@ fn print_progress(p: &wabridge_projections::rebuild::RebuildProgress) {
     let _ = err.flush();
 }
 
+/// `replay --projection webhook_processor --since|--from-seq`: one line on stdout,
+/// `webhook_processor raw FROM..THROUGH: N bodies; appended N (type n, ...);
+/// already derived N; skipped reason n, ...` (`skipped none` when nothing was).
+async fn reprocess_webhooks(
+    ctx: &commands::Ctx,
+    from: ReadFrom,
+    dry_run: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let report =
+        wabridge_handlers::webhooks::reprocess::reprocess(ctx, from, dry_run, |at, through| {
+            use std::io::IsTerminal;
+            let line = format!("replay: raw webhook {at} of {through}");
+            let mut err = std::io::stderr();
+            if err.is_terminal() {
+                let _ = write!(err, "\r\x1b[2K{line}");
+            } else {
+                let _ = writeln!(err, "{line}");
+            }
+        })
+        .await?;
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!();
+    }
+    let list = |m: &std::collections::BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    writeln!(
+        out,
+        "{} raw {}..{}: {} bodies; appended {}{}; already derived {}; skipped {}",
+        wabridge_handlers::webhooks::processor::NAME,
+        report.from,
+        report.through,
+        report.bodies,
+        report.appended_total(),
+        if report.appended.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", list(&report.appended))
+        },
+        report.already_derived,
+        if report.skipped.is_empty() {
+            "none".to_string()
+        } else {
+            list(&report.skipped)
+        },
+    )?;
+    eprintln!(
+        "replay: {} webhook bodies in {:.1} s; {}",
+        report.bodies,
+        started.elapsed().as_secs_f64(),
+        if dry_run {
+            "dry run, nothing appended"
+        } else {
+            "appended"
+        }
+    );
+    Ok(())
+}
+
 async fn host_command(app: &App, command: Command, out: &mut impl Write) -> anyhow::Result<()> {
     let ctx = &app.ctx;
     match command {
         Command::Replay {
             projection,
             dry_run,
+            from_seq,
+            since,
         } => {
+            let from = match (from_seq, since) {
+                (Some(seq), _) => Some(ReadFrom::Seq(seq)),
+                (None, Some(t)) => Some(ReadFrom::Time(
+                    Timestamp::parse(&t).context("--since must be RFC 3339")?,
+                )),
+                (None, None) => None,
+            };
+            if projection == wabridge_handlers::webhooks::processor::NAME {
+                let from = from.context(
+                    "webhook_processor processes stored webhooks again from a position: give --since TIME or --from-seq N (a raw-stream sequence)",
+                )?;
+                return reprocess_webhooks(ctx, from, dry_run, out).await;
+            }
+            anyhow::ensure!(
+                from.is_none(),
+                "--since and --from-seq go with --projection webhook_processor (processing stored webhooks again); a read model is a fold of the whole domain stream, so it is rebuilt from the log's first event"
+            );
             let projections = crate::replay::select(app, &projection).with_context(|| {
                 format!("no projection {projection:?}; see `wabridge projections list`")
             })?;

@@ -465,6 +465,57 @@ fn a_log_opened_with_another_namespace_is_refused() {
     );
 }
 
+/// `replay --since/--from-seq` go with `webhook_processor` only, and it needs one;
+/// the host command processes the stored webhooks and prints its one-line report.
+#[test]
+fn replay_positions_go_with_the_webhook_processor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out) = wabridge(dir.path(), &["bootstrap", "--workspace", "acme"]);
+    assert!(ok, "{out}");
+    let (ok, out) = wabridge(
+        dir.path(),
+        &[
+            "replay",
+            "--projection",
+            "consent",
+            "--since",
+            "2026-01-01T00:00:00Z",
+        ],
+    );
+    assert!(!ok && out.contains("a read model is a fold"), "{out}");
+    let (ok, out) = wabridge(dir.path(), &["replay", "--projection", "webhook_processor"]);
+    assert!(!ok && out.contains("--since TIME or --from-seq N"), "{out}");
+    let (ok, out) = wabridge(
+        dir.path(),
+        &[
+            "replay",
+            "--projection",
+            "webhook_processor",
+            "--since",
+            "yesterday",
+        ],
+    );
+    assert!(!ok && out.contains("RFC 3339"), "{out}");
+    let (ok, out) = wabridge(
+        dir.path(),
+        &[
+            "replay",
+            "--projection",
+            "webhook_processor",
+            "--from-seq",
+            "1",
+            "--dry-run",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(
+            "webhook_processor raw 0..0: 0 bodies; appended 0; already derived 0; skipped none"
+        ),
+        "{out}"
+    );
+}
+
 /// Peak resident memory of a running process so far (`VmHWM`, KiB).
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

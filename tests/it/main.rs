@@ -18,6 +18,7 @@ mod onboarding;
 mod ratelimit_shared;
 mod realworld;
 mod replay;
+mod reprocess;
 mod security;
 mod sending;
 mod soak;

@@ -238,7 +238,7 @@ type Target = Option<(String, Option<String>)>;
 
 /// The workspace an item goes to (`None` = unrouted), with its natural key; an item
 /// routed by display number learns its number id.
-async fn target(
+pub(super) async fn target(
     ctx: &Ctx,
     item: &WebhookItem,
     routes: &mut HashMap<Route, Target>,
@@ -270,7 +270,7 @@ async fn target(
 }
 
 /// An item routed by display number names the number it reached.
-fn with_number(event: &DomainEvent, number: Option<String>) -> DomainEvent {
+pub(super) fn with_number(event: &DomainEvent, number: Option<String>) -> DomainEvent {
     match (event, number) {
         (DomainEvent::NumberUpdated(n), Some(id)) => {
             let mut n = n.clone();
@@ -287,7 +287,7 @@ fn actor() -> Actor {
 
 /// The domain event of an item (or of what it says about consent), caused by its
 /// raw webhook, keyed by its natural key.
-fn routed_event(
+pub(super) fn routed_event(
     ctx: &Ctx,
     raw: &StoredEvent,
     event: &DomainEvent,

@@ -1,0 +1,193 @@
+//! Processing stored webhooks again (`replay --projection webhook_processor
+//! --since T`): what a processor left out is appended once, what it derived is left
+//! alone, and what today's state cannot attribute safely is left out and counted.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use wabridge::dev::webhook::{build, Kind, WebhookSpec};
+use wabridge_events::{ReadFrom, StreamKind, Timestamp};
+use wabridge_handlers::webhooks::reprocess::{reprocess, Reprocessed};
+
+use crate::support::app::{spawn_app_with, DbKind, LogKind, TestApp, TestOptions};
+
+const WABA: &str = "300100200300400";
+const NUMBER: &str = "700800900100200";
+/// A number of the same WABA nobody holds when its webhook arrives.
+const LATER: &str = "700800900100299";
+
+fn text(number: &str, from: &str, text: &str, wamid: &str) -> Vec<u8> {
+    build(&WebhookSpec {
+        kind: Kind::Text,
+        phone_number_id: number.into(),
+        waba_id: WABA.into(),
+        from: from.into(),
+        text: Some(text.into()),
+        wamid: Some(wamid.into()),
+        ..WebhookSpec::default()
+    })
+}
+
+async fn post_ok(app: &TestApp, body: &[u8]) {
+    let r = app.signed_webhook(body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+}
+
+/// How many `message.received` events the log holds for each wamid.
+async fn received(app: &TestApp, wamids: &[&str]) -> Vec<usize> {
+    let events = app.events_of(Some("acme"), "message.received").await;
+    wamids
+        .iter()
+        .map(|w| {
+            events
+                .iter()
+                .filter(|e| {
+                    let d: Value = serde_json::from_slice(&e.payload).unwrap();
+                    d["wamid"] == *w
+                })
+                .count()
+        })
+        .collect()
+}
+
+async fn opted_out(app: &TestApp, contact: &str) -> bool {
+    let r = app
+        .get(
+            &format!("/v1/workspaces/acme/contacts/{contact}/consent"),
+            &app.operator,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    r.json["opted_out"].as_bool().unwrap()
+}
+
+fn counts(pairs: &[(&str, u64)]) -> std::collections::BTreeMap<String, u64> {
+    pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+}
+
+async fn left_out_webhooks_are_derived_once(log: LogKind) {
+    let app = spawn_app_with(TestOptions::new(log, DbKind::Sqlite)).await;
+    app.workspace("acme").await;
+    app.claim("acme", NUMBER, WABA).await;
+    post_ok(
+        &app,
+        &text(NUMBER, "447700900001", "before", "wamid.before"),
+    )
+    .await;
+    app.settle().await;
+
+    // A bad deploy: these webhooks are stored (answered 200) and the processor's
+    // checkpoint moves past them with nothing derived.
+    let mut app = app.restart_with(|o| o.workers = false).await;
+    let since = Timestamp::now();
+    let first_raw = app.app.ctx.log.last_seq(StreamKind::Raw).await.unwrap() + 1;
+    post_ok(&app, &text(NUMBER, "447700900002", "hello", "wamid.a")).await;
+    post_ok(&app, &text(NUMBER, "447700900003", "STOP", "wamid.b")).await;
+    post_ok(&app, &text(NUMBER, "447700900004", "STOP", "wamid.c")).await;
+    post_ok(&app, &text(LATER, "447700900005", "hi", "wamid.d")).await;
+    let raw_head = app.app.ctx.log.last_seq(StreamKind::Raw).await.unwrap();
+    sqlx::query("UPDATE projection_checkpoints SET seq = $1 WHERE name = 'webhook_processor'")
+        .bind(raw_head as i64)
+        .execute(&app.app.ctx.store.pool)
+        .await
+        .unwrap();
+    app = app.restart_with(|o| o.workers = true).await;
+    app.settle().await;
+    let all = ["wamid.a", "wamid.b", "wamid.c", "wamid.d"];
+    assert_eq!(received(&app, &all).await, [0, 0, 0, 0]);
+
+    // Since then: the number LATER is claimed, contact ...004 opts in by hand (its
+    // STOP, processed now, must not override that), and a webhook is processed live.
+    app.claim("acme", LATER, WABA).await;
+    let r = app
+        .post(
+            "/v1/workspaces/acme/contacts/447700900004/opt-in",
+            &app.operator,
+            json!({"reason": "asked us on the phone"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    post_ok(&app, &text(NUMBER, "447700900006", "after", "wamid.after")).await;
+    app.settle().await;
+
+    let want = Reprocessed {
+        from: first_raw,
+        through: app.app.ctx.log.last_seq(StreamKind::Raw).await.unwrap(),
+        bodies: 5,
+        appended: counts(&[("contact.opted_out", 1), ("message.received", 3)]),
+        // the live one after the restart
+        already_derived: 1,
+        skipped: counts(&[("consent_changed_since", 1), ("number_claimed_since", 1)]),
+        dry_run: true,
+    };
+    let domain_head = app.app.ctx.log.last_seq(StreamKind::Domain).await.unwrap();
+    let dry = reprocess(&app.app.ctx, ReadFrom::Time(since), true, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(dry, want);
+    assert_eq!(
+        app.app.ctx.log.last_seq(StreamKind::Domain).await.unwrap(),
+        domain_head,
+        "a dry run appended"
+    );
+
+    let done = reprocess(&app.app.ctx, ReadFrom::Time(since), false, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        Reprocessed {
+            dry_run: false,
+            ..want.clone()
+        }
+    );
+    app.settle().await;
+    assert_eq!(received(&app, &all).await, [1, 1, 1, 0]);
+    assert_eq!(
+        received(&app, &["wamid.before", "wamid.after"]).await,
+        [1, 1]
+    );
+    assert!(opted_out(&app, "447700900003").await, "the left-out STOP");
+    assert!(
+        !opted_out(&app, "447700900004").await,
+        "an old STOP overrode the contact's later opt-in"
+    );
+
+    // Again, from the raw sequence: everything is derived by now.
+    let again = reprocess(&app.app.ctx, ReadFrom::Seq(first_raw), false, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Reprocessed {
+            appended: counts(&[]),
+            already_derived: 5,
+            dry_run: false,
+            ..want
+        }
+    );
+    app.settle().await;
+    assert_eq!(received(&app, &all).await, [1, 1, 1, 0]);
+
+    // The read models equal a rebuild from the log.
+    let report = wabridge_projections::rebuild::rebuild(
+        app.app.ctx.log.clone(),
+        &app.app.ctx.store,
+        wabridge::replay::select(&app.app, "all").unwrap(),
+        true,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert!(report.all_equal(), "{report:#?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn left_out_webhooks_are_derived_once_embedded() {
+    left_out_webhooks_are_derived_once(LogKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn left_out_webhooks_are_derived_once_jetstream() {
+    left_out_webhooks_are_derived_once(LogKind::JetStream).await;
+}
