@@ -155,8 +155,26 @@ async fn fill(log: Arc<dyn EventLog>, n: usize) {
     );
 }
 
+/// This process's resident memory now and at its peak since the last reset, MiB.
+fn rss_mib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|k| k.parse::<u64>().ok())
+            .unwrap_or(0)
+            / 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 async fn replay(log: Arc<dyn EventLog>, url: &str, what: &str) {
     let store = Store::connect(url).await.unwrap();
+    // The peak is measured from here ("5" resets it, Linux 4.0 on).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let (rss_before, _) = rss_mib();
     let started = Instant::now();
     let mut projections = views::all(&Default::default());
     if let Ok(only) = std::env::var("REPLAY_ONLY") {
@@ -172,8 +190,15 @@ async fn replay(log: Arc<dyn EventLog>, url: &str, what: &str) {
     .unwrap();
     let secs = started.elapsed().as_secs_f64();
     let replayed = last_progress.duration_since(started).as_secs_f64();
+    let (rss_after, rss_peak) = rss_mib();
+    if std::env::var("REPLAY_RSS_DETAIL").is_ok() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        for l in status.lines().filter(|l| l.starts_with("Rss")) {
+            eprintln!("  {l}");
+        }
+    }
     println!(
-        "| {what} | {} | {:.1} s | {:.1} s | {:.0} | {:.0} |",
+        "| {what} | {} | {:.1} s | {:.1} s | {:.0} | {:.0} | {rss_before} / {rss_peak} / {rss_after} |",
         report.events,
         secs,
         secs - replayed,
@@ -205,8 +230,8 @@ async fn main() {
     if log.last_seq(StreamKind::Domain).await.unwrap() == 0 {
         fill(log.clone(), n).await;
     }
-    println!("| read models | events | wall | of which the swap | events/s (whole rebuild, swap included) | events/s (replay phase) |");
-    println!("|---|---|---|---|---|---|");
+    println!("| read models | events | wall | of which the swap | events/s (whole rebuild, swap included) | events/s (replay phase) | RSS MiB before / peak / after |");
+    println!("|---|---|---|---|---|---|---|");
     // A fresh read-model database each run ("the read-model database was lost").
     for f in ["readmodels.db", "readmodels.db-wal", "readmodels.db-shm"] {
         let _ = std::fs::remove_file(dir.join(f));

@@ -189,7 +189,23 @@ pub async fn rebuild(
     }
     let result = run(log, live, &shadow, projections, dry_run, &mut on_progress).await;
     shadow.remove(live).await;
+    return_freed_memory();
     result
+}
+
+/// Hands the memory SQLite freed back to the system. SQLite allocates through the C
+/// library's `malloc`, not Rust's allocator, and each SQLite connection runs on a
+/// thread of its own, so the shadow's page caches and journals were freed into
+/// per-thread arenas that glibc keeps: a rebuild of 300,000 events left the process
+/// at 336 MiB after it, of 16 MiB before, and a ten-minute soak at 1.06 GiB after a
+/// rebuild of 1.2M events.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's arenas; it
+    // takes no pointers and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 async fn run(
