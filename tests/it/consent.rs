@@ -119,18 +119,11 @@ fn sender(i: usize) -> String {
 }
 
 fn text_webhook(from: &str, text: &str, wamid: &str) -> Vec<u8> {
-    build(&WebhookSpec {
-        kind: Kind::Text,
-        phone_number_id: NUMBER.into(),
-        waba_id: WABA.into(),
-        from: from.into(),
-        text: Some(text.into()),
-        wamid: Some(wamid.into()),
-        ..WebhookSpec::default()
-    })
+    crate::support::app::text_webhook_to(NUMBER, WABA, from, text, wamid)
 }
 
-async fn post_ok(app: &TestApp, body: &[u8]) {
+/// Posts a signed webhook; it must be answered 200.
+pub(crate) async fn post_ok(app: &TestApp, body: &[u8]) {
     let r = app.signed_webhook(body).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 }

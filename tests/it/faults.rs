@@ -364,16 +364,7 @@ async fn a_three_node_cluster_losing_its_stream_leader_loses_no_acknowledged_web
     let ns = app.app.ctx.log.namespace().clone();
     let raw_stream = ns.stream_name(StreamKind::Raw);
     let domain_stream = ns.stream_name(StreamKind::Domain);
-    // An observer connected to every node (it follows the cluster as the test does).
-    let observer = async_nats::connect(
-        cluster
-            .nodes
-            .iter()
-            .map(|n| n.url().parse().unwrap())
-            .collect::<Vec<async_nats::ServerAddr>>(),
-    )
-    .await
-    .unwrap();
+    let observer = cluster.observer().await;
     let js = async_nats::jetstream::new(observer.clone());
     let replicas = js
         .get_stream(&raw_stream)

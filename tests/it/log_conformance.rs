@@ -337,16 +337,7 @@ mod jetstream {
         let mut follower = log.follow(StreamKind::Domain, "c1", 1).await.unwrap();
         assert_eq!(next_event(&mut follower).await.seq, 1);
 
-        let observer = async_nats::connect(
-            cluster
-                .nodes
-                .iter()
-                .map(|n| n.url().parse().unwrap())
-                .collect::<Vec<async_nats::ServerAddr>>(),
-        )
-        .await
-        .unwrap();
-        let js = async_nats::jetstream::new(observer);
+        let js = async_nats::jetstream::new(cluster.observer().await);
         let stream = js
             .get_stream(ns.stream_name(StreamKind::Domain))
             .await

@@ -4,11 +4,11 @@
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use wabridge::dev::webhook::{build, Kind, WebhookSpec};
 use wabridge_events::{ReadFrom, StreamKind, Timestamp};
 use wabridge_handlers::webhooks::reprocess::{reprocess, Reprocessed};
 
-use crate::support::app::{spawn_app_with, DbKind, LogKind, TestApp, TestOptions};
+use crate::consent::post_ok;
+use crate::support::app::{spawn_app_with, text_webhook_to, DbKind, LogKind, TestApp, TestOptions};
 
 const WABA: &str = "300100200300400";
 const NUMBER: &str = "700800900100200";
@@ -16,20 +16,7 @@ const NUMBER: &str = "700800900100200";
 const LATER: &str = "700800900100299";
 
 fn text(number: &str, from: &str, text: &str, wamid: &str) -> Vec<u8> {
-    build(&WebhookSpec {
-        kind: Kind::Text,
-        phone_number_id: number.into(),
-        waba_id: WABA.into(),
-        from: from.into(),
-        text: Some(text.into()),
-        wamid: Some(wamid.into()),
-        ..WebhookSpec::default()
-    })
-}
-
-async fn post_ok(app: &TestApp, body: &[u8]) {
-    let r = app.signed_webhook(body).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    text_webhook_to(number, WABA, from, text, wamid)
 }
 
 /// How many `message.received` events the log holds for each wamid.

@@ -577,10 +577,11 @@ impl EventLog for JetStreamLog {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, LogError> {
         let stream = self.stream(kind).await?;
-        // Named, so that it can be deleted when the read ends (the ordered consumer
-        // keeps its name when it recreates itself). Left to its inactivity threshold
-        // (30 s), one consumer per read outran the server's default limit of 1,000
-        // consumers per stream (nats-server 2.15) at a few reads per second.
+        // Named, so that it can be deleted when the read ends. Left to its inactivity
+        // threshold (30 s), one consumer per read outran the server's default limit
+        // of 1,000 consumers per stream (nats-server 2.15) at a few reads per second.
+        // (One the client recreates mid-read, as `<name>_<n>` after a missed
+        // heartbeat, is still left to that threshold: rare, and bounded.)
         let name = ephemeral_name("read");
         let consumer = stream
             .create_consumer(pull::OrderedConfig {

@@ -527,6 +527,21 @@ impl Drop for TestApp {
     }
 }
 
+/// A signed-webhook body: one text message `text` from `from` to `number` of
+/// `waba`, with this wamid.
+pub fn text_webhook_to(number: &str, waba: &str, from: &str, text: &str, wamid: &str) -> Vec<u8> {
+    use wabridge::dev::webhook::{build, Kind, WebhookSpec};
+    build(&WebhookSpec {
+        kind: Kind::Text,
+        phone_number_id: number.into(),
+        waba_id: waba.into(),
+        from: from.into(),
+        text: Some(text.into()),
+        wamid: Some(wamid.into()),
+        ..WebhookSpec::default()
+    })
+}
+
 /// A fixture body from `shared/fixtures/meta`.
 pub fn fixture(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

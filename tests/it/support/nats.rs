@@ -280,6 +280,19 @@ impl NatsCluster {
         &self.nodes[i]
     }
 
+    /// A client connected to any node (it follows the cluster as a node dies), for
+    /// a test to look at streams and consumers from outside.
+    pub async fn observer(&self) -> async_nats::Client {
+        async_nats::connect(
+            self.nodes
+                .iter()
+                .map(|n| n.url().parse().expect("a node's URL"))
+                .collect::<Vec<async_nats::ServerAddr>>(),
+        )
+        .await
+        .expect("connecting an observer to the cluster")
+    }
+
     /// Every node's log (for failure messages).
     pub fn logs(&self) -> String {
         self.nodes
