@@ -593,8 +593,8 @@ impl EventLog for JetStreamLog {
             .await
             .map_err(LogError::new)?;
         let read = self.read_from(kind, consumer, from, limit).await;
-        // A consumer that cannot be deleted now (server gone) expires on its own.
-        let _ = stream.delete_consumer(&name).await;
+        // Aside: the read's answer (the send path reads the log) does not wait for it.
+        delete_aside(&stream, vec![name]);
         read
     }
 
@@ -613,28 +613,24 @@ impl EventLog for JetStreamLog {
         // consumer failed ("start sequence can not be updated") or its new
         // subscription stayed silent until a new leader was elected. The previous
         // consumer is deleted; one that cannot be (its node died) expires.
+        let name = ephemeral_name(consumer);
         let previous = self
             .followers
             .lock()
-            .expect("the followers map is poisoned only by a panic")
-            .get(consumer)
-            .cloned();
-        // A durable of that name from earlier versions, and the previous one: aside,
-        // since a consumer on a dead node answers only when the request times out.
-        let olds: Vec<String> = [Some(consumer.to_string()), previous]
-            .into_iter()
-            .flatten()
-            .collect();
-        let on = stream.clone();
-        tokio::spawn(async move {
-            for old in olds {
-                let _ = on.delete_consumer(&old).await;
-            }
-        });
-        let name = ephemeral_name(consumer);
+            // A panic elsewhere cannot leave the map half-written: take it as it is.
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(consumer.to_string(), name.clone());
+        // A durable of that name from earlier versions, and the previous one.
+        delete_aside(
+            &stream,
+            [Some(consumer.to_string()), previous]
+                .into_iter()
+                .flatten()
+                .collect(),
+        );
         let durable: jetstream::consumer::Consumer<pull::Config> = stream
             .create_consumer(pull::Config {
-                name: Some(name.clone()),
+                name: Some(name),
                 deliver_policy: DeliverPolicy::ByStartSequence {
                     start_sequence: from_seq.max(1),
                 },
@@ -649,10 +645,6 @@ impl EventLog for JetStreamLog {
             })
             .await
             .map_err(LogError::new)?;
-        self.followers
-            .lock()
-            .expect("the followers map is poisoned only by a panic")
-            .insert(consumer.to_string(), name);
         // A short idle heartbeat: a consumer whose server died is noticed within
         // a few seconds, by a missed heartbeat, and the follower subscribes again;
         // the client's default (15 s, a pull expiring after 30 s) left projections
@@ -855,6 +847,20 @@ impl EventLog for JetStreamLog {
     fn namespace(&self) -> &Namespace {
         &self.cfg.namespace
     }
+}
+
+/// Deletes consumers in a task of its own: a consumer on a dead node answers only when
+/// the request times out. One that cannot be deleted expires after its inactivity
+/// threshold.
+fn delete_aside(stream: &stream::Stream, names: Vec<String>) {
+    let stream = stream.clone();
+    tokio::spawn(async move {
+        for name in names {
+            if let Err(e) = stream.delete_consumer(&name).await {
+                tracing::debug!(consumer = %name, error = %e, "deleting a consumer failed; it expires");
+            }
+        }
+    });
 }
 
 /// A unique consumer name: `what` (a follower's name, or `read`) and a nonce, so
