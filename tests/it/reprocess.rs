@@ -14,6 +14,8 @@ const WABA: &str = "300100200300400";
 const NUMBER: &str = "700800900100200";
 /// A number of the same WABA nobody holds when its webhook arrives.
 const LATER: &str = "700800900100299";
+/// A number nobody ever holds.
+const NOBODYS: &str = "700800900100277";
 
 fn text(number: &str, from: &str, text: &str, wamid: &str) -> Vec<u8> {
     text_webhook_to(number, WABA, from, text, wamid)
@@ -71,6 +73,7 @@ async fn left_out_webhooks_are_derived_once(log: LogKind) {
     post_ok(&app, &text(NUMBER, "447700900003", "STOP", "wamid.b")).await;
     post_ok(&app, &text(NUMBER, "447700900004", "STOP", "wamid.c")).await;
     post_ok(&app, &text(LATER, "447700900005", "hi", "wamid.d")).await;
+    post_ok(&app, &text(NOBODYS, "447700900007", "hi", "wamid.e")).await;
     let raw_head = app.app.ctx.log.last_seq(StreamKind::Raw).await.unwrap();
     sqlx::query("UPDATE projection_checkpoints SET seq = $1 WHERE name = 'webhook_processor'")
         .bind(raw_head as i64)
@@ -79,8 +82,8 @@ async fn left_out_webhooks_are_derived_once(log: LogKind) {
         .unwrap();
     app = app.restart_with(|o| o.workers = true).await;
     app.settle().await;
-    let all = ["wamid.a", "wamid.b", "wamid.c", "wamid.d"];
-    assert_eq!(received(&app, &all).await, [0, 0, 0, 0]);
+    let all = ["wamid.a", "wamid.b", "wamid.c", "wamid.d", "wamid.e"];
+    assert_eq!(received(&app, &all).await, [0, 0, 0, 0, 0]);
 
     // Since then: the number LATER is claimed, contact ...004 opts in by hand (its
     // STOP, processed now, must not override that), and a webhook is processed live.
@@ -99,11 +102,15 @@ async fn left_out_webhooks_are_derived_once(log: LogKind) {
     let want = Reprocessed {
         from: first_raw,
         through: app.app.ctx.log.last_seq(StreamKind::Raw).await.unwrap(),
-        bodies: 5,
+        bodies: 6,
         appended: counts(&[("contact.opted_out", 1), ("message.received", 3)]),
         // the live one after the restart
         already_derived: 1,
-        skipped: counts(&[("consent_changed_since", 1), ("number_claimed_since", 1)]),
+        skipped: counts(&[
+            ("consent_changed_since", 1),
+            ("number_claimed_since", 1),
+            ("unrouted", 1),
+        ]),
         dry_run: true,
     };
     let domain_head = app.app.ctx.log.last_seq(StreamKind::Domain).await.unwrap();
@@ -128,7 +135,7 @@ async fn left_out_webhooks_are_derived_once(log: LogKind) {
         }
     );
     app.settle().await;
-    assert_eq!(received(&app, &all).await, [1, 1, 1, 0]);
+    assert_eq!(received(&app, &all).await, [1, 1, 1, 0, 0]);
     assert_eq!(
         received(&app, &["wamid.before", "wamid.after"]).await,
         [1, 1]
@@ -153,7 +160,7 @@ async fn left_out_webhooks_are_derived_once(log: LogKind) {
         }
     );
     app.settle().await;
-    assert_eq!(received(&app, &all).await, [1, 1, 1, 0]);
+    assert_eq!(received(&app, &all).await, [1, 1, 1, 0, 0]);
 
     // The read models equal a rebuild from the log.
     let report = wabridge_projections::rebuild::rebuild(

@@ -125,7 +125,7 @@ async fn process_chunk<'a>(
     let mut unparsable = vec![];
     let mut planned: Vec<(String, NewEvent)> = vec![];
     let mut routes = HashMap::new();
-    let mut consents: HashMap<Slug, crate::consent::detect::Consent> = HashMap::new();
+    let mut consents = Consents::new();
     for raw in events {
         let split = match split_webhook(&raw.payload, raw.seq) {
             Ok(split) => split,
@@ -152,22 +152,9 @@ async fn process_chunk<'a>(
                 planned.push((key, new));
                 continue;
             };
-            // What the item says about consent, in the same pass: a STOP is an
-            // opt-out as soon as its message is.
-            if !consents.contains_key(&ws) {
-                let c = crate::consent::current(ctx, &ws).await?;
-                consents.insert(ws.clone(), c);
-            }
-            let derived = detect(&consents[&ws], &item.event);
-            planned.push((
-                key.clone(),
-                routed_event(ctx, raw, &item.event, &item, &ws, &key),
-            ));
-            for (i, event) in derived.iter().enumerate() {
-                let derived_key = format!("{key}#consent{i}");
-                let new = routed_event(ctx, raw, event, &item, &ws, &derived_key);
-                planned.push((derived_key, new));
-            }
+            let (own, derived) = routed_item(ctx, raw, &item, &ws, &key, &mut consents).await?;
+            planned.push((key, own));
+            planned.extend(derived.into_iter().map(|(k, _, new)| (k, new)));
         }
     }
     let keys: Vec<&str> = planned.iter().map(|(k, _)| k.as_str()).collect();
@@ -190,6 +177,43 @@ async fn process_chunk<'a>(
     })
 }
 
+/// Workspaces' consent configurations, looked up once per chunk.
+pub(super) type Consents = HashMap<Slug, crate::consent::detect::Consent>;
+
+/// What an item routed to `ws` under `key` becomes: its own event, and what it says
+/// about consent (derived in the same pass: a STOP is an opt-out as soon as its
+/// message is), each of those with its natural key and the event it encodes.
+pub(super) async fn routed_item(
+    ctx: &Ctx,
+    raw: &StoredEvent,
+    item: &WebhookItem,
+    ws: &Slug,
+    key: &str,
+    consents: &mut Consents,
+) -> anyhow::Result<(NewEvent, Vec<(String, DomainEvent, NewEvent)>)> {
+    if !consents.contains_key(ws) {
+        let c = crate::consent::current(ctx, ws).await?;
+        consents.insert(ws.clone(), c);
+    }
+    let own = routed_event(ctx, raw, &item.event, item, ws, key);
+    let derived = detect(&consents[ws], &item.event)
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| {
+            let derived_key = format!("{key}#consent{i}");
+            let new = routed_event(ctx, raw, &event, item, ws, &derived_key);
+            (derived_key, event, new)
+        })
+        .collect();
+    Ok((own, derived))
+}
+
+/// Whether an item is an account update saying the business removed the app.
+pub(super) fn is_uninstall(event: &DomainEvent) -> bool {
+    matches!(event, DomainEvent::AccountUpdated(a)
+        if a.event.as_deref() == Some("PARTNER_APP_UNINSTALLED"))
+}
+
 /// `PARTNER_APP_UNINSTALLED`: the business took the app's access to its WABA away,
 /// so every valid token of the WABA's numbers — held ones, and those of onboarding
 /// sagas that have not routed their number yet — is marked invalid.
@@ -197,7 +221,7 @@ async fn uninstalled(ctx: &Ctx, item: &WebhookItem) -> anyhow::Result<Vec<(Slug,
     let DomainEvent::AccountUpdated(a) = &item.event else {
         return Ok(vec![]);
     };
-    if a.event.as_deref() != Some("PARTNER_APP_UNINSTALLED") {
+    if !is_uninstall(&item.event) {
         return Ok(vec![]);
     }
     let waba = &a.source.waba_id;
@@ -287,7 +311,7 @@ fn actor() -> Actor {
 
 /// The domain event of an item (or of what it says about consent), caused by its
 /// raw webhook, keyed by its natural key.
-pub(super) fn routed_event(
+fn routed_event(
     ctx: &Ctx,
     raw: &StoredEvent,
     event: &DomainEvent,

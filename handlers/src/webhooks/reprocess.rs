@@ -30,11 +30,10 @@ use wabridge_projections::{
 };
 
 use super::{
-    processor::{routed_event, target, with_number, NAME},
+    processor::{is_uninstall, routed_item, target, with_number, Consents, NAME},
     split::{split_webhook, Route},
 };
 use crate::commands::Ctx;
-use crate::consent::detect::detect;
 
 /// Raw events per page.
 const PAGE: usize = 500;
@@ -126,7 +125,7 @@ async fn reprocess_page(
 ) -> anyhow::Result<()> {
     let mut routes = HashMap::new();
     let mut claims: HashMap<String, Option<Timestamp>> = HashMap::new();
-    let mut consents = HashMap::new();
+    let mut consents = Consents::new();
     // Per raw event, the (key, event) pairs that may be appended.
     let mut planned: Vec<(u64, String, NewEvent)> = vec![];
     for raw in page {
@@ -173,23 +172,13 @@ async fn reprocess_page(
                 }
             }
             item.event = with_number(&item.event, number);
-            if !consents.contains_key(&ws) {
-                let c = crate::consent::current(ctx, &ws).await?;
-                consents.insert(ws.clone(), c);
-            }
-            let derived = detect(&consents[&ws], &item.event);
-            planned.push((
-                raw.seq,
-                key.clone(),
-                routed_event(ctx, raw, &item.event, &item, &ws, &key),
-            ));
-            for (i, event) in derived.iter().enumerate() {
-                if consent_changed_since(ctx, &ws, event, item.occurred_at).await? {
+            let (own, derived) = routed_item(ctx, raw, &item, &ws, &key, &mut consents).await?;
+            planned.push((raw.seq, key, own));
+            for (derived_key, event, new) in derived {
+                if consent_changed_since(ctx, &ws, &event, item.occurred_at).await? {
                     report.skip("consent_changed_since");
                     continue;
                 }
-                let derived_key = format!("{key}#consent{i}");
-                let new = routed_event(ctx, raw, event, &item, &ws, &derived_key);
                 planned.push((raw.seq, derived_key, new));
             }
         }
@@ -225,12 +214,6 @@ async fn reprocess_page(
         }
     }
     Ok(())
-}
-
-/// Whether an item is an account update that derives token invalidations.
-fn is_uninstall(event: &DomainEvent) -> bool {
-    matches!(event, DomainEvent::AccountUpdated(a)
-        if a.event.as_deref() == Some("PARTNER_APP_UNINSTALLED"))
 }
 
 /// Whether the contact a derived consent event is about changed its consent after
