@@ -518,22 +518,28 @@ async fn projections_command(
 
 /// Progress on stderr: one line rewritten in place on a terminal, else a line each.
 fn print_progress(p: &wabridge_projections::rebuild::RebuildProgress) {
-    use std::io::IsTerminal;
     let pct = if p.head == 0 {
         100.0
     } else {
         p.position as f64 * 100.0 / p.head as f64
     };
-    let line = format!(
+    progress_line(&format!(
         "replay: {}/{} events ({pct:.0} %), {} events/s, ETA {} s",
         p.position, p.head, p.events_per_second, p.eta_seconds
-    );
+    ));
+}
+
+/// A progress line on stderr: redrawn in place on a terminal, one line per call
+/// otherwise. Best effort: a progress line that cannot be written is not an error
+/// of the command.
+fn progress_line(line: &str) {
+    use std::io::IsTerminal;
     let mut err = std::io::stderr();
-    if err.is_terminal() {
-        let _ = write!(err, "\r\x1b[2K{line}");
+    let _ = if err.is_terminal() {
+        write!(err, "\r\x1b[2K{line}")
     } else {
-        let _ = writeln!(err, "{line}");
-    }
+        writeln!(err, "{line}")
+    };
     let _ = err.flush();
 }
 
@@ -549,14 +555,7 @@ async fn reprocess_webhooks(
     let started = std::time::Instant::now();
     let report =
         wabridge_handlers::webhooks::reprocess::reprocess(ctx, from, dry_run, |at, through| {
-            use std::io::IsTerminal;
-            let line = format!("replay: raw webhook {at} of {through}");
-            let mut err = std::io::stderr();
-            if err.is_terminal() {
-                let _ = write!(err, "\r\x1b[2K{line}");
-            } else {
-                let _ = writeln!(err, "{line}");
-            }
+            progress_line(&format!("replay: raw webhook {at} of {through}"))
         })
         .await?;
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
