@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use serde::Serialize;
 use wabridge_events::{ReadFrom, StreamKind, Timestamp};
-use wabridge_handlers::commands::{lease_for, unit_lease, WORKER_UNITS};
+use wabridge_handlers::{
+    commands::{lease_for, unit_lease, WORKER_UNITS},
+    webhooks::reprocess::{self, Reprocessed},
+};
 use wabridge_projections::{
     rebuild::{self, RebuildProgress, RebuildReport},
     views, Projection,
@@ -25,22 +28,29 @@ pub fn select(app: &App, name: &str) -> Option<Vec<Arc<dyn Projection>>> {
     (!one.is_empty()).then_some(one)
 }
 
-/// A rebuild started from the API, as it goes.
+/// A rebuild (or a reprocessing of stored webhooks) started from the API, as it goes.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct RebuildStatus {
     /// `running`, `done` or `failed`.
     pub state: &'static str,
+    /// Whether it only compares (a read model) or appends nothing (the webhook
+    /// processor).
+    pub dry_run: bool,
     /// When it started.
     pub started_at: String,
     /// When it ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
-    /// Its progress.
+    /// Its progress (for the webhook processor: raw-stream positions, up to where
+    /// the live processor stood when it began).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progress: Option<RebuildProgress>,
-    /// Checksums per projection once done.
+    /// A read model's rebuild, once done: checksums per projection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<RebuildReport>,
+    /// The webhook processor's, once done: what was appended and what left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reprocessed: Option<Reprocessed>,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -49,8 +59,42 @@ pub struct RebuildStatus {
 /// Rebuilds run by this process, by the name they were asked for.
 pub type Rebuilds = std::sync::Mutex<BTreeMap<String, RebuildStatus>>;
 
-/// Starts a rebuild in the background; `false` when one of that name is running.
-pub fn start(app: &App, name: &str, projections: Vec<Arc<dyn Projection>>) -> bool {
+/// What a job started from the API does.
+pub enum Job {
+    /// Rebuild read models beside the live ones; swap them in unless `dry_run`.
+    Rebuild {
+        /// The read models.
+        projections: Vec<Arc<dyn Projection>>,
+        /// Compare only.
+        dry_run: bool,
+    },
+    /// Process the raw webhooks stored from `from` again (see
+    /// [`wabridge_handlers::webhooks::reprocess`]).
+    Reprocess {
+        /// The first raw position.
+        from: ReadFrom,
+        /// Append nothing.
+        dry_run: bool,
+    },
+}
+
+impl Job {
+    fn dry_run(&self) -> bool {
+        match self {
+            Job::Rebuild { dry_run, .. } | Job::Reprocess { dry_run, .. } => *dry_run,
+        }
+    }
+}
+
+/// The outcome of a job.
+enum Outcome {
+    Rebuilt(RebuildReport),
+    Reprocessed(Reprocessed),
+}
+
+/// Starts a job in the background under `name`; `false` when one of that name is
+/// running.
+pub fn start(app: &App, name: &str, job: Job) -> bool {
     {
         let mut running = app.rebuilds.lock().expect("rebuilds lock");
         if running.get(name).is_some_and(|r| r.state == "running") {
@@ -60,43 +104,63 @@ pub fn start(app: &App, name: &str, projections: Vec<Arc<dyn Projection>>) -> bo
             name.to_string(),
             RebuildStatus {
                 state: "running",
+                dry_run: job.dry_run(),
                 started_at: Timestamp::now().to_string(),
                 finished_at: None,
                 progress: None,
                 report: None,
+                reprocessed: None,
                 error: None,
             },
         );
     }
     let (app, name) = (app.clone(), name.to_string());
     tokio::spawn(async move {
-        let progress_app = app.clone();
-        let progress_name = name.clone();
-        let result = rebuild::rebuild(
-            app.ctx.log.clone(),
-            &app.ctx.store,
-            projections,
-            false,
-            move |p| {
-                if let Some(s) = progress_app
-                    .rebuilds
-                    .lock()
-                    .expect("rebuilds lock")
-                    .get_mut(&progress_name)
-                {
-                    s.progress = Some(p.clone());
+        let set_progress = {
+            let (app, name) = (app.clone(), name.clone());
+            move |p: RebuildProgress| {
+                if let Some(s) = app.rebuilds.lock().expect("rebuilds lock").get_mut(&name) {
+                    s.progress = Some(p);
                 }
-            },
-        )
-        .await;
+            }
+        };
+        let result = match job {
+            Job::Rebuild {
+                projections,
+                dry_run,
+            } => rebuild::rebuild(
+                app.ctx.log.clone(),
+                &app.ctx.store,
+                projections,
+                dry_run,
+                |p| set_progress(p.clone()),
+            )
+            .await
+            .map(Outcome::Rebuilt),
+            Job::Reprocess { from, dry_run } => {
+                let started = std::time::Instant::now();
+                let mut first = None;
+                reprocess::reprocess(&app.ctx, from, dry_run, |at, through| {
+                    let first = *first.get_or_insert(at);
+                    set_progress(raw_progress(first, at, through, started))
+                })
+                .await
+                .map(Outcome::Reprocessed)
+            }
+        };
         let mut all = app.rebuilds.lock().expect("rebuilds lock");
         if let Some(s) = all.get_mut(&name) {
             s.finished_at = Some(Timestamp::now().to_string());
             match result {
-                Ok(report) => {
-                    tracing::info!(projection = %name, events = report.events, "rebuild swapped in");
+                Ok(Outcome::Rebuilt(report)) => {
+                    tracing::info!(projection = %name, events = report.events, swapped = report.swapped, "rebuild done");
                     s.state = "done";
                     s.report = Some(report);
+                }
+                Ok(Outcome::Reprocessed(r)) => {
+                    tracing::info!(projection = %name, bodies = r.bodies, appended = r.appended_total(), dry_run = r.dry_run, "reprocessing done");
+                    s.state = "done";
+                    s.reprocessed = Some(r);
                 }
                 Err(e) => {
                     tracing::error!(projection = %name, error = %format!("{e:#}"), "rebuild failed");
@@ -107,6 +171,20 @@ pub fn start(app: &App, name: &str, projections: Vec<Arc<dyn Projection>>) -> bo
         }
     });
     true
+}
+
+/// A reprocessing's progress over raw positions: `at` of `through`, having begun
+/// at `first` (the first page ends at `at`, so at least one page is counted).
+fn raw_progress(first: u64, at: u64, through: u64, started: std::time::Instant) -> RebuildProgress {
+    let events = at.saturating_sub(first) + 1;
+    let rate = (events as f64 / started.elapsed().as_secs_f64().max(1e-3)) as u64;
+    RebuildProgress {
+        position: at,
+        head: through,
+        events,
+        events_per_second: rate,
+        eta_seconds: through.saturating_sub(at) / rate.max(1),
+    }
 }
 
 /// One read model (or the webhook processor) and how far behind the log it is.

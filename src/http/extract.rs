@@ -34,6 +34,47 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     }
 }
 
+/// A JSON body that may be left out: no body (or `null`) is `T::default()`; a body
+/// that is there is read as [`Json`] reads it (400 `validation_failed` when it is
+/// not JSON of that shape).
+pub struct OptionalJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
+    type Rejection = AppError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        let json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                let v = v.to_ascii_lowercase();
+                v.starts_with("application/json") || v.contains("+json")
+            });
+        let bytes = match axum::body::Bytes::from_request(req, state).await {
+            Ok(b) => b,
+            Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(AppError::new(
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is over the limit",
+                ))
+            }
+            Err(e) => return Err(AppError::validation(e.body_text())),
+        };
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        if !json {
+            return Err(AppError::validation(
+                "a request body must be JSON (Content-Type: application/json)",
+            ));
+        }
+        serde_json::from_slice::<Option<T>>(&bytes)
+            .map(|v| OptionalJson(v.unwrap_or_default()))
+            .map_err(|e| AppError::validation(format!("the body is not valid: {e}")))
+    }
+}
+
 /// Query parameters; malformed ones are 400 `validation_failed`.
 pub struct Query<T>(pub T);
 
@@ -65,6 +106,15 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
 impl<T: JsonSchema> OperationInput for Json<T> {
     fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
         axum::Json::<T>::operation_input(ctx, operation);
+    }
+}
+
+impl<T: JsonSchema> OperationInput for OptionalJson<T> {
+    fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
+        axum::Json::<T>::operation_input(ctx, operation);
+        if let Some(aide::openapi::ReferenceOr::Item(body)) = operation.request_body.as_mut() {
+            body.required = false;
+        }
     }
 }
 

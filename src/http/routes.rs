@@ -537,8 +537,8 @@ pub fn routes() -> Vec<RouteDef> {
             Method::POST,
             "/v1/admin/projections/{name}/rebuild",
             Operator,
-            "Rebuild a read model (or all) from the log beside the live one and swap it in atomically (202; progress in GET /v1/admin/projections).",
-            &[Conflict],
+            "Rebuild a read model (or all) from the log beside the live one and swap it in atomically, or compare only (dry_run); for webhook_processor with since or from_seq, process the stored webhooks since then again (202; progress and outcome in GET /v1/admin/projections).",
+            &[Conflict, TooLarge],
             post(admin::rebuild),
         ),
         r(

@@ -312,6 +312,38 @@ async fn the_operator_rebuilds_over_http_and_follows_it() {
     for p in done["report"]["projections"].as_array().unwrap() {
         assert_eq!(p["checksum"], p["live_checksum"], "{p}");
     }
+
+    // A dry run compares and swaps nothing; it shows under the read model's name.
+    let r = app
+        .post(
+            "/v1/admin/projections/consent/rebuild",
+            &op,
+            serde_json::json!({"dry_run": true}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let dry = loop {
+        let r = app.get("/v1/admin/projections", &op).await;
+        let consent = r.json["projections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "consent")
+            .unwrap()["rebuild"]
+            .clone();
+        if consent["state"] != "running" {
+            break consent;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", r.text);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(dry["state"], "done", "{dry}");
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    assert_eq!(dry["report"]["swapped"], false, "{dry}");
+    let only = dry["report"]["projections"].as_array().unwrap();
+    assert_eq!(only.len(), 1, "{dry}");
+    assert_eq!(only[0]["checksum"], only[0]["live_checksum"], "{dry}");
 }
 
 /// The binary: `replay --dry-run` prints each projection's checksum, equal to what

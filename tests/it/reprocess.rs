@@ -49,11 +49,65 @@ async fn opted_out(app: &TestApp, contact: &str) -> bool {
     r.json["opted_out"].as_bool().unwrap()
 }
 
+/// How the reprocessing is asked for: the library call the CLI makes, or the
+/// operator's HTTP route (`POST /v1/admin/projections/webhook_processor/rebuild`,
+/// then `GET /v1/admin/projections` until it is done).
+#[derive(Clone, Copy)]
+enum Via {
+    Call,
+    Http,
+}
+
+async fn run(app: &TestApp, via: Via, from: ReadFrom, dry_run: bool) -> Reprocessed {
+    if let Via::Call = via {
+        return reprocess(&app.app.ctx, from, dry_run, |_, _| {})
+            .await
+            .unwrap();
+    }
+    let mut body = json!({ "dry_run": dry_run });
+    match from {
+        ReadFrom::Time(t) => body["since"] = json!(t.to_string()),
+        ReadFrom::Seq(seq) => body["from_seq"] = json!(seq),
+    }
+    let r = app
+        .post(
+            "/v1/admin/projections/webhook_processor/rebuild",
+            &app.operator,
+            body,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        let r = app.get("/v1/admin/projections", &app.operator).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let processor = r.json["projections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "webhook_processor")
+            .cloned()
+            .unwrap();
+        if processor["rebuild"]["state"] != "running" {
+            break processor["rebuild"].clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{processor}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["dry_run"], dry_run, "{status}");
+    assert_eq!(
+        status["progress"]["position"], status["reprocessed"]["through"],
+        "{status}"
+    );
+    serde_json::from_value(status["reprocessed"].clone()).unwrap()
+}
+
 fn counts(pairs: &[(&str, u64)]) -> std::collections::BTreeMap<String, u64> {
     pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect()
 }
 
-async fn left_out_webhooks_are_derived_once(log: LogKind) {
+async fn left_out_webhooks_are_derived_once(log: LogKind, via: Via) {
     let app = spawn_app_with(TestOptions::new(log, DbKind::Sqlite)).await;
     app.workspace("acme").await;
     app.claim("acme", NUMBER, WABA).await;
@@ -114,9 +168,7 @@ async fn left_out_webhooks_are_derived_once(log: LogKind) {
         dry_run: true,
     };
     let domain_head = app.app.ctx.log.last_seq(StreamKind::Domain).await.unwrap();
-    let dry = reprocess(&app.app.ctx, ReadFrom::Time(since), true, |_, _| {})
-        .await
-        .unwrap();
+    let dry = run(&app, via, ReadFrom::Time(since), true).await;
     assert_eq!(dry, want);
     assert_eq!(
         app.app.ctx.log.last_seq(StreamKind::Domain).await.unwrap(),
@@ -124,9 +176,7 @@ async fn left_out_webhooks_are_derived_once(log: LogKind) {
         "a dry run appended"
     );
 
-    let done = reprocess(&app.app.ctx, ReadFrom::Time(since), false, |_, _| {})
-        .await
-        .unwrap();
+    let done = run(&app, via, ReadFrom::Time(since), false).await;
     assert_eq!(
         done,
         Reprocessed {
@@ -147,9 +197,7 @@ async fn left_out_webhooks_are_derived_once(log: LogKind) {
     );
 
     // Again, from the raw sequence: everything is derived by now.
-    let again = reprocess(&app.app.ctx, ReadFrom::Seq(first_raw), false, |_, _| {})
-        .await
-        .unwrap();
+    let again = run(&app, via, ReadFrom::Seq(first_raw), false).await;
     assert_eq!(
         again,
         Reprocessed {
@@ -178,10 +226,86 @@ async fn left_out_webhooks_are_derived_once(log: LogKind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn left_out_webhooks_are_derived_once_embedded() {
-    left_out_webhooks_are_derived_once(LogKind::Embedded).await;
+    left_out_webhooks_are_derived_once(LogKind::Embedded, Via::Call).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn left_out_webhooks_are_derived_once_jetstream() {
-    left_out_webhooks_are_derived_once(LogKind::JetStream).await;
+    left_out_webhooks_are_derived_once(LogKind::JetStream, Via::Call).await;
+}
+
+/// The same through the operator's HTTP route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn left_out_webhooks_are_derived_once_over_http() {
+    left_out_webhooks_are_derived_once(LogKind::Embedded, Via::Http).await;
+}
+
+/// What the route refuses, before anything runs: a position missing, both given,
+/// a time that is not one, a position for a read model, an unknown field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reprocessing_route_refuses_what_it_cannot_do() {
+    let app = spawn_app_with(TestOptions::new(LogKind::Embedded, DbKind::Sqlite)).await;
+    app.settle().await;
+    let domain_head = app.app.ctx.log.last_seq(StreamKind::Domain).await.unwrap();
+    for (name, body, says) in [
+        ("webhook_processor", Value::Null, "give since"),
+        ("webhook_processor", json!({"dry_run": true}), "give since"),
+        (
+            "webhook_processor",
+            json!({"since": "2026-12-01T00:00:00Z", "from_seq": 1}),
+            "not both",
+        ),
+        (
+            "webhook_processor",
+            json!({"since": "yesterday"}),
+            "RFC 3339",
+        ),
+        ("webhook_processor", json!({"from_seq": -1}), "expected u64"),
+        (
+            "consent",
+            json!({"since": "2026-12-01T00:00:00Z"}),
+            "go with webhook_processor",
+        ),
+        ("all", json!({"from_seq": 1}), "go with webhook_processor"),
+        ("all", json!({"dryrun": true}), "unknown field"),
+        ("all", json!([1]), "not valid"),
+    ] {
+        let r = app
+            .post(
+                &format!("/v1/admin/projections/{name}/rebuild"),
+                &app.operator,
+                body.clone(),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "{name} {body}: {}",
+            r.text
+        );
+        assert_eq!(r.json["code"], "validation_failed", "{}", r.text);
+        assert!(r.text.contains(says), "{name} {body}: {}", r.text);
+    }
+    let r = app.get("/v1/admin/projections", &app.operator).await;
+    assert!(r.json["rebuild_all"].is_null(), "{}", r.text);
+    for p in r.json["projections"].as_array().unwrap() {
+        assert!(p["rebuild"].is_null(), "{p}");
+    }
+    let appended = app
+        .app
+        .ctx
+        .log
+        .read(StreamKind::Domain, ReadFrom::Seq(domain_head + 1), None, 10)
+        .await
+        .unwrap();
+    let types: Vec<_> = appended
+        .iter()
+        .map(|e| e.envelope.event_type.clone())
+        .filter(|t| t != "api_key.used")
+        .collect();
+    assert!(
+        types.is_empty(),
+        "nothing but the key's use is logged: {types:?}"
+    );
+    app.stop().await;
 }

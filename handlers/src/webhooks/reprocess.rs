@@ -39,7 +39,9 @@ use crate::commands::Ctx;
 const PAGE: usize = 500;
 
 /// What a reprocessing did (or, in a dry run, would do).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct Reprocessed {
     /// The first raw sequence looked at (0: none).
     pub from: u64,

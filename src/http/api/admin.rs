@@ -3,7 +3,7 @@
 
 use axum::{extract::State, Json as AxumJson};
 use serde::{Deserialize, Serialize};
-use wabridge_events::Slug;
+use wabridge_events::{ReadFrom, Slug, Timestamp};
 use wabridge_handlers::commands::{dead_letters as dl_cmd, numbers};
 use wabridge_projections::views::{
     dead_letters::{self, DeadLetter},
@@ -15,7 +15,7 @@ use crate::{
     http::{
         auth::Authed,
         error::AppError,
-        extract::{Json, Page, PageParams, Path, Query},
+        extract::{Json, OptionalJson, Page, PageParams, Path, Query},
         respond::{Accepted, NoContent},
     },
 };
@@ -238,20 +238,71 @@ pub struct RebuildStarted {
     pub state: &'static str,
 }
 
+/// `POST /v1/admin/projections/{name}/rebuild` body (optional: no body rebuilds and
+/// swaps).
+#[derive(Deserialize, Default, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RebuildRequest {
+    /// A read model: rebuild and compare with the live state, swap nothing. The
+    /// webhook processor: count what would be appended, append nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// `webhook_processor` only: process the raw webhooks stored since this time
+    /// (RFC 3339) again, up to where the live processor stands.
+    pub since: Option<String>,
+    /// `webhook_processor` only: the same from this raw-stream sequence.
+    pub from_seq: Option<u64>,
+}
+
 /// Rebuilds a read model (or `all`) from the log beside the live one, then swaps it
-/// in atomically (202 at once; 409 while one of that name runs).
+/// in atomically; or, for `webhook_processor` with `since` or `from_seq`, processes
+/// the stored webhooks since then again (202 at once; 409 while one of that name
+/// runs).
 pub async fn rebuild(
     State(app): State<App>,
     _auth: Authed,
     Path(p): Path<ProjectionPath>,
+    OptionalJson(body): OptionalJson<RebuildRequest>,
 ) -> Result<Accepted<RebuildStarted>, AppError> {
-    let Some(projections) = crate::replay::select(&app, &p.name) else {
-        return Err(AppError::not_found(format!(
-            "no projection {:?}; see GET /v1/admin/projections",
-            p.name
-        )));
+    let job = if p.name == wabridge_handlers::webhooks::processor::NAME {
+        let from = match (body.since, body.from_seq) {
+            (Some(_), Some(_)) => {
+                return Err(AppError::validation(
+                    "give since or from_seq, not both",
+                ))
+            }
+            (Some(t), None) => ReadFrom::Time(Timestamp::parse(&t).map_err(|_| {
+                AppError::validation("since must be an RFC 3339 time")
+            })?),
+            (None, Some(seq)) => ReadFrom::Seq(seq),
+            (None, None) => {
+                return Err(AppError::validation(
+                    "webhook_processor processes stored webhooks again from a position: give since (RFC 3339) or from_seq (a raw-stream sequence)",
+                ))
+            }
+        };
+        crate::replay::Job::Reprocess {
+            from,
+            dry_run: body.dry_run,
+        }
+    } else {
+        let Some(projections) = crate::replay::select(&app, &p.name) else {
+            return Err(AppError::not_found(format!(
+                "no projection {:?}; see GET /v1/admin/projections",
+                p.name
+            )));
+        };
+        if body.since.is_some() || body.from_seq.is_some() {
+            return Err(AppError::validation(
+                "since and from_seq go with webhook_processor (processing stored webhooks again); a read model is a fold of the whole domain stream, so it is rebuilt from the log's first event",
+            ));
+        }
+        crate::replay::Job::Rebuild {
+            projections,
+            dry_run: body.dry_run,
+        }
     };
-    if !crate::replay::start(&app, &p.name, projections) {
+    if !crate::replay::start(&app, &p.name, job) {
         return Err(AppError::new(
             axum::http::StatusCode::CONFLICT,
             "conflict",
