@@ -353,6 +353,81 @@ impl Driver {
         }
     }
 
+    /// Brings several followers of one stream to `target`, each applied by its own
+    /// driver (a rebuild's lanes: each a store of its own), reading every page of the
+    /// log once for all of them: while the lanes apply a page side by side (each on
+    /// a task and a database connection of its own), the next is read and decoded.
+    /// Returns the lowest position a lane reached.
+    pub async fn catch_up_lanes(
+        lanes: &[Arc<(Driver, Follower)>],
+        target: u64,
+        batch: usize,
+    ) -> anyhow::Result<u64> {
+        let Some(first) = lanes.first() else {
+            return Ok(target);
+        };
+        let (log, stream) = (first.0.log.clone(), first.1.stream);
+        let target = target.min(log.last_seq(stream).await?);
+        let mut low = u64::MAX;
+        for lane in lanes {
+            let done = lane.0.positions(&lane.1).await?;
+            low = low.min(done.values().copied().min().unwrap_or(0));
+        }
+        if low < target {
+            // Two pages ahead per lane at most: the reader waits for the slowest.
+            let mut senders = Vec::with_capacity(lanes.len());
+            let mut appliers = Vec::with_capacity(lanes.len());
+            for lane in lanes {
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<Arc<Vec<StoredEvent>>>(2);
+                senders.push(tx);
+                let lane = lane.clone();
+                appliers.push(tokio::spawn(async move {
+                    let (driver, follower) = (&lane.0, &lane.1);
+                    let mut done = driver.positions(follower).await?;
+                    while let Some(page) = rx.recv().await {
+                        driver.handle(follower, &mut done, &page).await?;
+                    }
+                    anyhow::Ok(())
+                }));
+            }
+            let reader = async {
+                let mut from = low + 1;
+                let mut ahead = Some(tokio::spawn(read_page(log.clone(), stream, from, batch)));
+                while let Some(page) = ahead.take() {
+                    let mut events = page.await.context("reading ahead")??;
+                    events.retain(|e| e.seq <= target);
+                    let Some(last) = events.last().map(|e| e.seq) else {
+                        break; // a gap up to `target`: each lane's catch-up below moves past it
+                    };
+                    if last < target {
+                        from = last + 1;
+                        ahead = Some(tokio::spawn(read_page(log.clone(), stream, from, batch)));
+                    }
+                    let events = Arc::new(events);
+                    for tx in &senders {
+                        if tx.send(events.clone()).await.is_err() {
+                            // That lane failed: its error is returned below.
+                            return anyhow::Ok(());
+                        }
+                    }
+                }
+                anyhow::Ok(())
+            };
+            let read = reader.await;
+            drop(senders);
+            for applier in appliers {
+                applier.await.context("a replay lane panicked")??;
+            }
+            read?;
+        }
+        // What is left: gaps, or events a lane's isolation retried alone.
+        let mut reached = u64::MAX;
+        for lane in lanes {
+            reached = reached.min(lane.0.catch_up_to(&lane.1, target, batch).await?);
+        }
+        Ok(reached)
+    }
+
     /// Each reactor's checkpoint (also published as this process's progress).
     async fn positions(&self, f: &Follower) -> anyhow::Result<Positions> {
         let mut done = HashMap::new();

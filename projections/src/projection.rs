@@ -32,6 +32,11 @@ pub trait Projection: Send + Sync + 'static {
     fn rebuild_without_indexes(&self) -> &'static [&'static str] {
         &[]
     }
+    /// How costly it is to replay, relative to a small read model (1): a rebuild
+    /// balances its lanes by it (see [`crate::rebuild`]).
+    fn replay_weight(&self) -> u32 {
+        1
+    }
     /// Applies one event inside the caller's transaction. Events it does not care
     /// about are a no-op. Must not commit.
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()>;

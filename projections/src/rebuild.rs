@@ -1,10 +1,13 @@
 //! Rebuilding read models from the log beside the live ones, while the server keeps
 //! serving, then swapping them in atomically.
 //!
-//! 1. A shadow store is created next to the live one (a SQLite file beside the live
+//! 1. A shadow store is created next to the live one (SQLite files beside the live
 //!    database; a schema of its own in the same PostgreSQL database) and the
 //!    projections are replayed into it from the start of the log, in large
-//!    transactions, reporting progress.
+//!    transactions, reporting progress. They are dealt into lanes of about equal
+//!    weight ([`Projection::replay_weight`]), each lane with its own SQLite file or
+//!    PostgreSQL connection: each page of the log is read and decoded once, and the
+//!    lanes apply it side by side (SQLite has one writer per file).
 //! 2. Once the shadow is close to the log's head, one transaction on the live store
 //!    locks the projections' checkpoint rows (the live applier waits on them), reads
 //!    where each live projection stands (`L`), and brings the shadow to exactly `L`.
@@ -84,24 +87,61 @@ impl RebuildReport {
     }
 }
 
-/// Where the shadow lives, to remove it afterwards.
-enum Place {
-    File(std::path::PathBuf),
-    Schema(String),
+/// The most lanes a rebuild replays in by default: each lane a store (SQLite: a
+/// file) and a database connection of its own, applying its share of the
+/// projections while the other lanes apply theirs (one page of the log, read once,
+/// goes to all). `WABRIDGE_REPLAY_LANES` changes it (1: one lane, as before lanes).
+pub const REPLAY_LANES: usize = 2;
+
+/// [`REPLAY_LANES`], or `WABRIDGE_REPLAY_LANES` when set to a number from 1 to 16.
+fn replay_lanes() -> usize {
+    std::env::var("WABRIDGE_REPLAY_LANES")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|n| (1..=16).contains(n))
+        .unwrap_or(REPLAY_LANES)
 }
 
-/// A store beside the live one, with the same tables.
-struct Shadow {
+/// Some of the projections, replayed into a store of their own.
+struct Lane {
     store: Store,
-    /// How the live connection names its tables (SQLite: the attached alias).
+    /// How the live connection names the lane's tables (SQLite: the attached alias).
     qualifier: String,
-    place: Place,
+    /// The lane's SQLite file (PostgreSQL lanes share the shadow's schema).
+    file: Option<std::path::PathBuf>,
+    projections: Vec<Arc<dyn Projection>>,
+}
+
+/// Stores beside the live one, with the same tables.
+struct Shadow {
+    lanes: Vec<Lane>,
+    /// The PostgreSQL schema all lanes write in.
+    schema: Option<String>,
+}
+
+/// Deals projections into at most `lanes` lanes of about equal weight (heaviest
+/// first, each to the lightest lane so far).
+fn deal(projections: &[Arc<dyn Projection>], lanes: usize) -> Vec<Vec<Arc<dyn Projection>>> {
+    let mut sorted: Vec<_> = projections.to_vec();
+    sorted.sort_by_key(|p| std::cmp::Reverse(p.replay_weight()));
+    let mut lanes: Vec<(u32, Vec<Arc<dyn Projection>>)> =
+        vec![(0, vec![]); lanes.min(projections.len()).max(1)];
+    for p in sorted {
+        let lightest = lanes
+            .iter_mut()
+            .min_by_key(|(w, _)| *w)
+            .expect("at least one lane");
+        lightest.0 += p.replay_weight();
+        lightest.1.push(p);
+    }
+    lanes.into_iter().map(|(_, ps)| ps).collect()
 }
 
 impl Shadow {
-    async fn create(live: &Store) -> anyhow::Result<Shadow> {
+    async fn create(live: &Store, projections: &[Arc<dyn Projection>]) -> anyhow::Result<Shadow> {
         let nonce = uuid::Uuid::new_v4().simple().to_string();
         let name = format!("replay_{}", &nonce[..12]);
+        let dealt = deal(projections, replay_lanes());
         match live.backend {
             Backend::Sqlite => {
                 let url = live.url.expose_secret();
@@ -114,50 +154,98 @@ impl Shadow {
                     .parent()
                     .map(|d| d.to_path_buf())
                     .unwrap_or_default();
-                let path = dir.join(format!("{name}.db"));
-                let store =
-                    Store::connect_shadow(&format!("sqlite://{}", path.display()), None).await?;
-                Ok(Shadow {
-                    store,
-                    qualifier: "shadow".into(),
-                    place: Place::File(path),
-                })
+                let mut shadow = Shadow {
+                    lanes: vec![],
+                    schema: None,
+                };
+                for (i, projections) in dealt.into_iter().enumerate() {
+                    let path = dir.join(format!("{name}_{i}.db"));
+                    let store =
+                        match Store::connect_shadow(&format!("sqlite://{}", path.display()), None)
+                            .await
+                        {
+                            Ok(store) => store,
+                            Err(e) => {
+                                shadow.remove(live).await;
+                                remove_files(&path);
+                                return Err(e);
+                            }
+                        };
+                    shadow.lanes.push(Lane {
+                        store,
+                        qualifier: format!("shadow{i}"),
+                        file: Some(path),
+                        projections,
+                    });
+                }
+                Ok(shadow)
             }
             Backend::Postgres => {
                 sqlx::query(&format!("CREATE SCHEMA {name}"))
                     .execute(&live.pool)
                     .await
                     .context("creating the rebuild's schema")?;
-                let store = Store::connect_shadow(live.url.expose_secret(), Some(&name)).await?;
-                Ok(Shadow {
-                    store,
-                    qualifier: name.clone(),
-                    place: Place::Schema(name),
-                })
+                let mut shadow = Shadow {
+                    lanes: vec![],
+                    schema: Some(name.clone()),
+                };
+                let store = match Store::connect_shadow(live.url.expose_secret(), Some(&name)).await
+                {
+                    Ok(store) => store,
+                    Err(e) => {
+                        shadow.remove(live).await;
+                        return Err(e);
+                    }
+                };
+                // One schema, one pool: each lane's transactions take a connection
+                // of their own from it.
+                shadow.lanes = dealt
+                    .into_iter()
+                    .map(|projections| Lane {
+                        store: store.clone(),
+                        qualifier: name.clone(),
+                        file: None,
+                        projections,
+                    })
+                    .collect();
+                Ok(shadow)
             }
         }
     }
 
+    /// The lane replaying `projection`.
+    fn lane_of(&self, projection: &dyn Projection) -> usize {
+        self.lanes
+            .iter()
+            .position(|l| l.projections.iter().any(|p| p.name() == projection.name()))
+            .expect("every projection rebuilt is in a lane")
+    }
+
     async fn remove(self, live: &Store) {
-        self.store.pool.close().await;
-        self.store.reads.close().await;
-        match self.place {
-            Place::File(path) => {
-                for suffix in ["", "-wal", "-shm"] {
-                    let mut p = path.clone().into_os_string();
-                    p.push(suffix);
-                    let _ = std::fs::remove_file(p);
-                }
-            }
-            Place::Schema(name) => {
-                if let Err(e) = sqlx::query(&format!("DROP SCHEMA {name} CASCADE"))
-                    .execute(&live.pool)
-                    .await
-                {
-                    tracing::warn!(schema = %name, error = %e, "dropping the rebuild's schema failed");
-                }
+        for lane in &self.lanes {
+            lane.store.pool.close().await;
+            lane.store.reads.close().await;
+            if let Some(path) = &lane.file {
+                remove_files(path);
             }
         }
+        if let Some(name) = self.schema {
+            if let Err(e) = sqlx::query(&format!("DROP SCHEMA {name} CASCADE"))
+                .execute(&live.pool)
+                .await
+            {
+                tracing::warn!(schema = %name, error = %e, "dropping the rebuild's schema failed");
+            }
+        }
+    }
+}
+
+/// Removes a SQLite database file and its companions.
+fn remove_files(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = path.to_path_buf().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
     }
 }
 
@@ -175,16 +263,21 @@ pub async fn rebuild(
         projections.iter().all(|p| p.stream() == StreamKind::Domain),
         "only projections of the domain stream can be rebuilt"
     );
-    let shadow = Shadow::create(live).await?;
-    for index in projections.iter().flat_map(|p| p.rebuild_without_indexes()) {
-        // On the shadow's own connection: its file, or its schema first in the
-        // search path.
-        if let Err(e) = sqlx::query(&format!("DROP INDEX {index}"))
-            .execute(&shadow.store.pool)
-            .await
-        {
-            shadow.remove(live).await;
-            return Err(anyhow::Error::new(e).context(format!("dropping {index} in the shadow")));
+    let shadow = Shadow::create(live, &projections).await?;
+    for p in &projections {
+        let store = &shadow.lanes[shadow.lane_of(&**p)].store;
+        for index in p.rebuild_without_indexes() {
+            // On the lane's own connection: its file, or the schema first in the
+            // search path.
+            if let Err(e) = sqlx::query(&format!("DROP INDEX {index}"))
+                .execute(&store.pool)
+                .await
+            {
+                shadow.remove(live).await;
+                return Err(
+                    anyhow::Error::new(e).context(format!("dropping {index} in the shadow"))
+                );
+            }
         }
     }
     let result = run(log, live, &shadow, projections, dry_run, &mut on_progress).await;
@@ -217,16 +310,24 @@ async fn run(
     on_progress: &mut (impl FnMut(&RebuildProgress) + Send),
 ) -> anyhow::Result<RebuildReport> {
     let started = Instant::now();
-    let driver = Driver {
-        log: log.clone(),
-        store: shadow.store.clone(),
-        progress: Progress::default(),
-    };
-    let all = Follower {
-        consumer: "replay",
-        stream: StreamKind::Domain,
-        reactors: projection::reactors(projections.clone()),
-    };
+    let lanes: Vec<Arc<(Driver, Follower)>> = shadow
+        .lanes
+        .iter()
+        .map(|lane| {
+            Arc::new((
+                Driver {
+                    log: log.clone(),
+                    store: lane.store.clone(),
+                    progress: Progress::default(),
+                },
+                Follower {
+                    consumer: "replay",
+                    stream: StreamKind::Domain,
+                    reactors: projection::reactors(lane.projections.clone()),
+                },
+            ))
+        })
+        .collect();
     // 1. Replay into the shadow, in steps, until close to the head.
     let mut position = 0;
     let mut next_analyze = 10_000;
@@ -237,15 +338,15 @@ async fn run(
             break;
         }
         let target = (position + 10 * REPLAY_BATCH as u64).min(head);
-        position = driver.catch_up_to(&all, target, REPLAY_BATCH).await?;
+        position = Driver::catch_up_lanes(&lanes, target, REPLAY_BATCH).await?;
         // PostgreSQL plans from table statistics, which a bulk load outgrows at
         // once (a table planned as empty is scanned, not looked up): refresh them
         // as the shadow grows.
-        if shadow.store.backend == Backend::Postgres && position >= next_analyze {
+        if shadow.schema.is_some() && position >= next_analyze {
             for p in &projections {
                 for table in p.tables() {
                     sqlx::query(&format!("ANALYZE {table}"))
-                        .execute(&shadow.store.pool)
+                        .execute(&shadow.lanes[0].store.pool)
                         .await?;
                 }
             }
@@ -264,9 +365,9 @@ async fn run(
     // 2. and 3. Lock the live checkpoints, meet them exactly, swap or compare.
     for attempt in 0.. {
         let head = log.last_seq(StreamKind::Domain).await?;
-        position = driver.catch_up_to(&all, head, REPLAY_BATCH).await?;
+        position = Driver::catch_up_lanes(&lanes, head, REPLAY_BATCH).await?;
         on_progress(&progress(position, head, position, started));
-        match finish(&driver, live, shadow, &projections, dry_run).await? {
+        match finish(&lanes, live, shadow, &projections, dry_run).await? {
             Some(projections) => {
                 return Ok(RebuildReport {
                     events: projections.iter().map(|p| p.position).max().unwrap_or(0),
@@ -299,7 +400,7 @@ fn progress(position: u64, head: u64, events: u64, started: Instant) -> RebuildP
 
 /// The locked step: `None` when a dry run must wait for the live state.
 async fn finish(
-    driver: &Driver,
+    lanes: &[Arc<(Driver, Follower)>],
     live: &Store,
     shadow: &Shadow,
     projections: &[Arc<dyn Projection>],
@@ -307,9 +408,6 @@ async fn finish(
 ) -> anyhow::Result<Option<Vec<RebuiltProjection>>> {
     let mut conn = live.pool.acquire().await?;
     if live.backend == Backend::Sqlite {
-        let Place::File(path) = &shadow.place else {
-            unreachable!("a SQLite shadow is a file")
-        };
         // The swap's index builds sort whole tables and its copy journals reused
         // pages: in files, not in memory (the live connections keep temporary data
         // in memory for their small batches). In memory, a rebuild of ~240,000
@@ -318,18 +416,23 @@ async fn finish(
         sqlx::query("PRAGMA temp_store = FILE")
             .execute(&mut *conn)
             .await?;
-        sqlx::query("ATTACH DATABASE $1 AS shadow")
-            .bind(path.display().to_string())
-            .execute(&mut *conn)
-            .await
-            .context("attaching the rebuilt database")?;
+        for lane in &shadow.lanes {
+            let path = lane.file.as_ref().expect("a SQLite lane is a file");
+            sqlx::query(&format!("ATTACH DATABASE $1 AS {}", lane.qualifier))
+                .bind(path.display().to_string())
+                .execute(&mut *conn)
+                .await
+                .context("attaching the rebuilt database")?;
+        }
     }
-    let outcome = locked(driver, &mut conn, shadow, projections, dry_run).await;
+    let outcome = locked(lanes, &mut conn, shadow, projections, dry_run).await;
     if live.backend == Backend::Sqlite {
         let restored = async {
-            sqlx::query("DETACH DATABASE shadow")
-                .execute(&mut *conn)
-                .await?;
+            for lane in &shadow.lanes {
+                sqlx::query(&format!("DETACH DATABASE {}", lane.qualifier))
+                    .execute(&mut *conn)
+                    .await?;
+            }
             sqlx::query("PRAGMA temp_store = MEMORY")
                 .execute(&mut *conn)
                 .await
@@ -345,7 +448,7 @@ async fn finish(
 }
 
 async fn locked(
-    driver: &Driver,
+    lanes: &[Arc<(Driver, Follower)>],
     conn: &mut sqlx::AnyConnection,
     shadow: &Shadow,
     projections: &[Arc<dyn Projection>],
@@ -368,14 +471,19 @@ async fn locked(
             stream: StreamKind::Domain,
             reactors: vec![Arc::new(AsReactor(p.clone())) as Arc<dyn Reactor>],
         };
-        let shadow_cp = driver.catch_up_to(&one, live_cp, REPLAY_BATCH).await?;
+        let lane = shadow.lane_of(&**p);
+        let shadow_cp = lanes[lane]
+            .0
+            .catch_up_to(&one, live_cp, REPLAY_BATCH)
+            .await?;
         if shadow_cp != live_cp && dry_run {
             return Ok(None);
         }
-        at.push((p, live_cp, shadow_cp));
+        at.push((p, lane, live_cp, shadow_cp));
     }
     let mut out = Vec::with_capacity(at.len());
-    for (p, live_cp, shadow_cp) in at {
+    for (p, lane, live_cp, shadow_cp) in at {
+        let lane = &shadow.lanes[lane];
         // The rebuilt state's checksum is taken beside the swap (another
         // connection, another file or schema): the two run on two cores. A dry run
         // compares it with the live state as it is; a swap checks the live state
@@ -386,7 +494,7 @@ async fn locked(
             } else {
                 for table in p.tables() {
                     let t0 = Instant::now();
-                    copy_table(&mut tx, table, &shadow.qualifier, sqlite).await?;
+                    copy_table(&mut tx, table, &lane.qualifier, sqlite).await?;
                     tracing::debug!(
                         table,
                         seconds = t0.elapsed().as_secs_f64(),
@@ -406,7 +514,7 @@ async fn locked(
             }
         };
         let t0 = Instant::now();
-        let (rebuilt, live_checksum) = tokio::join!(checksum(&shadow.store, &**p), swap);
+        let (rebuilt, live_checksum) = tokio::join!(checksum(&lane.store, &**p), swap);
         tracing::debug!(
             projection = p.name(),
             seconds = t0.elapsed().as_secs_f64(),
@@ -488,4 +596,66 @@ pub async fn live_checksum(
     .await;
     let _ = sqlx::query("COMMIT").execute(&mut *conn).await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Weighted(&'static str, u32);
+
+    #[async_trait::async_trait]
+    impl Projection for Weighted {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn tables(&self) -> &'static [&'static str] {
+            &[]
+        }
+        fn dump_sql(&self) -> &'static str {
+            ""
+        }
+        fn replay_weight(&self) -> u32 {
+            self.1
+        }
+        async fn apply(
+            &self,
+            _conn: &mut sqlx::AnyConnection,
+            _event: &wabridge_events::StoredEvent,
+        ) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn names(lane: &[Arc<dyn Projection>]) -> Vec<&'static str> {
+        lane.iter().map(|p| p.name()).collect()
+    }
+
+    #[test]
+    fn lanes_get_every_projection_once_and_about_equal_weight() {
+        let ps: Vec<Arc<dyn Projection>> = vec![
+            Arc::new(Weighted("a", 1)),
+            Arc::new(Weighted("messages", 8)),
+            Arc::new(Weighted("b", 1)),
+            Arc::new(Weighted("send_context", 4)),
+            Arc::new(Weighted("c", 1)),
+            Arc::new(Weighted("d", 1)),
+            Arc::new(Weighted("e", 1)),
+        ];
+        let lanes = deal(&ps, 2);
+        assert_eq!(names(&lanes[0]), ["messages", "e"]);
+        assert_eq!(names(&lanes[1]), ["send_context", "a", "b", "c", "d"]);
+        let lanes = deal(&ps, 3);
+        let mut all: Vec<_> = lanes.iter().flat_map(|l| names(l)).collect();
+        all.sort();
+        assert_eq!(all, ["a", "b", "c", "d", "e", "messages", "send_context"]);
+        let weights: Vec<u32> = lanes
+            .iter()
+            .map(|l| l.iter().map(|p| p.replay_weight()).sum())
+            .collect();
+        assert_eq!(weights, [8, 5, 4]);
+        // No empty lane: one projection, one lane; one lane asked, one lane.
+        assert_eq!(deal(&ps[..1], 2).len(), 1);
+        assert_eq!(names(&deal(&ps, 1)[0]).len(), 7);
+    }
 }

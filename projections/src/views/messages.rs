@@ -64,6 +64,11 @@ impl Projection for Messages {
     fn tables(&self) -> &'static [&'static str] {
         &["messages", "message_history"]
     }
+    fn replay_weight(&self) -> u32 {
+        // Every inbound message and status update writes it: about half of a
+        // rebuild's database time (PostgreSQL, 1,000,000 mixed events: 17 s of 36).
+        8
+    }
     fn rebuild_without_indexes(&self) -> &'static [&'static str] {
         // The fold looks rows up by the primary key; the API by wamid alone.
         &["messages_wamid"]
