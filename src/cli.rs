@@ -553,39 +553,28 @@ async fn reprocess_webhooks(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let report =
+    let caller = Caller::cli("replay");
+    let name = wabridge_handlers::webhooks::processor::NAME;
+    commands::rebuilds::requested(ctx, &caller, name, dry_run, Some(&from)).await?;
+    let result =
         wabridge_handlers::webhooks::reprocess::reprocess(ctx, from, dry_run, |at, through| {
             progress_line(&format!("replay: raw webhook {at} of {through}"))
         })
-        .await?;
+        .await;
+    let outcome = match &result {
+        Ok(report) => commands::rebuilds::Outcome::reprocessed(report),
+        Err(e) => commands::rebuilds::Outcome::failed(e),
+    };
+    commands::rebuilds::finished(ctx, &caller, name, dry_run, outcome).await?;
+    let report = result?;
     if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         eprintln!();
     }
-    let list = |m: &std::collections::BTreeMap<String, u64>| {
-        m.iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     writeln!(
         out,
-        "{} raw {}..{}: {} bodies; appended {}{}; already derived {}; skipped {}",
+        "{} {}",
         wabridge_handlers::webhooks::processor::NAME,
-        report.from,
-        report.through,
-        report.bodies,
-        report.appended_total(),
-        if report.appended.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", list(&report.appended))
-        },
-        report.already_derived,
-        if report.skipped.is_empty() {
-            "none".to_string()
-        } else {
-            list(&report.skipped)
-        },
+        report.summary()
     )?;
     eprintln!(
         "replay: {} webhook bodies in {:.1} s; {}",
@@ -629,14 +618,22 @@ async fn host_command(app: &App, command: Command, out: &mut impl Write) -> anyh
             let projections = crate::replay::select(app, &projection).with_context(|| {
                 format!("no projection {projection:?}; see `wabridge projections list`")
             })?;
-            let report = wabridge_projections::rebuild::rebuild(
+            let caller = Caller::cli("replay");
+            commands::rebuilds::requested(ctx, &caller, &projection, dry_run, None).await?;
+            let result = wabridge_projections::rebuild::rebuild(
                 ctx.log.clone(),
                 &ctx.store,
                 projections,
                 dry_run,
                 print_progress,
             )
-            .await?;
+            .await;
+            let outcome = match &result {
+                Ok(report) => commands::rebuilds::Outcome::rebuilt(report),
+                Err(e) => commands::rebuilds::Outcome::failed(e),
+            };
+            commands::rebuilds::finished(ctx, &caller, &projection, dry_run, outcome).await?;
+            let report = result?;
             if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
                 eprintln!();
             }

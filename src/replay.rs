@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use serde::Serialize;
 use wabridge_events::{ReadFrom, StreamKind, Timestamp};
 use wabridge_handlers::{
-    commands::{lease_for, unit_lease, WORKER_UNITS},
+    commands::{lease_for, rebuilds, unit_lease, Caller, CommandError, WORKER_UNITS},
     webhooks::reprocess::{self, Reprocessed},
 };
 use wabridge_projections::{
@@ -92,13 +92,22 @@ enum Outcome {
     Reprocessed(Reprocessed),
 }
 
-/// Starts a job in the background under `name`; `false` when one of that name is
-/// running.
-pub fn start(app: &App, name: &str, job: Job) -> bool {
+/// Why a job did not start.
+#[derive(Debug)]
+pub enum NotStarted {
+    /// One of that name is running.
+    Running,
+    /// Its start could not be recorded in the log.
+    Unrecorded(CommandError),
+}
+
+/// Starts a job in the background under `name`, once its start is recorded in the
+/// log (and so in the audit chain); its end is recorded too.
+pub async fn start(app: &App, caller: &Caller, name: &str, job: Job) -> Result<(), NotStarted> {
     {
         let mut running = app.rebuilds.lock().expect("rebuilds lock");
         if running.get(name).is_some_and(|r| r.state == "running") {
-            return false;
+            return Err(NotStarted::Running);
         }
         running.insert(
             name.to_string(),
@@ -114,7 +123,16 @@ pub fn start(app: &App, name: &str, job: Job) -> bool {
             },
         );
     }
-    let (app, name) = (app.clone(), name.to_string());
+    let from = match &job {
+        Job::Reprocess { from, .. } => Some(from.clone()),
+        Job::Rebuild { .. } => None,
+    };
+    let dry_run = job.dry_run();
+    if let Err(e) = rebuilds::requested(&app.ctx, caller, name, dry_run, from.as_ref()).await {
+        app.rebuilds.lock().expect("rebuilds lock").remove(name);
+        return Err(NotStarted::Unrecorded(e));
+    }
+    let (app, name, caller) = (app.clone(), name.to_string(), caller.clone());
     tokio::spawn(async move {
         let set_progress = {
             let (app, name) = (app.clone(), name.clone());
@@ -148,6 +166,14 @@ pub fn start(app: &App, name: &str, job: Job) -> bool {
                 .map(Outcome::Reprocessed)
             }
         };
+        let outcome = match &result {
+            Ok(Outcome::Rebuilt(report)) => rebuilds::Outcome::rebuilt(report),
+            Ok(Outcome::Reprocessed(r)) => rebuilds::Outcome::reprocessed(r),
+            Err(e) => rebuilds::Outcome::failed(e),
+        };
+        if let Err(e) = rebuilds::finished(&app.ctx, &caller, &name, dry_run, outcome).await {
+            tracing::warn!(projection = %name, error = %e, "recording the end of a rebuild failed");
+        }
         let mut all = app.rebuilds.lock().expect("rebuilds lock");
         if let Some(s) = all.get_mut(&name) {
             s.finished_at = Some(Timestamp::now().to_string());
@@ -170,7 +196,7 @@ pub fn start(app: &App, name: &str, job: Job) -> bool {
             }
         }
     });
-    true
+    Ok(())
 }
 
 /// A reprocessing's progress over raw positions: `at` of `through`, having begun

@@ -514,6 +514,29 @@ fn replay_positions_go_with_the_webhook_processor() {
         ),
         "{out}"
     );
+    // The run (not the refusals) is in the log, start and end, with its actor.
+    let (ok, out) = wabridge(
+        dir.path(),
+        &["events", "export", "--type", "projection.rebuild_requested"],
+    );
+    assert!(ok, "{out}");
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with('{')).collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert!(
+        lines[0].contains("webhook_processor")
+            && lines[0].contains("seq:1")
+            && lines[0].contains(r#""actor":{"kind":"cli","id":"replay"}"#),
+        "{out}"
+    );
+    let (ok, out) = wabridge(
+        dir.path(),
+        &["events", "export", "--type", "projection.rebuild_finished"],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("reprocessed") && out.contains("raw 0..0: 0 bodies"),
+        "{out}"
+    );
 }
 
 /// Peak resident memory of a running process so far (`VmHWM`, KiB).

@@ -344,6 +344,63 @@ async fn the_operator_rebuilds_over_http_and_follows_it() {
     let only = dry["report"]["projections"].as_array().unwrap();
     assert_eq!(only.len(), 1, "{dry}");
     assert_eq!(only[0]["checksum"], only[0]["live_checksum"], "{dry}");
+
+    // Both are in the operators' audit chain, start and end, with the key that
+    // asked; a refused request is not.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let targets: Vec<(String, String, String)> = loop {
+        let r = app
+            .get("/v1/admin/audit?action=projection.rebuild_finished", &op)
+            .await;
+        if r.json["items"].as_array().map_or(0, |a| a.len()) >= 2 {
+            let r = app.get("/v1/admin/audit?limit=500", &op).await;
+            break r.json["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["action"].as_str().unwrap().starts_with("projection."))
+                .map(|e| {
+                    (
+                        e["action"].as_str().unwrap().to_string(),
+                        e["target"].as_str().unwrap().to_string(),
+                        e["actor"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", r.text);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let actions: Vec<(&str, &str)> = targets
+        .iter()
+        .map(|(a, t, _)| {
+            (
+                a.as_str(),
+                t.split(':').nth(1).unwrap().split(' ').next().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("projection.rebuild_finished", "consent"),
+            ("projection.rebuild_requested", "consent"),
+            ("projection.rebuild_finished", "all"),
+            ("projection.rebuild_requested", "all"),
+        ],
+        "{targets:?}"
+    );
+    assert!(
+        targets[0].1.contains("(dry run) equal: consent "),
+        "{targets:?}"
+    );
+    assert!(targets[2].1.contains(" swapped: "), "{targets:?}");
+    assert!(
+        targets
+            .iter()
+            .all(|(_, _, actor)| actor.starts_with("operator:")),
+        "{targets:?}"
+    );
 }
 
 /// The binary: `replay --dry-run` prints each projection's checksum, equal to what

@@ -617,6 +617,37 @@ super::events! {
         pub reason: Option<String>,
     }
 
+    /// An operator started a rebuild of read models (`wabridge replay`, or `POST
+    /// /v1/admin/projections/{name}/rebuild`), or the processing of stored webhooks
+    /// again (`webhook_processor`).
+    #[event(type = "projection.rebuild_requested", v = 1, category = "operations", scope = Global, aggregate = |s| s.name.clone())]
+    pub struct ProjectionRebuildRequested {
+        /// A read model, `all`, or `webhook_processor`.
+        pub name: String,
+        /// Compare (a read model) or count (the webhook processor) only.
+        #[serde(default)]
+        pub dry_run: bool,
+        /// `webhook_processor`: the first raw position (`seq:N` or `time:T`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub from: Option<String>,
+    }
+
+    /// A rebuild (or a processing of stored webhooks again) ended.
+    #[event(type = "projection.rebuild_finished", v = 1, category = "operations", scope = Global, aggregate = |s| s.name.clone())]
+    pub struct ProjectionRebuildFinished {
+        /// As requested.
+        pub name: String,
+        /// As requested.
+        #[serde(default)]
+        pub dry_run: bool,
+        /// `swapped`, `equal`, `differs` (a dry run found the live state different),
+        /// `reprocessed`, or `failed`.
+        pub outcome: String,
+        /// One line: the position and checksum of each read model, the counts of a
+        /// reprocessing, or why it failed.
+        pub detail: String,
+    }
+
     /// A request with a valid key was refused: it lacked the permission, or it named
     /// another workspace's resources (`path` then says what was tried).
     #[event(type = "access.denied", v = 1, category = "security", scope = Workspace, aggregate = |s| s.permission.clone())]

@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod keys;
 pub mod numbers;
 pub mod onboarding;
+pub mod rebuilds;
 pub mod send;
 pub mod tokens;
 pub mod workspaces;

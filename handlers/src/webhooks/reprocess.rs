@@ -67,6 +67,35 @@ impl Reprocessed {
         self.appended.values().sum()
     }
 
+    /// One line: `raw FROM..THROUGH: N bodies; appended N (type n, ...); already
+    /// derived N; skipped reason n, ...` (`skipped none` when nothing was).
+    pub fn summary(&self) -> String {
+        let list = |m: &BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "raw {}..{}: {} bodies; appended {}{}; already derived {}; skipped {}",
+            self.from,
+            self.through,
+            self.bodies,
+            self.appended_total(),
+            if self.appended.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", list(&self.appended))
+            },
+            self.already_derived,
+            if self.skipped.is_empty() {
+                "none".to_string()
+            } else {
+                list(&self.skipped)
+            },
+        )
+    }
+
     fn skip(&mut self, reason: &str) {
         *self.skipped.entry(reason.to_string()).or_default() += 1;
     }

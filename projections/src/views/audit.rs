@@ -225,6 +225,31 @@ pub fn describe(event: &DomainEvent) -> Option<(String, &'static str)> {
         E::DeliveryRedeliveryRequested(e) => {
             format!("endpoint:{} delivery:{}", e.endpoint_id, e.delivery_id)
         }
+        E::ProjectionRebuildRequested(r) => format!(
+            "projection:{}{}{}",
+            r.name,
+            r.from
+                .as_deref()
+                .map(|f| format!(" from {f}"))
+                .unwrap_or_default(),
+            if r.dry_run { " (dry run)" } else { "" }
+        ),
+        E::ProjectionRebuildFinished(r) => {
+            return Some((
+                format!(
+                    "projection:{}{} {}: {}",
+                    r.name,
+                    if r.dry_run { " (dry run)" } else { "" },
+                    r.outcome,
+                    r.detail
+                ),
+                if r.outcome == "failed" {
+                    "failed"
+                } else {
+                    "ok"
+                },
+            ))
+        }
         E::DeadLetterRedriven(x) => format!("dead_letter:{}", x.id),
         E::DeadLetterDiscarded(x) => format!("dead_letter:{}", x.id),
         E::AuditRetentionCut(c) => format!("audit:through:{}", c.through_seq),

@@ -260,7 +260,7 @@ pub struct RebuildRequest {
 /// runs).
 pub async fn rebuild(
     State(app): State<App>,
-    _auth: Authed,
+    auth: Authed,
     Path(p): Path<ProjectionPath>,
     OptionalJson(body): OptionalJson<RebuildRequest>,
 ) -> Result<Accepted<RebuildStarted>, AppError> {
@@ -302,12 +302,16 @@ pub async fn rebuild(
             dry_run: body.dry_run,
         }
     };
-    if !crate::replay::start(&app, &p.name, job) {
-        return Err(AppError::new(
-            axum::http::StatusCode::CONFLICT,
-            "conflict",
-            format!("a rebuild of {} is running", p.name),
-        ));
+    match crate::replay::start(&app, &auth.caller, &p.name, job).await {
+        Ok(()) => {}
+        Err(crate::replay::NotStarted::Running) => {
+            return Err(AppError::new(
+                axum::http::StatusCode::CONFLICT,
+                "conflict",
+                format!("a rebuild of {} is running", p.name),
+            ))
+        }
+        Err(crate::replay::NotStarted::Unrecorded(e)) => return Err(e.into()),
     }
     Ok(Accepted(RebuildStarted {
         name: p.name,

@@ -1,4 +1,4 @@
-//! The audit log of a workspace.
+//! The audit log of a workspace, and the operators' chain.
 
 use axum::{
     extract::State,
@@ -44,6 +44,24 @@ pub async fn list(
     auth: Authed,
     Query(p): Query<AuditParams>,
 ) -> Result<AxumJson<Page<AuditEntry>>, AppError> {
+    entries(&app, auth.ws().as_str(), p).await
+}
+
+/// The operators' chain (actions on no one workspace: rebuilds, dead letters,
+/// operator keys, WABA assignments), newest first.
+pub async fn operator_list(
+    State(app): State<App>,
+    _auth: Authed,
+    Query(p): Query<AuditParams>,
+) -> Result<AxumJson<Page<AuditEntry>>, AppError> {
+    entries(&app, "", p).await
+}
+
+async fn entries(
+    app: &App,
+    ws: &str,
+    p: AuditParams,
+) -> Result<AxumJson<Page<AuditEntry>>, AppError> {
     let limit = PageParams {
         cursor: None,
         limit: p.limit,
@@ -65,7 +83,7 @@ pub async fn list(
         before_seq,
         limit,
     };
-    let items = audit::query(&app.ctx.store, auth.ws().as_str(), &q).await?;
+    let items = audit::query(&app.ctx.store, ws, &q).await?;
     Ok(AxumJson(Page::new(items, limit, |e| e.seq.to_string())))
 }
 
