@@ -620,20 +620,14 @@ async fn host_command(app: &App, command: Command, out: &mut impl Write) -> anyh
             })?;
             let caller = Caller::cli("replay");
             commands::rebuilds::requested(ctx, &caller, &projection, dry_run, None).await?;
-            let result = wabridge_projections::rebuild::rebuild(
+            let report = wabridge_projections::rebuild::rebuild(
                 ctx.log.clone(),
                 &ctx.store,
                 projections,
                 dry_run,
                 print_progress,
             )
-            .await;
-            let outcome = match &result {
-                Ok(report) => commands::rebuilds::Outcome::rebuilt(report),
-                Err(e) => commands::rebuilds::Outcome::failed(e),
-            };
-            commands::rebuilds::finished(ctx, &caller, &projection, dry_run, outcome).await?;
-            let report = result?;
+            .await?;
             if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
                 eprintln!();
             }

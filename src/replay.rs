@@ -166,13 +166,18 @@ pub async fn start(app: &App, caller: &Caller, name: &str, job: Job) -> Result<(
                 .map(Outcome::Reprocessed)
             }
         };
+        // A reprocessing's end is recorded with its counts; a read model's rebuild
+        // records only its start (see `rebuilds::finished`).
         let outcome = match &result {
-            Ok(Outcome::Rebuilt(report)) => rebuilds::Outcome::rebuilt(report),
-            Ok(Outcome::Reprocessed(r)) => rebuilds::Outcome::reprocessed(r),
-            Err(e) => rebuilds::Outcome::failed(e),
+            Ok(Outcome::Rebuilt(_)) => None,
+            Ok(Outcome::Reprocessed(r)) => Some(rebuilds::Outcome::reprocessed(r)),
+            Err(e) if from.is_some() => Some(rebuilds::Outcome::failed(e)),
+            Err(_) => None,
         };
-        if let Err(e) = rebuilds::finished(&app.ctx, &caller, &name, dry_run, outcome).await {
-            tracing::warn!(projection = %name, error = %e, "recording the end of a rebuild failed");
+        if let Some(outcome) = outcome {
+            if let Err(e) = rebuilds::finished(&app.ctx, &caller, &name, dry_run, outcome).await {
+                tracing::warn!(projection = %name, error = %e, "recording the end of a reprocessing failed");
+            }
         }
         let mut all = app.rebuilds.lock().expect("rebuilds lock");
         if let Some(s) = all.get_mut(&name) {

@@ -61,7 +61,9 @@ pub struct RebuiltProjection {
     pub position: u64,
     /// SHA-256 of the rebuilt state's canonical dump.
     pub checksum: String,
-    /// The live state's, at the same position.
+    /// The live state's, at the same position: in a dry run taken from the live
+    /// tables; after a swap the rebuilt state's, which the live tables now hold
+    /// (each table's copy checked by its row count in the swap's transaction).
     pub live_checksum: String,
 }
 
@@ -481,55 +483,124 @@ async fn locked(
         }
         at.push((p, lane, live_cp, shadow_cp));
     }
+    if !dry_run {
+        return swap(tx, shadow, at, sqlite).await.map(Some);
+    }
+    // A dry run compares each rebuilt state with the live one as it is, under the
+    // lock; the two checksums run side by side (another connection, another file or
+    // schema: the two cores).
     let mut out = Vec::with_capacity(at.len());
-    for (p, lane, live_cp, shadow_cp) in at {
+    for (p, lane, _, shadow_cp) in at {
         let lane = &shadow.lanes[lane];
-        // The rebuilt state's checksum is taken beside the swap (another
-        // connection, another file or schema): the two run on two cores. A dry run
-        // compares it with the live state as it is; a swap checks the live state
-        // after the copy (the state before the copy is replaced unread).
-        let swap = async {
-            if dry_run {
-                checksum_on(&mut tx, &**p).await
-            } else {
-                for table in p.tables() {
-                    let t0 = Instant::now();
-                    copy_table(&mut tx, table, &lane.qualifier, sqlite).await?;
-                    tracing::debug!(
-                        table,
-                        seconds = t0.elapsed().as_secs_f64(),
-                        "rebuild: copied"
-                    );
-                }
-                if shadow_cp != live_cp {
-                    // The live projection was behind the rebuilt one: it goes on from
-                    // the rebuilt position (its pending batch skips what this covers).
-                    sqlx::query("UPDATE projection_checkpoints SET seq = $1 WHERE name = $2")
-                        .bind(shadow_cp as i64)
-                        .bind(p.name())
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                checksum_on(&mut tx, &**p).await
-            }
-        };
         let t0 = Instant::now();
-        let (rebuilt, live_checksum) = tokio::join!(checksum(&lane.store, &**p), swap);
+        let (rebuilt, live_checksum) =
+            tokio::join!(checksum(&lane.store, &**p), checksum_on(&mut tx, &**p));
         tracing::debug!(
             projection = p.name(),
             seconds = t0.elapsed().as_secs_f64(),
-            "rebuild: compared or swapped"
+            "rebuild: compared"
         );
-        let (rebuilt, live_checksum) = (rebuilt?, live_checksum?);
         out.push(RebuiltProjection {
             name: p.name().to_string(),
             position: shadow_cp,
-            checksum: rebuilt,
-            live_checksum,
+            checksum: rebuilt?,
+            live_checksum: live_checksum?,
         });
     }
     tx.commit().await?;
     Ok(Some(out))
+}
+
+/// Aborts a task when dropped (an early return stops its work).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The swap, under the lock `tx` holds: every live table is replaced by its
+/// rebuilt copy, each copy's row count checked against the rebuilt table's, and
+/// the checkpoints stay at (or move to) the rebuilt positions; then the commit
+/// releases the live applier. The rebuilt states' checksums — what the report
+/// shows — are taken beside the copy and may end after the commit: once every
+/// shadow has reached its position nothing writes to it again, so the lock is held
+/// only for the copy and the commit (at 1,000,000 events the checksums were most
+/// of a swap that held the live applier for about ten seconds).
+async fn swap(
+    mut tx: sqlx::Transaction<'_, sqlx::Any>,
+    shadow: &Shadow,
+    at: Vec<(&Arc<dyn Projection>, usize, u64, u64)>,
+    sqlite: bool,
+) -> anyhow::Result<Vec<RebuiltProjection>> {
+    let work: Vec<(Store, Arc<dyn Projection>)> = at
+        .iter()
+        .map(|(p, lane, ..)| (shadow.lanes[*lane].store.clone(), Arc::clone(p)))
+        .collect();
+    let mut sums = AbortOnDrop(tokio::spawn(async move {
+        let mut sums = Vec::with_capacity(work.len());
+        for (store, p) in work {
+            sums.push(checksum(&store, &*p).await?);
+        }
+        anyhow::Ok(sums)
+    }));
+    let t0 = Instant::now();
+    for (p, lane, live_cp, shadow_cp) in &at {
+        let qualifier = &shadow.lanes[*lane].qualifier;
+        for table in p.tables() {
+            let t = Instant::now();
+            copy_table(&mut tx, table, qualifier, sqlite).await?;
+            let live_table = if sqlite {
+                format!("main.{table}")
+            } else {
+                table.to_string()
+            };
+            let (copied, rebuilt): (i64, i64) = sqlx::query_as(&format!(
+                "SELECT (SELECT COUNT(*) FROM {live_table}), (SELECT COUNT(*) FROM {qualifier}.{table})"
+            ))
+            .fetch_one(&mut *tx)
+            .await?;
+            anyhow::ensure!(
+                copied == rebuilt,
+                "the copy of {table} holds {copied} rows, the rebuilt table {rebuilt}"
+            );
+            tracing::debug!(
+                table,
+                rows = copied,
+                seconds = t.elapsed().as_secs_f64(),
+                "rebuild: copied"
+            );
+        }
+        if shadow_cp != live_cp {
+            // The live projection was behind the rebuilt one: it goes on from the
+            // rebuilt position (its pending batch skips what this covers).
+            sqlx::query("UPDATE projection_checkpoints SET seq = $1 WHERE name = $2")
+                .bind(*shadow_cp as i64)
+                .bind(p.name())
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    tx.commit().await?;
+    tracing::debug!(
+        seconds = t0.elapsed().as_secs_f64(),
+        "rebuild: swapped in; the live applier goes on"
+    );
+    let sums = (&mut sums.0)
+        .await
+        .context("the rebuilt checksums' task")??;
+    Ok(at
+        .into_iter()
+        .zip(sums)
+        .map(|((p, _, _, shadow_cp), sum)| RebuiltProjection {
+            name: p.name().to_string(),
+            position: shadow_cp,
+            // The live state is the rebuilt one, copied in: the same dump.
+            live_checksum: sum.clone(),
+            checksum: sum,
+        })
+        .collect())
 }
 
 /// Replaces the live `table`'s rows with the shadow's (`qualifier.table`), inside

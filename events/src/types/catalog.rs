@@ -632,7 +632,9 @@ super::events! {
         pub from: Option<String>,
     }
 
-    /// A rebuild (or a processing of stored webhooks again) ended.
+    /// A processing of stored webhooks again (`webhook_processor`) ended. (A read
+    /// model's rebuild records no end: that event would move the live state on just
+    /// after the rebuild compared or swapped it.)
     #[event(type = "projection.rebuild_finished", v = 1, category = "operations", scope = Global, aggregate = |s| s.name.clone())]
     pub struct ProjectionRebuildFinished {
         /// As requested.
@@ -640,11 +642,9 @@ super::events! {
         /// As requested.
         #[serde(default)]
         pub dry_run: bool,
-        /// `swapped`, `equal`, `differs` (a dry run found the live state different),
-        /// `reprocessed`, or `failed`.
+        /// `reprocessed` or `failed`.
         pub outcome: String,
-        /// One line: the position and checksum of each read model, the counts of a
-        /// reprocessing, or why it failed.
+        /// One line: the counts (as `replay` prints them), or why it failed.
         pub detail: String,
     }
 

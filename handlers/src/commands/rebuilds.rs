@@ -1,12 +1,14 @@
 //! Rebuilds of read models and the processing of stored webhooks again, recorded in
-//! the log when they start and when they end, so the audit chain shows who rebuilt
-//! or reprocessed what, and with what outcome.
+//! the log, so the audit chain shows who rebuilt or reprocessed what: each when it
+//! starts, and a reprocessing also when it ends, with its counts. A read model's
+//! rebuild records no end: that event would move the live state on just after the
+//! rebuild compared or swapped it, so `projections checksum` would no longer show
+//! the rebuild's position and checksums (the outcome is the command's answer).
 
 use wabridge_events::{
     types::{ProjectionRebuildFinished, ProjectionRebuildRequested},
     ReadFrom,
 };
-use wabridge_projections::rebuild::RebuildReport;
 
 use super::{Caller, CommandError, Ctx};
 use crate::webhooks::reprocess::Reprocessed;
@@ -47,44 +49,13 @@ pub async fn requested(
 
 /// How a job ended, as recorded.
 pub struct Outcome {
-    /// `swapped`, `equal`, `differs`, `reprocessed` or `failed`.
+    /// `reprocessed` or `failed`.
     pub outcome: &'static str,
     /// One line.
     pub detail: String,
 }
 
 impl Outcome {
-    /// A read model's rebuild: each projection's position and the start of its
-    /// checksum.
-    pub fn rebuilt(report: &RebuildReport) -> Self {
-        let outcome = if report.swapped {
-            "swapped"
-        } else if report.all_equal() {
-            "equal"
-        } else {
-            "differs"
-        };
-        let detail = report
-            .projections
-            .iter()
-            .map(|p| {
-                let differs = if !report.swapped && p.checksum != p.live_checksum {
-                    " DIFFERS"
-                } else {
-                    ""
-                };
-                format!(
-                    "{} {} {}{differs}",
-                    p.name,
-                    p.position,
-                    &p.checksum[..p.checksum.len().min(16)]
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-        Outcome { outcome, detail }
-    }
-
     /// A processing of stored webhooks again: its counts.
     pub fn reprocessed(report: &Reprocessed) -> Self {
         Outcome {
@@ -102,7 +73,7 @@ impl Outcome {
     }
 }
 
-/// Records how the job `requested` for `name` ended.
+/// Records how the processing of stored webhooks again `requested` for `name` ended.
 pub async fn finished(
     ctx: &Ctx,
     caller: &Caller,
