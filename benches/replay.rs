@@ -198,10 +198,11 @@ async fn replay(log: Arc<dyn EventLog>, url: &str, what: &str) {
         }
     }
     println!(
-        "| {what} | {} | {:.1} s | {:.1} s | {:.0} | {:.0} | {rss_before} / {rss_peak} / {rss_after} |",
+        "| {what} | {} | {:.1} s | {:.1} s | {:.1} s | {:.0} | {:.0} | {rss_before} / {rss_peak} / {rss_after} |",
         report.events,
         secs,
         secs - replayed,
+        report.locked_seconds,
         report.events as f64 / secs,
         report.events as f64 / replayed,
     );
@@ -230,8 +231,8 @@ async fn main() {
     if log.last_seq(StreamKind::Domain).await.unwrap() == 0 {
         fill(log.clone(), n).await;
     }
-    println!("| read models | events | wall | of which the swap | events/s (whole rebuild, swap included) | events/s (replay phase) | RSS MiB before / peak / after |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| read models | events | wall | of which the swap | live applier paused | events/s (whole rebuild, swap included) | events/s (replay phase) | RSS MiB before / peak / after |");
+    println!("|---|---|---|---|---|---|---|---|");
     // A fresh read-model database each run ("the read-model database was lost").
     for f in ["readmodels.db", "readmodels.db-wal", "readmodels.db-shm"] {
         let _ = std::fs::remove_file(dir.join(f));

@@ -644,14 +644,15 @@ async fn host_command(app: &App, command: Command, out: &mut impl Write) -> anyh
                 }
             }
             eprintln!(
-                "replay: {} events in {:.1} s; {}",
+                "replay: {} events in {:.1} s; {} (the live projections waited {:.1} s)",
                 report.events,
                 report.seconds,
                 if dry_run {
                     "dry run, nothing swapped"
                 } else {
                     "swapped in"
-                }
+                },
+                report.locked_seconds
             );
             if dry_run && !report.all_equal() {
                 anyhow::bail!("the rebuilt state differs from the live one");

@@ -78,6 +78,9 @@ pub struct RebuildReport {
     pub seconds: f64,
     /// Whether the rebuilt state replaced the live one.
     pub swapped: bool,
+    /// How long the live projections waited for it: the locked step (the last
+    /// catch-up and the copy, or a dry run's comparison) up to its commit.
+    pub locked_seconds: f64,
 }
 
 impl RebuildReport {
@@ -370,12 +373,13 @@ async fn run(
         position = Driver::catch_up_lanes(&lanes, head, REPLAY_BATCH).await?;
         on_progress(&progress(position, head, position, started));
         match finish(&lanes, live, shadow, &projections, dry_run).await? {
-            Some(projections) => {
+            Some((projections, locked_seconds)) => {
                 return Ok(RebuildReport {
                     events: projections.iter().map(|p| p.position).max().unwrap_or(0),
                     projections,
                     seconds: started.elapsed().as_secs_f64(),
                     swapped: !dry_run,
+                    locked_seconds,
                 });
             }
             // A dry run found the live state behind the shadow: let it catch up.
@@ -407,7 +411,7 @@ async fn finish(
     shadow: &Shadow,
     projections: &[Arc<dyn Projection>],
     dry_run: bool,
-) -> anyhow::Result<Option<Vec<RebuiltProjection>>> {
+) -> anyhow::Result<Option<(Vec<RebuiltProjection>, f64)>> {
     let mut conn = live.pool.acquire().await?;
     if live.backend == Backend::Sqlite {
         // The swap's index builds sort whole tables and its copy journals reused
@@ -455,8 +459,9 @@ async fn locked(
     shadow: &Shadow,
     projections: &[Arc<dyn Projection>],
     dry_run: bool,
-) -> anyhow::Result<Option<Vec<RebuiltProjection>>> {
+) -> anyhow::Result<Option<(Vec<RebuiltProjection>, f64)>> {
     let sqlite = conn.backend_name() == "SQLite";
+    let locked_at = Instant::now();
     let mut tx = conn.begin().await?;
     let mut at = Vec::with_capacity(projections.len());
     for p in projections {
@@ -484,7 +489,7 @@ async fn locked(
         at.push((p, lane, live_cp, shadow_cp));
     }
     if !dry_run {
-        return swap(tx, shadow, at, sqlite).await.map(Some);
+        return swap(tx, shadow, at, sqlite, locked_at).await.map(Some);
     }
     // A dry run compares each rebuilt state with the live one as it is, under the
     // lock; the two checksums run side by side (another connection, another file or
@@ -508,7 +513,7 @@ async fn locked(
         });
     }
     tx.commit().await?;
-    Ok(Some(out))
+    Ok(Some((out, locked_at.elapsed().as_secs_f64())))
 }
 
 /// Aborts a task when dropped (an early return stops its work).
@@ -533,7 +538,8 @@ async fn swap(
     shadow: &Shadow,
     at: Vec<(&Arc<dyn Projection>, usize, u64, u64)>,
     sqlite: bool,
-) -> anyhow::Result<Vec<RebuiltProjection>> {
+    locked_at: Instant,
+) -> anyhow::Result<(Vec<RebuiltProjection>, f64)> {
     let work: Vec<(Store, Arc<dyn Projection>)> = at
         .iter()
         .map(|(p, lane, ..)| (shadow.lanes[*lane].store.clone(), Arc::clone(p)))
@@ -583,14 +589,16 @@ async fn swap(
         }
     }
     tx.commit().await?;
+    let locked = locked_at.elapsed().as_secs_f64();
     tracing::debug!(
-        seconds = t0.elapsed().as_secs_f64(),
+        copy_seconds = t0.elapsed().as_secs_f64(),
+        locked_seconds = locked,
         "rebuild: swapped in; the live applier goes on"
     );
     let sums = (&mut sums.0)
         .await
         .context("the rebuilt checksums' task")??;
-    Ok(at
+    let rebuilt = at
         .into_iter()
         .zip(sums)
         .map(|((p, _, _, shadow_cp), sum)| RebuiltProjection {
@@ -600,7 +608,8 @@ async fn swap(
             live_checksum: sum.clone(),
             checksum: sum,
         })
-        .collect())
+        .collect();
+    Ok((rebuilt, locked))
 }
 
 /// Replaces the live `table`'s rows with the shadow's (`qualifier.table`), inside
