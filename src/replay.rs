@@ -102,9 +102,9 @@ pub enum NotStarted {
 }
 
 /// Starts a job in the background under `name`, once its start is recorded in the
-/// log (and so in the audit chain); its end is recorded too.
+/// log (and so in the audit chain); a reprocessing's end is recorded too.
 pub async fn start(app: &App, caller: &Caller, name: &str, job: Job) -> Result<(), NotStarted> {
-    {
+    let previous = {
         let mut running = app.rebuilds.lock().expect("rebuilds lock");
         if running.get(name).is_some_and(|r| r.state == "running") {
             return Err(NotStarted::Running);
@@ -121,15 +121,20 @@ pub async fn start(app: &App, caller: &Caller, name: &str, job: Job) -> Result<(
                 reprocessed: None,
                 error: None,
             },
-        );
-    }
+        )
+    };
     let from = match &job {
         Job::Reprocess { from, .. } => Some(from.clone()),
         Job::Rebuild { .. } => None,
     };
     let dry_run = job.dry_run();
     if let Err(e) = rebuilds::requested(&app.ctx, caller, name, dry_run, from.as_ref()).await {
-        app.rebuilds.lock().expect("rebuilds lock").remove(name);
+        // Nothing ran: the previous job of that name shows again.
+        let mut running = app.rebuilds.lock().expect("rebuilds lock");
+        match previous {
+            Some(p) => running.insert(name.to_string(), p),
+            None => running.remove(name),
+        };
         return Err(NotStarted::Unrecorded(e));
     }
     let (app, name, caller) = (app.clone(), name.to_string(), caller.clone());
