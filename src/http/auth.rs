@@ -177,7 +177,8 @@ async fn authenticate(app: &App, parts: &Parts, ip: Option<IpAddr>) -> Result<Pr
             .log
             .last_subject_seq(&subject)
             .await
-            .map_err(AppError::internal)?;
+            // The key's revocation cannot be confirmed: fail closed (503).
+            .map_err(AppError::from)?;
         if last > r.log_seq {
             app.ctx.wait("api_keys", last).await?;
             row = api_keys::get(&app.ctx.store, &parsed.id).await?;

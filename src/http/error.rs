@@ -161,13 +161,32 @@ impl From<CommandError> for AppError {
                 e.headers = headers;
                 e
             }
-            CommandError::Internal(e) => AppError::internal(format!("{e:#}")),
+            CommandError::Internal(e) => e.into(),
         }
     }
 }
 
+impl From<wabridge_events::LogError> for AppError {
+    fn from(e: wabridge_events::LogError) -> Self {
+        anyhow::Error::from(e).into()
+    }
+}
+
+/// An unexpected failure is `500 internal`, except the event log failing: then the
+/// request could not read or record what it needs, changed nothing, and may be
+/// retried — `503 log_unavailable` (as a webhook gets), fail closed.
 impl From<anyhow::Error> for AppError {
     fn from(e: anyhow::Error) -> Self {
+        if e.chain()
+            .any(|c| c.downcast_ref::<wabridge_events::LogError>().is_some())
+        {
+            tracing::warn!(error = %format!("{e:#}"), "the event log failed a request");
+            return AppError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "log_unavailable",
+                "the event log is unavailable, so nothing was done; retry",
+            );
+        }
         AppError::internal(format!("{e:#}"))
     }
 }

@@ -363,3 +363,58 @@ async fn the_reprocessing_route_refuses_what_it_cannot_do() {
     );
     app.stop().await;
 }
+
+/// A rebuild or reprocessing whose start cannot be recorded in the log (the audit
+/// trail) is refused with `503 log_unavailable` and does not run. (Found this way:
+/// with the log down, a keyed request answered `500 internal` — the check of the
+/// key's revocation, and any command's append, turned the log's failure into an
+/// internal error instead of failing closed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_start_cannot_be_recorded_does_not_run() {
+    let nats = crate::support::nats::NatsServer::start().await;
+    let mut opts = TestOptions::new(LogKind::JetStream, DbKind::Sqlite);
+    opts.nats_url = Some(nats.url());
+    let app = spawn_app_with(opts).await;
+    app.settle().await;
+    nats.kill();
+    for (name, body) in [
+        ("all", Value::Null),
+        ("webhook_processor", json!({"from_seq": 1})),
+    ] {
+        let r = app
+            .post(
+                &format!("/v1/admin/projections/{name}/rebuild"),
+                &app.operator,
+                body,
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{name}: {}",
+            r.text
+        );
+        assert_eq!(r.json["code"], "log_unavailable", "{name}: {}", r.text);
+    }
+    nats.restart().await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let r = loop {
+        let r = app.get("/v1/admin/projections", &app.operator).await;
+        if r.status == StatusCode::OK {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", r.text);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(r.json["rebuild_all"].is_null(), "{}", r.text);
+    for p in r.json["projections"].as_array().unwrap() {
+        assert!(p["rebuild"].is_null(), "{p}");
+    }
+    assert!(
+        app.events_of(None, "projection.rebuild_requested")
+            .await
+            .is_empty(),
+        "nothing was recorded"
+    );
+    app.stop().await;
+}

@@ -137,7 +137,8 @@ pub enum CommandError {
     /// or no instance runs the workers): refused rather than guessed (503).
     #[error("{detail}")]
     Unavailable {
-        /// Stable code: `workers_unavailable` or `stale_read_model`.
+        /// Stable code: `workers_unavailable`, `stale_read_model` or
+        /// `log_unavailable`.
         code: &'static str,
         /// What is missing.
         detail: String,
@@ -172,14 +173,22 @@ impl From<AppendError> for CommandError {
             AppendError::WrongLastSequence { .. } => {
                 CommandError::Conflict("the resource changed concurrently; retry".into())
             }
+            AppendError::Log(e) => e.into(),
             other => CommandError::Internal(other.into()),
         }
     }
 }
 
+/// The log unreachable or failing: nothing was recorded, so nothing happened; the
+/// caller may retry (503 `log_unavailable`, as a webhook gets). The cause goes to
+/// the server's log, not to the caller.
 impl From<wabridge_events::LogError> for CommandError {
     fn from(e: wabridge_events::LogError) -> Self {
-        CommandError::Internal(e.into())
+        tracing::warn!(error = %format!("{:#}", e.0), "the event log failed a command");
+        CommandError::Unavailable {
+            code: "log_unavailable",
+            detail: "the event log is unavailable, so nothing was recorded; retry".into(),
+        }
     }
 }
 
