@@ -173,8 +173,8 @@ impl From<wabridge_events::LogError> for AppError {
 }
 
 /// An unexpected failure is `500 internal`, except the event log failing: then the
-/// request could not read or record what it needs, changed nothing, and may be
-/// retried — `503 log_unavailable` (as a webhook gets), fail closed.
+/// request could not read or record what it needs and may be retried — `503
+/// log_unavailable` (as a webhook gets), fail closed.
 impl From<anyhow::Error> for AppError {
     fn from(e: anyhow::Error) -> Self {
         if e.chain()
@@ -184,7 +184,7 @@ impl From<anyhow::Error> for AppError {
             return AppError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "log_unavailable",
-                "the event log is unavailable, so nothing was done; retry",
+                "the event log is unavailable; retry",
             );
         }
         AppError::internal(format!("{e:#}"))

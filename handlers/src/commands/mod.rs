@@ -179,15 +179,16 @@ impl From<AppendError> for CommandError {
     }
 }
 
-/// The log unreachable or failing: nothing was recorded, so nothing happened; the
-/// caller may retry (503 `log_unavailable`, as a webhook gets). The cause goes to
-/// the server's log, not to the caller.
+/// The log unreachable or failing: the command is refused and may be retried (503
+/// `log_unavailable`, as a webhook gets). (An append whose acknowledgement was lost
+/// may still have been stored.) The cause goes to the server's log, not to the
+/// caller.
 impl From<wabridge_events::LogError> for CommandError {
     fn from(e: wabridge_events::LogError) -> Self {
         tracing::warn!(error = %format!("{:#}", e.0), "the event log failed a command");
         CommandError::Unavailable {
             code: "log_unavailable",
-            detail: "the event log is unavailable, so nothing was recorded; retry".into(),
+            detail: "the event log is unavailable; retry".into(),
         }
     }
 }
