@@ -59,6 +59,14 @@ pub struct RebuildStatus {
 /// Rebuilds run by this process, by the name they were asked for.
 pub type Rebuilds = std::sync::Mutex<BTreeMap<String, RebuildStatus>>;
 
+/// The rebuilds' map, taken as it is if a holder panicked (each change to it is
+/// one insert or one field: never half made), so a status request cannot panic.
+fn rebuilds_of(app: &App) -> std::sync::MutexGuard<'_, BTreeMap<String, RebuildStatus>> {
+    app.rebuilds
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// What a job started from the API does.
 pub enum Job {
     /// Rebuild read models beside the live ones; swap them in unless `dry_run`.
@@ -105,7 +113,7 @@ pub enum NotStarted {
 /// log (and so in the audit chain); a reprocessing's end is recorded too.
 pub async fn start(app: &App, caller: &Caller, name: &str, job: Job) -> Result<(), NotStarted> {
     let previous = {
-        let mut running = app.rebuilds.lock().expect("rebuilds lock");
+        let mut running = rebuilds_of(app);
         if running.get(name).is_some_and(|r| r.state == "running") {
             return Err(NotStarted::Running);
         }
@@ -130,7 +138,7 @@ pub async fn start(app: &App, caller: &Caller, name: &str, job: Job) -> Result<(
     let dry_run = job.dry_run();
     if let Err(e) = rebuilds::requested(&app.ctx, caller, name, dry_run, from.as_ref()).await {
         // Nothing ran: the previous job of that name shows again.
-        let mut running = app.rebuilds.lock().expect("rebuilds lock");
+        let mut running = rebuilds_of(app);
         match previous {
             Some(p) => running.insert(name.to_string(), p),
             None => running.remove(name),
@@ -142,7 +150,7 @@ pub async fn start(app: &App, caller: &Caller, name: &str, job: Job) -> Result<(
         let set_progress = {
             let (app, name) = (app.clone(), name.clone());
             move |p: RebuildProgress| {
-                if let Some(s) = app.rebuilds.lock().expect("rebuilds lock").get_mut(&name) {
+                if let Some(s) = rebuilds_of(&app).get_mut(&name) {
                     s.progress = Some(p);
                 }
             }
@@ -184,7 +192,7 @@ pub async fn start(app: &App, caller: &Caller, name: &str, job: Job) -> Result<(
                 tracing::warn!(projection = %name, error = %e, "recording the end of a reprocessing failed");
             }
         }
-        let mut all = app.rebuilds.lock().expect("rebuilds lock");
+        let mut all = rebuilds_of(&app);
         if let Some(s) = all.get_mut(&name) {
             s.finished_at = Some(Timestamp::now().to_string());
             match result {
@@ -212,15 +220,7 @@ pub async fn start(app: &App, caller: &Caller, name: &str, job: Job) -> Result<(
 /// A reprocessing's progress over raw positions: `at` of `through`, having begun
 /// at `first` (the first page ends at `at`, so at least one page is counted).
 fn raw_progress(first: u64, at: u64, through: u64, started: std::time::Instant) -> RebuildProgress {
-    let events = at.saturating_sub(first) + 1;
-    let rate = (events as f64 / started.elapsed().as_secs_f64().max(1e-3)) as u64;
-    RebuildProgress {
-        position: at,
-        head: through,
-        events,
-        events_per_second: rate,
-        eta_seconds: through.saturating_sub(at) / rate.max(1),
-    }
+    RebuildProgress::at(at, through, at.saturating_sub(first) + 1, started)
 }
 
 /// One read model (or the webhook processor) and how far behind the log it is.
@@ -300,7 +300,7 @@ async fn lag_seconds(app: &App, stream: StreamKind, checkpoint: u64, head: u64) 
 pub async fn status(app: &App) -> anyhow::Result<ProjectionsReport> {
     let domain = app.ctx.log.last_seq(StreamKind::Domain).await?;
     let raw = app.ctx.log.last_seq(StreamKind::Raw).await?;
-    let rebuilds = app.rebuilds.lock().expect("rebuilds lock").clone();
+    let rebuilds = rebuilds_of(app).clone();
     let mut projections = vec![];
     let mut names: Vec<(String, StreamKind)> = views::all(&app.projection_keys())
         .iter()

@@ -358,7 +358,7 @@ async fn run(
             next_analyze = position * 2;
         }
         if last_report.elapsed() >= Duration::from_millis(500) || position >= head {
-            on_progress(&progress(position, head, position, started));
+            on_progress(&RebuildProgress::at(position, head, position, started));
             last_report = Instant::now();
         }
     }
@@ -371,7 +371,7 @@ async fn run(
     for attempt in 0.. {
         let head = log.last_seq(StreamKind::Domain).await?;
         position = Driver::catch_up_lanes(&lanes, head, REPLAY_BATCH).await?;
-        on_progress(&progress(position, head, position, started));
+        on_progress(&RebuildProgress::at(position, head, position, started));
         match finish(&lanes, live, shadow, &projections, dry_run).await? {
             Some((projections, locked_seconds)) => {
                 return Ok(RebuildReport {
@@ -392,15 +392,19 @@ async fn run(
     unreachable!()
 }
 
-fn progress(position: u64, head: u64, events: u64, started: Instant) -> RebuildProgress {
-    let secs = started.elapsed().as_secs_f64().max(1e-3);
-    let rate = (events as f64 / secs) as u64;
-    RebuildProgress {
-        position,
-        head,
-        events,
-        events_per_second: rate,
-        eta_seconds: head.saturating_sub(position) / rate.max(1),
+impl RebuildProgress {
+    /// At `position` of `head`, `events` done since `started`: the pace so far and
+    /// the time left at that pace.
+    pub fn at(position: u64, head: u64, events: u64, started: Instant) -> Self {
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        let rate = (events as f64 / secs) as u64;
+        RebuildProgress {
+            position,
+            head,
+            events,
+            events_per_second: rate,
+            eta_seconds: head.saturating_sub(position) / rate.max(1),
+        }
     }
 }
 
