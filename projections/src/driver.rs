@@ -369,21 +369,22 @@ impl Driver {
         let (log, stream) = (first.0.log.clone(), first.1.stream);
         let target = target.min(log.last_seq(stream).await?);
         let mut low = u64::MAX;
+        let mut positions = Vec::with_capacity(lanes.len());
         for lane in lanes {
             let done = lane.0.positions(&lane.1).await?;
             low = low.min(done.values().copied().min().unwrap_or(0));
+            positions.push(done);
         }
         if low < target {
             // Two pages ahead per lane at most: the reader waits for the slowest.
             let mut senders = Vec::with_capacity(lanes.len());
             let mut appliers = Vec::with_capacity(lanes.len());
-            for lane in lanes {
+            for (lane, mut done) in lanes.iter().zip(positions) {
                 let (tx, mut rx) = tokio::sync::mpsc::channel::<Arc<Vec<StoredEvent>>>(2);
                 senders.push(tx);
                 let lane = lane.clone();
                 appliers.push(tokio::spawn(async move {
                     let (driver, follower) = (&lane.0, &lane.1);
-                    let mut done = driver.positions(follower).await?;
                     while let Some(page) = rx.recv().await {
                         driver.handle(follower, &mut done, &page).await?;
                     }

@@ -245,12 +245,18 @@ impl Shadow {
     }
 }
 
-/// Removes a SQLite database file and its companions.
+/// Removes a SQLite database file and its companions (those that exist: the
+/// shadow keeps its journal in memory, so most do not).
 fn remove_files(path: &std::path::Path) {
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let mut p = path.to_path_buf().into_os_string();
         p.push(suffix);
-        let _ = std::fs::remove_file(p);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(file = ?p, error = %e, "removing the rebuild's shadow file failed");
+            }
+            _ => {}
+        }
     }
 }
 

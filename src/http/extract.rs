@@ -23,15 +23,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
             Err(JsonRejection::BytesRejection(e))
                 if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
             {
-                Err(AppError::new(
-                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the request body is over the limit",
-                ))
+                Err(too_large())
             }
             Err(e) => Err(AppError::validation(e.body_text())),
         }
     }
+}
+
+/// 413 `payload_too_large`: the body is over `WABRIDGE_MAX_BODY`.
+fn too_large() -> AppError {
+    AppError::new(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "the request body is over the limit",
+    )
 }
 
 /// A JSON body that may be left out: no body (or `null`) is `T::default()`; a body
@@ -53,11 +58,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
         let bytes = match axum::body::Bytes::from_request(req, state).await {
             Ok(b) => b,
             Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(AppError::new(
-                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the request body is over the limit",
-                ))
+                return Err(too_large())
             }
             Err(e) => return Err(AppError::validation(e.body_text())),
         };
