@@ -26,7 +26,8 @@ enum Use {
     Live,
     /// A rebuild's shadow, loaded in bulk and thrown away when the rebuild ends or
     /// fails: on SQLite no fsync at all (a crash mid-rebuild leaves a shadow that is
-    /// deleted, never a live table) and a large page cache.
+    /// deleted, never a live table) and a large page cache. On PostgreSQL its tables
+    /// are logged like the live ones: the swap moves them in as they are.
     Shadow,
 }
 
@@ -182,22 +183,6 @@ impl Store {
         crate::migrations::run(&store)
             .await
             .context("migrating the read-model database")?;
-        if backend == Backend::Postgres && purpose == Use::Shadow {
-            // A shadow is thrown away if the rebuild fails, and its rows reach the
-            // live tables (which are logged) by the swap's copy: no WAL for its
-            // bulk load.
-            let tables: Vec<String> = sqlx::query_scalar(
-                "SELECT CAST(tablename AS TEXT) FROM pg_tables WHERE schemaname = current_schema()",
-            )
-            .fetch_all(&store.pool)
-            .await?;
-            for t in tables {
-                sqlx::query(&format!("ALTER TABLE {t} SET UNLOGGED"))
-                    .execute(&store.pool)
-                    .await
-                    .with_context(|| format!("making the shadow's {t} unlogged"))?;
-            }
-        }
         Ok(store)
     }
 

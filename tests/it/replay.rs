@@ -257,6 +257,65 @@ async fn the_swap_never_shows_a_half_built_view_postgres() {
     swap_under_queries(DbKind::Postgres).await;
 }
 
+/// PostgreSQL's swap moves whole tables, which waits for the queries reading them:
+/// while a long one holds `messages`, the swap lets go of its lock wait after a
+/// moment (so that the table's other readers are not queued behind it until the
+/// long query ends), tries again, and moves in once the query is over.
+#[tokio::test]
+async fn a_swap_waits_out_a_long_query_without_holding_up_readers_postgres() {
+    let app = Arc::new(spawn_app(LogKind::Embedded, DbKind::Postgres).await);
+    app.workspace("acme").await;
+    app.claim("acme", NUMBER, WABA).await;
+    const N: i64 = 50;
+    for i in 0..N {
+        assert_eq!(
+            inbound(&app, &format!("4479019{i:05}"), "hi").await,
+            StatusCode::OK
+        );
+    }
+    app.settle().await;
+    // A long query (an export, say) holding the live table.
+    let mut long = app.app.ctx.store.reads.begin().await.unwrap();
+    sqlx::query("LOCK TABLE messages IN ACCESS SHARE MODE")
+        .execute(&mut *long)
+        .await
+        .unwrap();
+    let swap = {
+        let app = app.clone();
+        tokio::spawn(async move { swap_all(&app).await })
+    };
+    // Past several of the swap's lock waits.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!swap.is_finished(), "the swap waits for the long query");
+    // Another reader of the table is answered meanwhile (without the swap's short
+    // lock wait it would queue behind the swap until the long query ends: here,
+    // never).
+    for _ in 0..3 {
+        let n: i64 = tokio::time::timeout(
+            Duration::from_secs(20),
+            sqlx::query_scalar("SELECT COUNT(*) FROM messages").fetch_one(&app.app.ctx.store.reads),
+        )
+        .await
+        .expect("a reader is not held up behind the waiting swap")
+        .unwrap();
+        assert_eq!(n, N);
+    }
+    assert!(!swap.is_finished(), "the swap still waits");
+    long.commit().await.unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(60), swap)
+        .await
+        .expect("the swap moves in once the long query is over")
+        .unwrap();
+    assert_equal(&report);
+    assert_equal(&dry_run_all(&app).await);
+    assert_eq!(
+        views::messages::count(&app.app.ctx.store, "acme")
+            .await
+            .unwrap() as i64,
+        N
+    );
+}
+
 #[tokio::test]
 async fn the_operator_rebuilds_over_http_and_follows_it() {
     let app = spawn_app(LogKind::Embedded, DbKind::Sqlite).await;
