@@ -739,3 +739,92 @@ async fn an_unrouted_stop_counts_once_assigned() {
     let c = consent_of(&app, &key, "447700900501").await;
     assert_eq!(c["opted_out"], true, "{c}");
 }
+
+/// The domain log, except that the first `contact.opted_out` appended through it
+/// fails (as one publish of a chunk can under load while those beside it are
+/// stored).
+struct FailingFirstOptOut {
+    inner: Arc<dyn wabridge_events::EventLog>,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl wabridge_events::WrappedLog for FailingFirstOptOut {
+    fn inner(&self) -> &dyn wabridge_events::EventLog {
+        &*self.inner
+    }
+
+    async fn append(
+        &self,
+        event: wabridge_events::NewEvent,
+    ) -> Result<wabridge_events::Appended, wabridge_events::AppendError> {
+        if event.envelope.event_type == "contact.opted_out"
+            && !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(wabridge_events::AppendError::Log(
+                wabridge_events::LogError(anyhow::anyhow!("refused (test)")),
+            ));
+        }
+        self.inner.append(event).await
+    }
+}
+
+/// A STOP and then a START from one contact, processed in one chunk whose opt-out
+/// append fails once: after the retry (as the driver retries a failed chunk) the
+/// log holds the opt-out before the opt-in, and the contact ends opted in. Appended
+/// in one piece, the opt-in was stored beside the failed opt-out and the retry
+/// stored the opt-out after it: the contact ended opted out.
+#[tokio::test]
+async fn a_failed_append_never_stores_a_contacts_later_decision_first() {
+    use wabridge_projections::Reactor;
+    let (app, key) = setup(LogKind::Embedded, DbKind::Sqlite).await;
+    // A raw webhook as the ingest stored it: the template of the chunk's two.
+    post_ok(
+        &app,
+        &text_webhook("447700955000", "hello", "wamid.template"),
+    )
+    .await;
+    app.settle().await;
+    let template = app
+        .app
+        .ctx
+        .log
+        .read(
+            StreamKind::Raw,
+            wabridge_events::ReadFrom::Seq(1),
+            None,
+            100,
+        )
+        .await
+        .unwrap()
+        .pop()
+        .expect("the raw webhook");
+    let from = "447700955001";
+    let chunk: Vec<wabridge_events::StoredEvent> = [("STOP", 1_000_001), ("START", 1_000_002)]
+        .into_iter()
+        .map(|(text, seq)| wabridge_events::StoredEvent {
+            seq,
+            payload: text_webhook(from, text, &format!("wamid.order{seq}")).into(),
+            decoded: Default::default(),
+            ..template.clone()
+        })
+        .collect();
+    let mut ctx = app.app.ctx.clone();
+    ctx.log = Arc::new(FailingFirstOptOut {
+        inner: app.app.ctx.log.clone(),
+        failed: Default::default(),
+    });
+    let processor = wabridge_handlers::webhooks::processor::Processor::new(ctx);
+    assert!(
+        processor.stage(&chunk).await.is_err(),
+        "the failed append fails the chunk"
+    );
+    processor.stage(&chunk).await.expect("the retry");
+    app.settle().await;
+    assert_eq!(
+        consent_events(&app, from).await,
+        ["contact.opted_out", "contact.opted_in"]
+    );
+    let c = consent_of(&app, &key, from).await;
+    assert_eq!(c["opted_out"], false, "{c}");
+}

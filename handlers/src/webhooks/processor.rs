@@ -123,7 +123,8 @@ async fn process_chunk<'a>(
     )
     .await?;
     let mut unparsable = vec![];
-    let mut planned: Vec<(String, NewEvent)> = vec![];
+    // Each with the contacts it decides consent for (see `append_in_order`).
+    let mut planned: Vec<(String, NewEvent, Vec<String>)> = vec![];
     let mut routes = HashMap::new();
     let mut consents = Consents::new();
     for raw in events {
@@ -145,36 +146,98 @@ async fn process_chunk<'a>(
                 planned.push((
                     derived_key.clone(),
                     routed_event(ctx, raw, &new, &item, &ws, &derived_key),
+                    vec![],
                 ));
             }
             let Some(ws) = ws else {
                 let new = unrouted_event(ctx, raw, &item, &key)?;
-                planned.push((key, new));
+                planned.push((key, new, vec![]));
                 continue;
             };
             let (own, derived) = routed_item(ctx, raw, &item, &ws, &key, &mut consents).await?;
-            planned.push((key, own));
-            planned.extend(derived.into_iter().map(|(k, _, new)| (k, new)));
+            planned.push((key, own, vec![]));
+            planned.extend(
+                derived
+                    .into_iter()
+                    .map(|(k, event, new)| (k, new, consent_contacts(&ws, &event))),
+            );
         }
     }
-    let keys: Vec<&str> = planned.iter().map(|(k, _)| k.as_str()).collect();
+    let keys: Vec<&str> = planned.iter().map(|(k, ..)| k.as_str()).collect();
     let mut skip = webhook_items::processed(&ctx.store, &keys).await?;
     let mut appends = vec![];
-    for (key, new) in &planned {
+    for (key, new, contacts) in &planned {
         // A body stored twice in one chunk yields its items once.
         if skip.insert(key.clone()) {
-            appends.push(ctx.log.append(new.clone()));
+            appends.push((new, contacts.as_slice()));
         }
     }
-    // Issued in order, acknowledged together: one round trip (or group commit)
-    // for the chunk instead of one per item.
-    for result in join_all(appends).await {
-        result.context("appending a webhook item")?;
-    }
+    append_in_order(ctx, appends).await?;
     Ok(ChunkOutcome {
-        keys: planned.into_iter().map(|(k, _)| k).collect(),
+        keys: planned.into_iter().map(|(k, ..)| k).collect(),
         unparsable,
     })
+}
+
+/// The contacts a consent decision is about, by each id it names (within `ws`);
+/// none for other events.
+pub(super) fn consent_contacts(ws: &Slug, event: &DomainEvent) -> Vec<String> {
+    let contact = match event {
+        DomainEvent::ContactOptedOut(e) => &e.contact,
+        DomainEvent::ContactOptedIn(e) => &e.contact,
+        DomainEvent::ContactHelpRequested(e) => &e.contact,
+        DomainEvent::ContactOptoutSuspected(e) => &e.contact,
+        _ => return vec![],
+    };
+    [&contact.wa_id, &contact.user_id]
+        .into_iter()
+        .flatten()
+        .map(|id| format!("{ws}/{id}"))
+        .collect()
+}
+
+/// Appends a chunk's events in their order, each with the contacts it decides
+/// consent for. They go out in segments: a segment's appends are issued together
+/// and acknowledged together (one round trip, or group commit, for many events
+/// instead of one each), and a new segment, issued once the one before is stored,
+/// starts at a consent decision about a contact the segment already decides for.
+///
+/// An append that fails fails the chunk, which is retried (the appends deduplicated
+/// by their ids); the appends issued beside it may have been stored meanwhile. A
+/// later decision about the same contact must never be among those, or the retry
+/// would store the earlier decision after it: a STOP then a START would end opted
+/// out. (Seen: a consent test under the whole suite's load found three contacts'
+/// opt-ins stored before the STOPs that came first, when the chunk went out in one
+/// piece.) A contact's second decision in one chunk is rare, so most chunks are
+/// still one segment.
+pub(super) async fn append_in_order(
+    ctx: &Ctx,
+    events: Vec<(&NewEvent, &[String])>,
+) -> anyhow::Result<()> {
+    type Append<'a> = std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<wabridge_events::Appended, wabridge_events::AppendError>,
+                > + Send
+                + 'a,
+        >,
+    >;
+    let mut segment: Vec<Append<'_>> = vec![];
+    let mut decided: std::collections::HashSet<&str> = Default::default();
+    for (new, contacts) in events {
+        if contacts.iter().any(|c| decided.contains(c.as_str())) {
+            for result in join_all(std::mem::take(&mut segment)).await {
+                result.context("appending a webhook item")?;
+            }
+            decided.clear();
+        }
+        decided.extend(contacts.iter().map(String::as_str));
+        segment.push(ctx.log.append(new.clone()));
+    }
+    for result in join_all(segment).await {
+        result.context("appending a webhook item")?;
+    }
+    Ok(())
 }
 
 /// Workspaces' consent configurations, looked up once per chunk.

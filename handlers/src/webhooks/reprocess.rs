@@ -22,7 +22,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::Context;
-use futures_util::future::join_all;
 use wabridge_events::{DomainEvent, NewEvent, ReadFrom, Slug, StoredEvent, StreamKind, Timestamp};
 use wabridge_projections::{
     checkpoint,
@@ -30,7 +29,10 @@ use wabridge_projections::{
 };
 
 use super::{
-    processor::{is_uninstall, routed_item, target, with_number, Consents, NAME},
+    processor::{
+        append_in_order, consent_contacts, is_uninstall, routed_item, target, with_number,
+        Consents, NAME,
+    },
     split::{split_webhook, Route},
 };
 use crate::commands::Ctx;
@@ -158,7 +160,8 @@ async fn reprocess_page(
     let mut claims: HashMap<String, Option<Timestamp>> = HashMap::new();
     let mut consents = Consents::new();
     // Per raw event, the (key, event) pairs that may be appended.
-    let mut planned: Vec<(u64, String, NewEvent)> = vec![];
+    // Each with the contacts it decides consent for (see `append_in_order`).
+    let mut planned: Vec<(u64, String, NewEvent, Vec<String>)> = vec![];
     for raw in page {
         report.bodies += 1;
         let split = match split_webhook(&raw.payload, raw.seq) {
@@ -204,21 +207,23 @@ async fn reprocess_page(
             }
             item.event = with_number(&item.event, number);
             let (own, derived) = routed_item(ctx, raw, &item, &ws, &key, &mut consents).await?;
-            planned.push((raw.seq, key, own));
+            planned.push((raw.seq, key, own, vec![]));
             for (derived_key, event, new) in derived {
                 if consent_changed_since(ctx, &ws, &event, item.occurred_at).await? {
                     report.skip("consent_changed_since");
                     continue;
                 }
-                planned.push((raw.seq, derived_key, new));
+                let contacts = consent_contacts(&ws, &event);
+                planned.push((raw.seq, derived_key, new, contacts));
             }
         }
     }
-    let keys: Vec<&str> = planned.iter().map(|(_, k, _)| k.as_str()).collect();
+    let keys: Vec<&str> = planned.iter().map(|(_, k, ..)| k.as_str()).collect();
     let mut done: HashSet<String> = webhook_items::processed(&ctx.store, &keys).await?;
     let mut appends = vec![];
     let mut recorded: BTreeMap<u64, Vec<String>> = BTreeMap::new();
-    for (raw_seq, key, new) in planned {
+    for (raw_seq, key, new, contacts) in &planned {
+        let (raw_seq, key) = (*raw_seq, key.clone());
         if !done.insert(key.clone()) {
             report.already_derived += 1;
             continue;
@@ -228,13 +233,15 @@ async fn reprocess_page(
             .entry(new.envelope.event_type.clone())
             .or_default() += 1;
         if !report.dry_run {
-            appends.push(ctx.log.append(new));
+            appends.push((new, contacts.as_slice()));
             recorded.entry(raw_seq).or_default().push(key);
         }
     }
-    for result in join_all(appends).await {
-        result.context("appending a reprocessed webhook item")?;
-    }
+    // In order, as the processor appends (a contact's later decision never stored
+    // ahead of an earlier one).
+    append_in_order(ctx, appends)
+        .await
+        .context("appending reprocessed webhook items")?;
     if !recorded.is_empty() {
         // Recorded after the appends (each with its key as the dedup id), without
         // moving the processor's checkpoint: a crash in between appends nothing twice
