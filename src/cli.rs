@@ -90,8 +90,9 @@ pub enum Command {
         /// differ). With `webhook_processor`: count what would be appended.
         #[arg(long)]
         dry_run: bool,
-        /// With `webhook_processor`: the first raw-stream sequence to process again.
-        #[arg(long, conflicts_with = "since")]
+        /// With `webhook_processor`: the first raw-stream sequence to process again
+        /// (not with `--since`).
+        #[arg(long)]
         from_seq: Option<u64>,
         /// With `webhook_processor`: process again the webhooks received at or after
         /// this time (RFC 3339).
@@ -598,26 +599,27 @@ async fn host_command(app: &App, command: Command, out: &mut impl Write) -> anyh
             from_seq,
             since,
         } => {
-            let from = match (from_seq, since) {
-                (Some(seq), _) => Some(ReadFrom::Seq(seq)),
-                (None, Some(t)) => Some(ReadFrom::Time(
-                    Timestamp::parse(&t).context("--since must be RFC 3339")?,
-                )),
-                (None, None) => None,
+            let spelling = crate::replay::Spelling {
+                since: "--since",
+                from_seq: "--from-seq",
             };
-            if projection == wabridge_handlers::webhooks::processor::NAME {
-                let from = from.context(
-                    "webhook_processor processes stored webhooks again from a position: give --since TIME or --from-seq N (a raw-stream sequence)",
-                )?;
-                return reprocess_webhooks(ctx, from, dry_run, out).await;
-            }
-            anyhow::ensure!(
-                from.is_none(),
-                "--since and --from-seq go with --projection webhook_processor (processing stored webhooks again); a read model is a fold of the whole domain stream, so it is rebuilt from the log's first event"
-            );
-            let projections = crate::replay::select(app, &projection).with_context(|| {
-                format!("no projection {projection:?}; see `wabridge projections list`")
-            })?;
+            let projections = match crate::replay::job(
+                app,
+                &projection,
+                since.as_deref(),
+                from_seq,
+                dry_run,
+                &spelling,
+            ) {
+                Ok(crate::replay::Job::Reprocess { from, .. }) => {
+                    return reprocess_webhooks(ctx, from, dry_run, out).await
+                }
+                Ok(crate::replay::Job::Rebuild { projections, .. }) => projections,
+                Err(crate::replay::BadRequest::Unknown) => {
+                    anyhow::bail!("no projection {projection:?}; see `wabridge projections list`")
+                }
+                Err(crate::replay::BadRequest::Invalid(why)) => anyhow::bail!(why),
+            };
             let caller = Caller::cli("replay");
             commands::rebuilds::requested(ctx, &caller, &projection, dry_run, None).await?;
             let report = wabridge_projections::rebuild::rebuild(

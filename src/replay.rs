@@ -67,7 +67,69 @@ fn rebuilds_of(app: &App) -> std::sync::MutexGuard<'_, BTreeMap<String, RebuildS
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// What a job started from the API does.
+/// How a front end spells a replay's two starting points: `--since` and
+/// `--from-seq` on the command line, `since` and `from_seq` in the API.
+pub struct Spelling {
+    /// The time's name.
+    pub since: &'static str,
+    /// The raw-stream sequence's name.
+    pub from_seq: &'static str,
+}
+
+/// Why a replay request names nothing to run.
+#[derive(Debug)]
+pub enum BadRequest {
+    /// No projection of that name.
+    Unknown,
+    /// The request is not valid: why, in the front end's words.
+    Invalid(String),
+}
+
+/// What a replay request means — `name` (a read model, `all`, or the webhook
+/// processor) with an optional starting point — checked alike for the command line
+/// and the API: the webhook processor needs a starting point (a time or a raw-stream
+/// sequence, not both), a read model takes none (it is a fold of the whole domain
+/// stream).
+pub fn job(
+    app: &App,
+    name: &str,
+    since: Option<&str>,
+    from_seq: Option<u64>,
+    dry_run: bool,
+    spelling: &Spelling,
+) -> Result<Job, BadRequest> {
+    let Spelling {
+        since: s,
+        from_seq: f,
+    } = spelling;
+    if name == wabridge_handlers::webhooks::processor::NAME {
+        let from = match (since, from_seq) {
+            (Some(_), Some(_)) => {
+                return Err(BadRequest::Invalid(format!("give {s} or {f}, not both")))
+            }
+            (Some(t), None) => ReadFrom::Time(Timestamp::parse(t).map_err(|_| {
+                BadRequest::Invalid(format!("{s} must be an RFC 3339 time"))
+            })?),
+            (None, Some(seq)) => ReadFrom::Seq(seq),
+            (None, None) => return Err(BadRequest::Invalid(format!(
+                "webhook_processor processes stored webhooks again from a position: give {s} (an RFC 3339 time) or {f} (a raw-stream sequence)"
+            ))),
+        };
+        return Ok(Job::Reprocess { from, dry_run });
+    }
+    let projections = select(app, name).ok_or(BadRequest::Unknown)?;
+    if since.is_some() || from_seq.is_some() {
+        return Err(BadRequest::Invalid(format!(
+            "{s} and {f} go with webhook_processor (processing stored webhooks again); a read model is a fold of the whole domain stream, so it is rebuilt from the log's first event"
+        )));
+    }
+    Ok(Job::Rebuild {
+        projections,
+        dry_run,
+    })
+}
+
+/// What a replay does (see [`job`]).
 pub enum Job {
     /// Rebuild read models beside the live ones; swap them in unless `dry_run`.
     Rebuild {

@@ -484,7 +484,27 @@ fn replay_positions_go_with_the_webhook_processor() {
     );
     assert!(!ok && out.contains("a read model is a fold"), "{out}");
     let (ok, out) = wabridge(dir.path(), &["replay", "--projection", "webhook_processor"]);
-    assert!(!ok && out.contains("--since TIME or --from-seq N"), "{out}");
+    assert!(
+        !ok && out.contains("give --since (an RFC 3339 time) or --from-seq"),
+        "{out}"
+    );
+    // The same checks as the API's, in the command line's words.
+    let (ok, out) = wabridge(
+        dir.path(),
+        &[
+            "replay",
+            "--projection",
+            "webhook_processor",
+            "--since",
+            "2026-01-01T00:00:00Z",
+            "--from-seq",
+            "1",
+        ],
+    );
+    assert!(
+        !ok && out.contains("give --since or --from-seq, not both"),
+        "{out}"
+    );
     let (ok, out) = wabridge(
         dir.path(),
         &[

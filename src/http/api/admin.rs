@@ -3,7 +3,7 @@
 
 use axum::{extract::State, Json as AxumJson};
 use serde::{Deserialize, Serialize};
-use wabridge_events::{ReadFrom, Slug, Timestamp};
+use wabridge_events::Slug;
 use wabridge_handlers::commands::{dead_letters as dl_cmd, numbers};
 use wabridge_projections::views::{
     dead_letters::{self, DeadLetter},
@@ -264,43 +264,26 @@ pub async fn rebuild(
     Path(p): Path<ProjectionPath>,
     OptionalJson(body): OptionalJson<RebuildRequest>,
 ) -> Result<Accepted<RebuildStarted>, AppError> {
-    let job = if p.name == wabridge_handlers::webhooks::processor::NAME {
-        let from = match (body.since, body.from_seq) {
-            (Some(_), Some(_)) => {
-                return Err(AppError::validation(
-                    "give since or from_seq, not both",
-                ))
-            }
-            (Some(t), None) => ReadFrom::Time(Timestamp::parse(&t).map_err(|_| {
-                AppError::validation("since must be an RFC 3339 time")
-            })?),
-            (None, Some(seq)) => ReadFrom::Seq(seq),
-            (None, None) => {
-                return Err(AppError::validation(
-                    "webhook_processor processes stored webhooks again from a position: give since (RFC 3339) or from_seq (a raw-stream sequence)",
-                ))
-            }
-        };
-        crate::replay::Job::Reprocess {
-            from,
-            dry_run: body.dry_run,
-        }
-    } else {
-        let Some(projections) = crate::replay::select(&app, &p.name) else {
+    let spelling = crate::replay::Spelling {
+        since: "since",
+        from_seq: "from_seq",
+    };
+    let job = match crate::replay::job(
+        &app,
+        &p.name,
+        body.since.as_deref(),
+        body.from_seq,
+        body.dry_run,
+        &spelling,
+    ) {
+        Ok(job) => job,
+        Err(crate::replay::BadRequest::Unknown) => {
             return Err(AppError::not_found(format!(
                 "no projection {:?}; see GET /v1/admin/projections",
                 p.name
-            )));
-        };
-        if body.since.is_some() || body.from_seq.is_some() {
-            return Err(AppError::validation(
-                "since and from_seq go with webhook_processor (processing stored webhooks again); a read model is a fold of the whole domain stream, so it is rebuilt from the log's first event",
-            ));
+            )))
         }
-        crate::replay::Job::Rebuild {
-            projections,
-            dry_run: body.dry_run,
-        }
+        Err(crate::replay::BadRequest::Invalid(why)) => return Err(AppError::validation(why)),
     };
     match crate::replay::start(&app, &auth.caller, &p.name, job).await {
         Ok(()) => {}
