@@ -210,6 +210,13 @@ async fn replay(log: Arc<dyn EventLog>, url: &str, what: &str) {
 
 #[tokio::main]
 async fn main() {
+    // `RUST_LOG=wabridge_projections=debug` shows the rebuild's steps and their times.
+    if std::env::var("RUST_LOG").is_ok() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let n: usize = std::env::var("REPLAY_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -843,7 +843,13 @@ async fn move_in(
     );
     let mut sums = Vec::with_capacity(at.len());
     for (p, ..) in &at {
+        let t = Instant::now();
         sums.push(checksum_on(&mut snapshot, &***p).await?);
+        tracing::debug!(
+            projection = p.name(),
+            seconds = t.elapsed().as_secs_f64(),
+            "rebuild: checksum of the rebuilt state"
+        );
     }
     snapshot.commit().await?;
     Ok(Some((report(at, sums), locked)))
