@@ -12,6 +12,7 @@ pub mod migrations;
 pub mod progress;
 pub mod projection;
 pub mod rebuild;
+pub mod shadow_claim;
 pub mod store;
 pub mod views;
 

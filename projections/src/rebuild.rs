@@ -20,6 +20,9 @@
 //!    is applied twice or missed. Readers see the old state until the commit and
 //!    the new one after it, never a half-built one. A dry run compares the
 //!    checksums at `L` instead, and swaps nothing.
+//!
+//! A rebuild claims its shadow while it exists, and removes the shadows of rebuilds
+//! that died before removing theirs ([`crate::shadow_claim`]).
 
 use std::{
     sync::Arc,
@@ -35,6 +38,7 @@ use crate::{
     checkpoint,
     driver::{Driver, Follower},
     projection::{self, checksum, checksum_on, AsReactor},
+    shadow_claim::{self, Claim},
     Backend, Progress, Projection, Reactor, Store,
 };
 
@@ -130,6 +134,8 @@ struct Shadow {
     /// The PostgreSQL schema the swap moves the replaced live tables into (dropped
     /// with the shadow's).
     retired: Option<String>,
+    /// Its claim, released once it is removed (see [`crate::shadow_claim`]).
+    claim: Option<Claim>,
     /// PostgreSQL: each projection's `CREATE INDEX` statements of the indexes
     /// dropped for the replay ([`Projection::rebuild_without_indexes`]), run again
     /// before the swap.
@@ -171,10 +177,12 @@ impl Shadow {
                     .parent()
                     .map(|d| d.to_path_buf())
                     .unwrap_or_default();
+                shadow_claim::remove_unclaimed_files(&dir);
                 let mut shadow = Shadow {
                     lanes: vec![],
                     schema: None,
                     retired: None,
+                    claim: Some(Claim::take(live, &name, Some(&dir)).await?),
                     dropped_indexes: vec![],
                 };
                 for (i, projections) in dealt.into_iter().enumerate() {
@@ -200,14 +208,22 @@ impl Shadow {
                 Ok(shadow)
             }
             Backend::Postgres => {
-                sqlx::query(&format!("CREATE SCHEMA {name}"))
+                if let Err(e) = shadow_claim::remove_unclaimed_schemas(live).await {
+                    tracing::warn!(error = %format!("{e:#}"), "removing the shadows of rebuilds that did not finish failed");
+                }
+                let claim = Claim::take(live, &name, None).await?;
+                if let Err(e) = sqlx::query(&format!("CREATE SCHEMA {name}"))
                     .execute(&live.pool)
                     .await
-                    .context("creating the rebuild's schema")?;
+                {
+                    claim.release().await;
+                    return Err(anyhow::Error::new(e).context("creating the rebuild's schema"));
+                }
                 let mut shadow = Shadow {
                     lanes: vec![],
                     schema: Some(name.clone()),
                     retired: None,
+                    claim: Some(claim),
                     dropped_indexes: vec![],
                 };
                 let retired = format!("{name}_old");
@@ -266,6 +282,9 @@ impl Shadow {
             {
                 tracing::warn!(schema = %name, error = %e, "dropping the rebuild's schema failed");
             }
+        }
+        if let Some(claim) = self.claim {
+            claim.release().await;
         }
     }
 }

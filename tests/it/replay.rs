@@ -316,6 +316,101 @@ async fn a_swap_waits_out_a_long_query_without_holding_up_readers_postgres() {
     );
 }
 
+/// A rebuild that died left its shadow; another rebuild is running. The next rebuild
+/// removes the first (nobody claims it) and leaves the second (claimed).
+async fn leftovers_are_removed(db: DbKind) {
+    use wabridge_projections::shadow_claim::Claim;
+    let app = spawn_app(LogKind::Embedded, db).await;
+    app.workspace("acme").await;
+    app.claim("acme", NUMBER, WABA).await;
+    assert_eq!(inbound(&app, "447900900001", "hi").await, StatusCode::OK);
+    app.settle().await;
+    let store = &app.app.ctx.store;
+    let (dead, running) = ("replay_0123456789ab", "replay_ba9876543210");
+    let listed = || async {
+        match store.backend {
+            wabridge_projections::Backend::Sqlite => {
+                let mut names: Vec<String> = std::fs::read_dir(sqlite_dir(store))
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .filter(|n| n.starts_with("replay_"))
+                    .collect();
+                names.sort();
+                names
+            }
+            wabridge_projections::Backend::Postgres => sqlx::query_scalar(
+                "SELECT CAST(nspname AS TEXT) FROM pg_namespace WHERE nspname LIKE 'replay%' ORDER BY 1",
+            )
+            .fetch_all(&store.pool)
+            .await
+            .unwrap(),
+        }
+    };
+    let held = match store.backend {
+        wabridge_projections::Backend::Sqlite => {
+            let dir = sqlite_dir(store);
+            // The dead one's lock file, unlocked, and its lane files.
+            std::fs::write(dir.join(format!("{dead}.lock")), b"").unwrap();
+            std::fs::write(dir.join(format!("{dead}_0.db")), b"left").unwrap();
+            std::fs::write(dir.join(format!("{dead}_1.db")), b"left").unwrap();
+            let held = Claim::take(store, running, Some(&dir)).await.unwrap();
+            std::fs::write(dir.join(format!("{running}_0.db")), b"in use").unwrap();
+            held
+        }
+        wabridge_projections::Backend::Postgres => {
+            for schema in [dead.to_string(), format!("{dead}_old")] {
+                sqlx::query(&format!("CREATE SCHEMA {schema}"))
+                    .execute(&store.pool)
+                    .await
+                    .unwrap();
+                sqlx::query(&format!("CREATE TABLE {schema}.messages (x BIGINT)"))
+                    .execute(&store.pool)
+                    .await
+                    .unwrap();
+            }
+            let held = Claim::take(store, running, None).await.unwrap();
+            sqlx::query(&format!("CREATE SCHEMA {running}"))
+                .execute(&store.pool)
+                .await
+                .unwrap();
+            held
+        }
+    };
+    let before = listed().await;
+    assert!(before.iter().any(|n| n.starts_with(dead)), "{before:?}");
+    assert_equal(&swap_all(&app).await);
+    let after = listed().await;
+    assert!(
+        after.iter().all(|n| n.starts_with(running)) && !after.is_empty(),
+        "only the claimed shadow is left: {after:?}"
+    );
+    held.release().await;
+}
+
+/// The directory of a SQLite store's database file.
+fn sqlite_dir(store: &wabridge_projections::Store) -> std::path::PathBuf {
+    use secrecy::ExposeSecret;
+    let url = store.url.expose_secret().to_string();
+    let path = url
+        .strip_prefix("sqlite://")
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    std::path::Path::new(&path).parent().unwrap().to_path_buf()
+}
+
+#[tokio::test]
+async fn a_dead_rebuilds_shadow_is_removed_and_a_running_ones_kept_sqlite() {
+    leftovers_are_removed(DbKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_dead_rebuilds_shadow_is_removed_and_a_running_ones_kept_postgres() {
+    leftovers_are_removed(DbKind::Postgres).await;
+}
+
 #[tokio::test]
 async fn the_operator_rebuilds_over_http_and_follows_it() {
     let app = spawn_app(LogKind::Embedded, DbKind::Sqlite).await;
