@@ -622,14 +622,29 @@ async fn host_command(app: &App, command: Command, out: &mut impl Write) -> anyh
             };
             let caller = Caller::cli("replay");
             commands::rebuilds::requested(ctx, &caller, &projection, dry_run, None).await?;
-            let report = wabridge_projections::rebuild::rebuild(
+            let report = match wabridge_projections::rebuild::rebuild(
                 ctx.log.clone(),
                 &ctx.store,
                 projections,
                 dry_run,
                 print_progress,
             )
-            .await?;
+            .await
+            {
+                Ok(report) => report,
+                Err(e) => {
+                    // A failure is recorded (a success is not: see
+                    // `ProjectionRebuildFinished`).
+                    let outcome = commands::rebuilds::Outcome::failed(&e);
+                    if let Err(record) =
+                        commands::rebuilds::finished(ctx, &caller, &projection, dry_run, outcome)
+                            .await
+                    {
+                        eprintln!("replay: recording the failure failed too: {record}");
+                    }
+                    return Err(e);
+                }
+            };
             if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
                 eprintln!();
             }

@@ -241,17 +241,17 @@ pub async fn start(app: &App, caller: &Caller, name: &str, job: Job) -> Result<(
                 .map(Outcome::Reprocessed)
             }
         };
-        // A reprocessing's end is recorded with its counts; a read model's rebuild
-        // records only its start (see `rebuilds::finished`).
+        // A reprocessing's end is recorded with its counts, a failure with its
+        // reason; a read model's rebuild that succeeded records only its start (see
+        // `ProjectionRebuildFinished`).
         let outcome = match &result {
             Ok(Outcome::Rebuilt(_)) => None,
             Ok(Outcome::Reprocessed(r)) => Some(rebuilds::Outcome::reprocessed(r)),
-            Err(e) if from.is_some() => Some(rebuilds::Outcome::failed(e)),
-            Err(_) => None,
+            Err(e) => Some(rebuilds::Outcome::failed(e)),
         };
         if let Some(outcome) = outcome {
             if let Err(e) = rebuilds::finished(&app.ctx, &caller, &name, dry_run, outcome).await {
-                tracing::warn!(projection = %name, error = %e, "recording the end of a reprocessing failed");
+                tracing::warn!(projection = %name, error = %e, "recording the end of a replay failed");
             }
         }
         let mut all = rebuilds_of(&app);

@@ -652,3 +652,42 @@ async fn events_export_streams_200k_events_in_bounded_memory() {
         "200k events peaked at {large_peak} KiB, 20k at {small_peak} KiB: the export buffers"
     );
 }
+
+/// A replay that fails is recorded with its error (here: a read-model database in
+/// memory cannot have a shadow beside it).
+#[test]
+fn a_failed_replay_is_recorded_with_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out) = wabridge(dir.path(), &["bootstrap", "--workspace", "acme"]);
+    assert!(ok, "{out}");
+    let (ok, out) = wabridge_with(
+        dir.path(),
+        &[("DATABASE_URL", "sqlite::memory:")],
+        &["replay", "--projection", "consent"],
+    );
+    assert!(
+        !ok && out.contains("a rebuild needs a SQLite database file"),
+        "{out}"
+    );
+    let (ok, out) = wabridge(
+        dir.path(),
+        &["events", "export", "--type", "projection.rebuild_finished"],
+    );
+    assert!(ok, "{out}");
+    let ended: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(ended.len(), 1, "{out}");
+    let data = &ended[0]["data"];
+    assert_eq!(data["name"], "consent", "{out}");
+    assert_eq!(data["outcome"], "failed", "{out}");
+    assert!(
+        data["detail"]
+            .as_str()
+            .unwrap()
+            .contains("a rebuild needs a SQLite database file"),
+        "{out}"
+    );
+    assert_eq!(ended[0]["envelope"]["actor"]["id"], "replay", "{out}");
+}

@@ -411,6 +411,63 @@ async fn a_dead_rebuilds_shadow_is_removed_and_a_running_ones_kept_postgres() {
     leftovers_are_removed(DbKind::Postgres).await;
 }
 
+/// A read model's rebuild that fails is in the operators' audit chain with its
+/// error (one that succeeds records only its start). The job here fails at once (it
+/// names no read model: the API cannot ask for that, but it fails in the same place
+/// as any rebuild's error, after its start is recorded).
+#[tokio::test]
+async fn a_failed_rebuild_is_audited_with_its_error() {
+    let app = spawn_app(LogKind::Embedded, DbKind::Sqlite).await;
+    app.settle().await;
+    let caller = wabridge_handlers::commands::Caller::cli("replay-test");
+    wabridge::replay::start(
+        &app.app,
+        &caller,
+        "consent",
+        wabridge::replay::Job::Rebuild {
+            projections: vec![],
+            dry_run: false,
+        },
+    )
+    .await
+    .map_err(|_| "not started")
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let target = loop {
+        let r = app
+            .get(
+                "/v1/admin/audit?action=projection.rebuild_finished&limit=1",
+                &app.operator,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        if let Some(item) = r.json["items"].as_array().and_then(|i| i.first()) {
+            assert_eq!(item["outcome"], "failed", "{item}");
+            break item["target"].as_str().unwrap().to_string();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no end recorded: {}",
+            r.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        target.starts_with("projection:consent failed: ")
+            && target.contains("no projection to rebuild"),
+        "{target}"
+    );
+    let r = app.get("/v1/admin/projections", &app.operator).await;
+    let consent = r.json["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "consent")
+        .unwrap()
+        .clone();
+    assert_eq!(consent["rebuild"]["state"], "failed", "{consent}");
+}
+
 #[tokio::test]
 async fn the_operator_rebuilds_over_http_and_follows_it() {
     let app = spawn_app(LogKind::Embedded, DbKind::Sqlite).await;

@@ -632,9 +632,10 @@ super::events! {
         pub from: Option<String>,
     }
 
-    /// A processing of stored webhooks again (`webhook_processor`) ended. (A read
-    /// model's rebuild records no end: that event would move the live state on just
-    /// after the rebuild compared or swapped it.)
+    /// A processing of stored webhooks again (`webhook_processor`) ended, or a read
+    /// model's rebuild failed. (A rebuild that succeeded records no end: that event
+    /// would move the live state on just after the rebuild compared or swapped it,
+    /// and the checksums it printed would no longer be the live ones.)
     #[event(type = "projection.rebuild_finished", v = 1, category = "operations", scope = Global, aggregate = |s| s.name.clone())]
     pub struct ProjectionRebuildFinished {
         /// As requested.
