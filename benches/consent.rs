@@ -50,7 +50,11 @@ fn inbound(addr: SocketAddr, stop: Instant) -> tokio::task::JoinHandle<u64> {
         let mut tasks = vec![];
         while Instant::now() < stop {
             tick.tick().await;
-            let text = if sent % 10 == 0 { "STOP" } else { "hello" };
+            let text = if sent.is_multiple_of(10) {
+                "STOP"
+            } else {
+                "hello"
+            };
             let body = Bytes::from(build(&WebhookSpec {
                 kind: Kind::Text,
                 phone_number_id: NUMBER.into(),

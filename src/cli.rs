@@ -31,8 +31,9 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Subcommands.
+/// Subcommands (parsed once per run: their size does not matter).
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the server (API and/or workers, per WABRIDGE_ROLES).
     Serve(ConfigArgs),

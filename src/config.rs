@@ -758,7 +758,8 @@ mod tests {
 
     #[test]
     fn out_of_range_values_refuse_start_up_naming_the_variable() {
-        let cases: [(&str, fn(&mut ConfigArgs, String)); 7] = [
+        type Set = fn(&mut ConfigArgs, String);
+        let cases: [(&str, Set); 7] = [
             ("WABRIDGE_DEDUP_WINDOW", |a, v| a.dedup_window = Some(v)),
             ("WABRIDGE_HEADER_TIMEOUT", |a, v| a.header_timeout = Some(v)),
             ("WABRIDGE_SHUTDOWN_TIMEOUT", |a, v| {

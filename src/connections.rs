@@ -35,14 +35,17 @@ pub struct ConnectionCaps {
     overall: Arc<Semaphore>,
     per_address: usize,
     exempt: Vec<IpAddr>,
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    open: PerAddress,
 }
 
 /// One accepted connection's places under the caps, given back when dropped.
 pub struct Slot {
     _overall: OwnedSemaphorePermit,
-    address: Option<(IpAddr, Arc<Mutex<HashMap<IpAddr, usize>>>)>,
+    address: Option<(IpAddr, PerAddress)>,
 }
+
+/// Open connections by client address.
+type PerAddress = Arc<Mutex<HashMap<IpAddr, usize>>>;
 
 impl ConnectionCaps {
     /// Caps of `overall` connections and `per_address` from one address, not

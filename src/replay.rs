@@ -194,7 +194,7 @@ pub async fn start(app: &App, caller: &Caller, name: &str, job: Job) -> Result<(
         )
     };
     let from = match &job {
-        Job::Reprocess { from, .. } => Some(from.clone()),
+        Job::Reprocess { from, .. } => Some(*from),
         Job::Rebuild { .. } => None,
     };
     let dry_run = job.dry_run();

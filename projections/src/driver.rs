@@ -29,6 +29,9 @@ use wabridge_events::{
 
 use crate::{checkpoint, Progress, Store};
 
+/// A page of the log being read ahead, on a task of its own.
+type PageRead = tokio::task::JoinHandle<Result<Vec<StoredEvent>, LogError>>;
+
 /// The most events handled in one transaction.
 pub const BATCH: usize = 500;
 
@@ -315,10 +318,7 @@ impl Driver {
         let mut done = self.positions(f).await?;
         // The next page is read (and decoded) while this one is applied: the log's
         // reads and the decoding run beside the database's writes.
-        let mut ahead: Option<(
-            u64,
-            tokio::task::JoinHandle<Result<Vec<StoredEvent>, LogError>>,
-        )> = None;
+        let mut ahead: Option<(u64, PageRead)> = None;
         loop {
             let low = done.values().copied().min().unwrap_or(0);
             if low >= target {

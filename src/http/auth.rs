@@ -170,7 +170,7 @@ async fn authenticate(app: &App, parts: &Parts, ip: Option<IpAddr>) -> Result<Pr
             .as_deref()
             .map(Slug::parse)
             .transpose()
-            .map_err(|e| AppError::internal(e))?;
+            .map_err(AppError::internal)?;
         let subject = key_cmds::keys_subject(&app.ctx, ws.as_ref());
         let last = app
             .ctx

@@ -114,8 +114,7 @@ fn each_subcommand_help_shows_its_own_options() {
 
 fn last_line(s: &str) -> String {
     s.lines()
-        .filter(|l| !l.trim().is_empty())
-        .last()
+        .rfind(|l| !l.trim().is_empty())
         .unwrap_or_default()
         .trim()
         .to_string()
@@ -589,7 +588,7 @@ fn export_peak(data: &std::path::Path) -> (u64, u64) {
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         line.unwrap();
         lines += 1;
-        if lines % 2_000 == 0 {
+        if lines.is_multiple_of(2_000) {
             peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
         }
     }

@@ -98,7 +98,7 @@ async fn openapi_documents_every_route_and_schemas_do_not_drift() {
         let r = app
             .call(
                 route.method.clone(),
-                &route.path.replace('{', "").replace('}', ""),
+                &route.path.replace(['{', '}'], ""),
                 None,
                 None,
             )

@@ -158,7 +158,11 @@ async fn replay_under_load(log: LogKind, db: DbKind) {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let from = format!("4478009{:05}", i % 100_000);
-                let text = if i % 7 == 0 { "STOP" } else { "during" };
+                let text = if i.is_multiple_of(7) {
+                    "STOP"
+                } else {
+                    "during"
+                };
                 assert_eq!(inbound(&app, &from, text).await, StatusCode::OK);
                 sent.fetch_add(1, Ordering::Relaxed);
                 i += 1;

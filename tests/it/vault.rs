@@ -1035,7 +1035,7 @@ async fn binding(log: LogKind, db: DbKind) {
     copy_to("acme", "1002").await;
     copy_to("other", "2001").await;
     // Retrieval reads the in-memory ciphertext cache: reload it from the tampered rows.
-    app.app.ctx.tokens.load(&store).await.expect("cache reload");
+    app.app.ctx.tokens.load(store).await.expect("cache reload");
     for (ws, id) in [("acme", "1002"), ("other", "2001")] {
         match retrieve(&app, &keys, ws, id).await {
             Err(CommandError::Internal(e)) => {
@@ -1735,7 +1735,9 @@ async fn binary_refuses_bad_master_key_config() {
     let short = k1[..63].to_string();
     let keys_k1 = format!("v1:{k1}");
     let keys_short = format!("v1:{short}");
-    let cases: Vec<(&str, Vec<(&str, &str)>, &[&str])> = vec![
+    // (what, the environment, what the error names)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
         (
             "both set",
             vec![

@@ -239,7 +239,7 @@ async fn writer_loop(
             }
         }
         batches += 1;
-        if batches % 1000 == 0 {
+        if batches.is_multiple_of(1000) {
             prune_dedup(&mut conn, &cfg).await;
         }
     }

@@ -103,7 +103,7 @@ impl Worker {
             let attempts = DeliveryAttempted::subject(ns, Some(&self.ws), &self.id);
             self.shared.ctx.fresh(view::NAME, &attempts).await?;
         }
-        Ok(view::get(&self.shared.ctx.store, self.ws.as_str(), &self.id).await?)
+        view::get(&self.shared.ctx.store, self.ws.as_str(), &self.id).await
     }
 
     /// One pass: reload when the settings changed, make the redeliveries asked for,
@@ -487,9 +487,9 @@ fn root(e: &(dyn std::error::Error + 'static)) -> String {
 
 fn humanize(d: Duration) -> String {
     let s = d.as_secs();
-    if s >= 86_400 && s % 86_400 == 0 {
+    if s >= 86_400 && s.is_multiple_of(86_400) {
         format!("{}d", s / 86_400)
-    } else if s >= 3600 && s % 3600 == 0 {
+    } else if s >= 3600 && s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
     } else if s >= 1 {
         format!("{s}s")

@@ -120,11 +120,11 @@ impl Projection for ApiKeys {
             return Ok(());
         }
         let decoded = super::decode(event)?;
-        let Some(key_id) = key_of(&decoded) else {
+        let Some(key_id) = key_of(decoded) else {
             return Ok(());
         };
         let current = load(&mut *conn, key_id).await?;
-        if let Some(next) = next_key(current.as_ref(), &decoded, &EventMeta::of(event)) {
+        if let Some(next) = next_key(current.as_ref(), decoded, &EventMeta::of(event)) {
             put(conn, &next).await?;
         }
         Ok(())

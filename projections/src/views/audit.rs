@@ -342,12 +342,12 @@ impl Projection for Audit {
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
         let decoded = super::decode(event)?;
-        if describe(&decoded).is_none() {
+        if describe(decoded).is_none() {
             return Ok(());
         }
         let ws = super::ws_of(event);
         let mut h = head(&mut *conn, &ws).await?.unwrap_or_default();
-        let Some(step) = step(self.key(), &ws, &mut h, event, &decoded) else {
+        let Some(step) = step(self.key(), &ws, &mut h, event, decoded) else {
             return Ok(());
         };
         if let Some(through) = step.cut_through {
@@ -735,7 +735,7 @@ pub async fn verify_with_log(
             let Ok(decoded) = super::decode(event) else {
                 continue;
             };
-            if let Some(s) = step(key, ws, &mut head, event, &decoded) {
+            if let Some(s) = step(key, ws, &mut head, event, decoded) {
                 if let Some(cut) = s.cut_through {
                     while expected.front().is_some_and(|e| e.seq <= cut) {
                         expected.pop_front();
@@ -847,7 +847,7 @@ mod tests {
         let mut head = AuditHead::default();
         let steps = events
             .iter()
-            .filter_map(|e| step(key, "acme", &mut head, e, &super::super::decode(e).unwrap()))
+            .filter_map(|e| step(key, "acme", &mut head, e, super::super::decode(e).unwrap()))
             .collect();
         (head, steps)
     }

@@ -124,11 +124,11 @@ impl Projection for DeadLetters {
             return Ok(());
         }
         let decoded = super::decode(event)?;
-        let Some(id) = id_of(&decoded) else {
+        let Some(id) = id_of(decoded) else {
             return Ok(());
         };
         let current = load(&mut *conn, id).await?;
-        if let Some(next) = next_letter(current.as_ref(), &decoded, &EventMeta::of(event)) {
+        if let Some(next) = next_letter(current.as_ref(), decoded, &EventMeta::of(event)) {
             put(conn, &next).await?;
         }
         Ok(())

@@ -400,7 +400,7 @@ impl Projection for Onboarding {
         }
         let decoded = super::decode(event)?;
         let meta = EventMeta::of(event);
-        if let Some((waba, name)) = partner_event_of(&decoded) {
+        if let Some((waba, name)) = partner_event_of(decoded) {
             sqlx::query("INSERT INTO onboarding_partner (waba_id, seq, workspace, event, at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (waba_id, seq) DO NOTHING")
                 .bind(&waba)
                 .bind(meta.seq as i64)
@@ -421,7 +421,7 @@ impl Projection for Onboarding {
             _ => return Ok(()),
         };
         let current = load(&mut *conn, &meta.workspace, id).await?;
-        let Some(saga) = fold(current.as_ref(), &decoded, &meta) else {
+        let Some(saga) = fold(current.as_ref(), decoded, &meta) else {
             return Ok(());
         };
         let state = serde_json::to_value(saga.state)?;

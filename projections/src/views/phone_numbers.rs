@@ -129,7 +129,7 @@ impl Projection for PhoneNumbers {
                 .filter(|c| c.workspace == meta.workspace)
                 .map(|c| c.waba_id.clone())
         });
-        match next_holder(current.as_ref(), &decoded, &meta) {
+        match next_holder(current.as_ref(), decoded, &meta) {
             Some(Routing::Hold(row)) => {
                 sqlx::query("INSERT INTO phone_numbers (phone_number_id, workspace, waba_id, display_phone_number, claimed_at) VALUES ($1, $2, $3, $4, $5) \
                      ON CONFLICT (phone_number_id) DO UPDATE SET workspace = excluded.workspace, waba_id = excluded.waba_id, display_phone_number = excluded.display_phone_number, claimed_at = excluded.claimed_at")
@@ -162,7 +162,7 @@ impl Projection for PhoneNumbers {
         .bind(&meta.workspace)
         .fetch_one(&mut *conn)
         .await?;
-        match next_waba_owner(owner.as_deref(), &decoded, &meta.workspace, left) {
+        match next_waba_owner(owner.as_deref(), decoded, &meta.workspace, left) {
             Some(Some(ws)) => {
                 sqlx::query("INSERT INTO wabas (waba_id, workspace) VALUES ($1, $2) ON CONFLICT (waba_id) DO UPDATE SET workspace = excluded.workspace")
                     .bind(&waba)

@@ -103,7 +103,7 @@ impl Projection for SendContext {
                     .execute(&mut *conn)
                     .await?;
             }
-        } else if let Some((name, language, category)) = template_of(&decoded) {
+        } else if let Some((name, language, category)) = template_of(decoded) {
             sqlx::query("INSERT INTO template_categories (workspace, name, language, category) VALUES ($1, $2, $3, $4) ON CONFLICT (workspace, name, language) DO UPDATE SET category = excluded.category")
                 .bind(&meta.workspace)
                 .bind(&name)
@@ -149,7 +149,7 @@ impl Projection for SendContext {
                         *e = at.clone();
                     }
                 }
-            } else if let Some((name, language, category)) = template_of(&decoded) {
+            } else if let Some((name, language, category)) = template_of(decoded) {
                 templates.insert((ws, name, language), category);
             }
         }

@@ -456,7 +456,7 @@ impl Projection for Sends {
         }
         let decoded = super::decode(event)?;
         let meta = EventMeta::of(event);
-        let id = match target(&decoded) {
+        let id = match target(decoded) {
             None => return Ok(()),
             Some(Target::Id(id)) => id,
             Some(Target::Wamid(number, wamid)) => {
@@ -475,7 +475,7 @@ impl Projection for Sends {
             }
         };
         let current = load(&mut *conn, &meta.workspace, &id).await?;
-        if let Some((row, step)) = next_send(current.as_ref(), &decoded, &meta) {
+        if let Some((row, step)) = next_send(current.as_ref(), decoded, &meta) {
             put(conn, &row, &step).await?;
         }
         Ok(())

@@ -117,12 +117,12 @@ impl Projection for Tokens {
             return Ok(());
         }
         let decoded = super::decode(event)?;
-        let Some(number) = number_of(&decoded) else {
+        let Some(number) = number_of(decoded) else {
             return Ok(());
         };
         let meta = EventMeta::of(event);
         let current = load(&mut *conn, &meta.workspace, number).await?;
-        if let Some(next) = next_token(current.as_ref(), &decoded, &meta) {
+        if let Some(next) = next_token(current.as_ref(), decoded, &meta) {
             put(conn, &next).await?;
         }
         Ok(())

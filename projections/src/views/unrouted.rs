@@ -141,7 +141,7 @@ impl Projection for Unrouted {
             return Ok(());
         }
         let decoded = super::decode(event)?;
-        let Some(target) = target_of(&decoded) else {
+        let Some(target) = target_of(decoded) else {
             return Ok(());
         };
         let meta = EventMeta::of(event);
@@ -154,7 +154,7 @@ impl Projection for Unrouted {
                 .collect(),
         };
         for current in items {
-            if let Some(next) = next_item(current.as_ref(), &decoded, &meta) {
+            if let Some(next) = next_item(current.as_ref(), decoded, &meta) {
                 put(&mut *conn, &next).await?;
             }
         }

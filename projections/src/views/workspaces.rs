@@ -62,7 +62,7 @@ impl Projection for Workspaces {
             return Ok(());
         };
         let current = load(&mut *conn, w.slug.as_str()).await?;
-        if let Some(next) = next_workspace(current.as_ref(), &decoded, &EventMeta::of(event)) {
+        if let Some(next) = next_workspace(current.as_ref(), decoded, &EventMeta::of(event)) {
             put(conn, &next).await?;
         }
         Ok(())
