@@ -178,7 +178,7 @@ pub async fn remove_unclaimed_schemas(live: &Store) -> anyhow::Result<()> {
         }
         tracing::warn!(
             shadow,
-            "dropped the shadow of a rebuild that did not finish"
+            "removed the shadow of a rebuild that did not finish"
         );
     }
     let _ = conn.close().await;
