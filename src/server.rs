@@ -442,6 +442,14 @@ pub async fn run_notify(
     }));
     let hub = app.hub.clone();
     tasks.spawn(supervise("event_hub", move || hub.clone().run()));
+    // A rebuild that died with an earlier process left its shadow (on PostgreSQL
+    // after a swap: tables the size of the read models): removed aside.
+    let store = app.ctx.store.clone();
+    tasks.spawn(async move {
+        if let Err(e) = wabridge_projections::rebuild::remove_leftovers(&store).await {
+            tracing::warn!(error = %format!("{e:#}"), "removing the shadows of rebuilds that did not finish failed");
+        }
+    });
     let workers = if app.cfg.roles.workers {
         match Workers::start(&app).await {
             Ok(w) => Some(w),

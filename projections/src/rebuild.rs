@@ -167,16 +167,7 @@ impl Shadow {
         let dealt = deal(projections, replay_lanes());
         match live.backend {
             Backend::Sqlite => {
-                let url = live.url.expose_secret();
-                let live_path = url
-                    .strip_prefix("sqlite://")
-                    .and_then(|p| p.split('?').next())
-                    .filter(|p| !p.is_empty() && !p.contains(":memory:"))
-                    .context("a rebuild needs a SQLite database file")?;
-                let dir = std::path::Path::new(live_path)
-                    .parent()
-                    .map(|d| d.to_path_buf())
-                    .unwrap_or_default();
+                let dir = sqlite_dir(live)?;
                 shadow_claim::remove_unclaimed_files(&dir);
                 let mut shadow = Shadow {
                     lanes: vec![],
@@ -287,6 +278,36 @@ impl Shadow {
             claim.release().await;
         }
     }
+}
+
+/// The directory of a SQLite live store's file, where its shadows go.
+fn sqlite_dir(live: &Store) -> anyhow::Result<std::path::PathBuf> {
+    let url = live.url.expose_secret();
+    let live_path = url
+        .strip_prefix("sqlite://")
+        .and_then(|p| p.split('?').next())
+        .filter(|p| !p.is_empty() && !p.contains(":memory:"))
+        .context("a rebuild needs a SQLite database file")?;
+    Ok(std::path::Path::new(live_path)
+        .parent()
+        .map(|d| d.to_path_buf())
+        .unwrap_or_default())
+}
+
+/// Removes the shadows of rebuilds that died before removing theirs (every rebuild
+/// does this first too; a server does it as it starts): those no running rebuild
+/// claims (see [`crate::shadow_claim`]).
+pub async fn remove_leftovers(live: &Store) -> anyhow::Result<()> {
+    match live.backend {
+        // (A database in memory has no shadows.)
+        Backend::Sqlite => {
+            if let Ok(dir) = sqlite_dir(live) {
+                shadow_claim::remove_unclaimed_files(&dir);
+            }
+        }
+        Backend::Postgres => shadow_claim::remove_unclaimed_schemas(live).await?,
+    }
+    Ok(())
 }
 
 /// Removes a SQLite database file and its companions (those that exist: the

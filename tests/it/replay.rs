@@ -17,7 +17,7 @@ use serde_json::Value;
 use wabridge::dev::webhook::{build, Kind, WebhookSpec};
 use wabridge_projections::{rebuild, views};
 
-use crate::support::app::{spawn_app, DbKind, LogKind, TestApp};
+use crate::support::app::{spawn_app, spawn_app_with, DbKind, LogKind, TestApp, TestOptions};
 
 const NUMBER: &str = "700800900100200";
 const WABA: &str = "300100200300400";
@@ -403,6 +403,62 @@ fn sqlite_dir(store: &wabridge_projections::Store) -> std::path::PathBuf {
         .unwrap()
         .to_string();
     std::path::Path::new(&path).parent().unwrap().to_path_buf()
+}
+
+/// A server removes, as it starts, the shadows a dead rebuild left (no rebuild
+/// needed).
+#[tokio::test]
+async fn a_starting_server_removes_a_dead_rebuilds_shadow() {
+    let dead = "replay_00aa11bb22cc";
+    // SQLite: the files beside the database, in the data directory.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(format!("{dead}.lock")), b"").unwrap();
+    std::fs::write(dir.path().join(format!("{dead}_0.db")), b"left").unwrap();
+    // PostgreSQL: its schemas, in the database the server will use.
+    let url = crate::support::app::fresh_postgres().await;
+    let pool = sqlx::postgres::PgPool::connect(&url).await.unwrap();
+    for schema in [dead.to_string(), format!("{dead}_old")] {
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let schemas = || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT CAST(nspname AS TEXT) FROM pg_namespace WHERE nspname LIKE 'replay%'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let sqlite = spawn_app_with(TestOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..TestOptions::new(LogKind::Embedded, DbKind::Sqlite)
+    })
+    .await;
+    let postgres = spawn_app_with(TestOptions {
+        database_url: Some(url.clone()),
+        ..TestOptions::new(LogKind::Embedded, DbKind::Postgres)
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let files: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("replay_"))
+            .collect();
+        let left = schemas().await;
+        if files.is_empty() && left.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "left after the start: {files:?} {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop((sqlite, postgres));
 }
 
 #[tokio::test]
