@@ -786,15 +786,7 @@ async fn a_failed_append_never_stores_a_contacts_later_decision_first() {
     .await;
     app.settle().await;
     let template = app
-        .app
-        .ctx
-        .log
-        .read(
-            StreamKind::Raw,
-            wabridge_events::ReadFrom::Seq(1),
-            None,
-            100,
-        )
+        .read_all(StreamKind::Raw, None)
         .await
         .unwrap()
         .pop()

@@ -256,15 +256,7 @@ async fn every_webhook_processed_once(app: &TestApp, total: usize, answers: &Ans
     if !missing.is_empty() {
         // Where the first missing one got lost: is its body in the raw stream?
         let raw = app
-            .app
-            .ctx
-            .log
-            .read(
-                StreamKind::Raw,
-                wabridge_events::ReadFrom::Seq(1),
-                None,
-                100_000,
-            )
+            .read_all(StreamKind::Raw, None)
             .await
             .unwrap_or_default();
         let wamid = body(missing[0]).0;

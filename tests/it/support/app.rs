@@ -474,17 +474,22 @@ impl TestApp {
 
     /// Every domain event (matching a subject filter), in log order.
     pub async fn domain_events(&self, filter: Option<&str>) -> Vec<wabridge_events::StoredEvent> {
+        self.read_all(StreamKind::Domain, filter)
+            .await
+            .expect("read")
+    }
+
+    /// The first 100,000 events of a stream (matching a subject filter), in order.
+    pub async fn read_all(
+        &self,
+        stream: StreamKind,
+        filter: Option<&str>,
+    ) -> Result<Vec<wabridge_events::StoredEvent>, wabridge_events::LogError> {
         self.app
             .ctx
             .log
-            .read(
-                StreamKind::Domain,
-                wabridge_events::ReadFrom::Seq(1),
-                filter,
-                100_000,
-            )
+            .read(stream, wabridge_events::ReadFrom::Seq(1), filter, 100_000)
             .await
-            .expect("read")
     }
 
     /// Stops the server (graceful) and starts it again on the same data, with the
