@@ -696,9 +696,15 @@ async fn swap(
     );
     let sums = (&mut sums.0)
         .await
-        .context("the rebuilt checksums' task")??;
+        .context("the rebuilt checksums' task")?
+        .context(SWAPPED_UNSUMMED)?;
     Ok((report(at, sums), locked))
 }
+
+/// The context of a checksum that failed after the swap committed: the rebuilt
+/// state is live, only its report is missing.
+const SWAPPED_UNSUMMED: &str =
+    "the rebuilt state is swapped in; taking its checksums failed (`wabridge projections checksum` takes them from the live state)";
 
 /// Moves the live checkpoint to the rebuilt position when the live projection was
 /// behind it (its pending batch skips what the rebuilt state covers).
@@ -884,7 +890,11 @@ async fn move_in(
     let mut sums = Vec::with_capacity(at.len());
     for (p, ..) in &at {
         let t = Instant::now();
-        sums.push(checksum_on(&mut snapshot, &***p).await?);
+        sums.push(
+            checksum_on(&mut snapshot, &***p)
+                .await
+                .context(SWAPPED_UNSUMMED)?,
+        );
         tracing::debug!(
             projection = p.name(),
             seconds = t.elapsed().as_secs_f64(),
