@@ -529,6 +529,15 @@ async fn finish(
         sqlx::query("PRAGMA temp_store = FILE")
             .execute(&mut *conn)
             .await?;
+        if !dry_run {
+            // The swap's commit would copy its whole WAL into the database file
+            // (the automatic checkpoint, about a second at 1,000,000 events) while
+            // the live applier waits for this, the store's one writing connection:
+            // the checkpoint is run beside instead, after the commit (see below).
+            sqlx::query("PRAGMA wal_autocheckpoint = 0")
+                .execute(&mut *conn)
+                .await?;
+        }
         for lane in &shadow.lanes {
             let path = lane.file.as_ref().expect("a SQLite lane is a file");
             sqlx::query(&format!("ATTACH DATABASE $1 AS {}", lane.qualifier))
@@ -546,18 +555,55 @@ async fn finish(
                     .execute(&mut *conn)
                     .await?;
             }
+            sqlx::query(&format!(
+                "PRAGMA wal_autocheckpoint = {SQLITE_AUTOCHECKPOINT}"
+            ))
+            .execute(&mut *conn)
+            .await?;
             sqlx::query("PRAGMA temp_store = MEMORY")
                 .execute(&mut *conn)
                 .await
         }
         .await;
         if let Err(e) = restored {
-            // Do not hand a connection with the shadow attached back to the pool.
+            // Do not hand a connection with the shadow attached (or without its
+            // automatic checkpoints) back to the pool.
             tracing::warn!(error = %e, "detaching the rebuilt database failed");
             let _ = conn.detach().close().await;
         }
+        if !dry_run {
+            checkpoint_aside(live);
+            tokio::task::yield_now().await;
+        }
     }
     outcome
+}
+
+/// SQLite's default `wal_autocheckpoint` (pages), which the live connections keep.
+const SQLITE_AUTOCHECKPOINT: u32 = 1000;
+
+/// Copies the WAL into the SQLite database file on a reading connection, beside
+/// the live applier: started before the writing connection goes back to the pool,
+/// so it holds the checkpoint lock by the applier's next commit, whose own
+/// automatic checkpoint then skips (a passive checkpoint never waits for that
+/// lock). Should the applier commit first, it checkpoints itself, as before.
+fn checkpoint_aside(live: &Store) {
+    let reads = live.reads.clone();
+    tokio::spawn(async move {
+        let t = Instant::now();
+        match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&reads)
+            .await
+        {
+            Ok(_) => tracing::debug!(
+                seconds = t.elapsed().as_secs_f64(),
+                "rebuild: the swap's WAL checkpointed beside the live applier"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpointing the swap's WAL failed (the next commit does it)")
+            }
+        }
+    });
 }
 
 /// The locked step: `None` when it must be tried again (a dry run waiting for the
