@@ -129,11 +129,9 @@ struct Lane {
 /// Stores beside the live one, with the same tables.
 struct Shadow {
     lanes: Vec<Lane>,
-    /// The PostgreSQL schema all lanes write in.
+    /// The PostgreSQL schema all lanes write in (the swap moves the replaced live
+    /// tables into its [`shadow_claim::retired`] one).
     schema: Option<String>,
-    /// The PostgreSQL schema the swap moves the replaced live tables into (dropped
-    /// with the shadow's).
-    retired: Option<String>,
     /// Its claim, released once it is removed (see [`crate::shadow_claim`]).
     claim: Option<Claim>,
     /// PostgreSQL: each projection's `CREATE INDEX` statements of the indexes
@@ -162,8 +160,7 @@ fn deal(projections: &[Arc<dyn Projection>], lanes: usize) -> Vec<Vec<Arc<dyn Pr
 
 impl Shadow {
     async fn create(live: &Store, projections: &[Arc<dyn Projection>]) -> anyhow::Result<Shadow> {
-        let nonce = uuid::Uuid::new_v4().simple().to_string();
-        let name = format!("replay_{}", &nonce[..12]);
+        let name = shadow_claim::new_name();
         let dealt = deal(projections, replay_lanes());
         match live.backend {
             Backend::Sqlite => {
@@ -172,7 +169,6 @@ impl Shadow {
                 let mut shadow = Shadow {
                     lanes: vec![],
                     schema: None,
-                    retired: None,
                     claim: Some(Claim::take(live, &name, Some(&dir)).await?),
                     dropped_indexes: vec![],
                 };
@@ -213,11 +209,10 @@ impl Shadow {
                 let mut shadow = Shadow {
                     lanes: vec![],
                     schema: Some(name.clone()),
-                    retired: None,
                     claim: Some(claim),
                     dropped_indexes: vec![],
                 };
-                let retired = format!("{name}_old");
+                let retired = shadow_claim::retired(&name);
                 if let Err(e) = sqlx::query(&format!("CREATE SCHEMA {retired}"))
                     .execute(&live.pool)
                     .await
@@ -225,7 +220,6 @@ impl Shadow {
                     shadow.remove(live).await;
                     return Err(anyhow::Error::new(e).context("creating the rebuild's schema"));
                 }
-                shadow.retired = Some(retired);
                 let store = match Store::connect_shadow(live.url.expose_secret(), Some(&name)).await
                 {
                     Ok(store) => store,
@@ -266,8 +260,12 @@ impl Shadow {
                 remove_files(path);
             }
         }
-        for name in self.schema.iter().chain(&self.retired) {
-            if let Err(e) = sqlx::query(&format!("DROP SCHEMA {name} CASCADE"))
+        let schemas = self
+            .schema
+            .iter()
+            .flat_map(|s| [s.clone(), shadow_claim::retired(s)]);
+        for name in schemas {
+            if let Err(e) = sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
                 .execute(&live.pool)
                 .await
             {
@@ -316,12 +314,7 @@ fn remove_files(path: &std::path::Path) {
     for suffix in ["", "-wal", "-shm", "-journal"] {
         let mut p = path.to_path_buf().into_os_string();
         p.push(suffix);
-        match std::fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                tracing::warn!(file = ?p, error = %e, "removing the rebuild's shadow file failed");
-            }
-            _ => {}
-        }
+        shadow_claim::remove_logged(std::path::Path::new(&p));
     }
 }
 
@@ -520,6 +513,8 @@ async fn finish(
     dry_run: bool,
 ) -> anyhow::Result<Option<(Vec<RebuiltProjection>, f64)>> {
     let mut conn = live.pool.acquire().await?;
+    // SQLite: the connection's automatic checkpoint, restored after a swap.
+    let mut autocheckpoint = None;
     if live.backend == Backend::Sqlite {
         // The swap's index builds sort whole tables and its copy journals reused
         // pages: in files, not in memory (the live connections keep temporary data
@@ -529,22 +524,36 @@ async fn finish(
         sqlx::query("PRAGMA temp_store = FILE")
             .execute(&mut *conn)
             .await?;
-        if !dry_run {
-            // The swap's commit would copy its whole WAL into the database file
-            // (the automatic checkpoint, about a second at 1,000,000 events) while
-            // the live applier waits for this, the store's one writing connection:
-            // the checkpoint is run beside instead, after the commit (see below).
-            sqlx::query("PRAGMA wal_autocheckpoint = 0")
-                .execute(&mut *conn)
-                .await?;
+        let prepared = async {
+            for lane in &shadow.lanes {
+                let path = lane.file.as_ref().expect("a SQLite lane is a file");
+                sqlx::query(&format!("ATTACH DATABASE $1 AS {}", lane.qualifier))
+                    .bind(path.display().to_string())
+                    .execute(&mut *conn)
+                    .await
+                    .context("attaching the rebuilt database")?;
+            }
+            if !dry_run {
+                // The swap's commit would copy its whole WAL into the database file
+                // (the automatic checkpoint, about a second at 1,000,000 events)
+                // while the live applier waits for this, the store's one writing
+                // connection: it is run beside instead, after the commit (below).
+                let pages: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+                    .fetch_one(&mut *conn)
+                    .await?;
+                sqlx::query("PRAGMA wal_autocheckpoint = 0")
+                    .execute(&mut *conn)
+                    .await?;
+                autocheckpoint = Some(pages);
+            }
+            anyhow::Ok(())
         }
-        for lane in &shadow.lanes {
-            let path = lane.file.as_ref().expect("a SQLite lane is a file");
-            sqlx::query(&format!("ATTACH DATABASE $1 AS {}", lane.qualifier))
-                .bind(path.display().to_string())
-                .execute(&mut *conn)
-                .await
-                .context("attaching the rebuilt database")?;
+        .await;
+        if let Err(e) = prepared {
+            // Not back to the pool half set up (a shadow attached, or no automatic
+            // checkpoints).
+            let _ = conn.detach().close().await;
+            return Err(e);
         }
     }
     let outcome = locked(lanes, live, &mut conn, shadow, projections, dry_run).await;
@@ -555,11 +564,11 @@ async fn finish(
                     .execute(&mut *conn)
                     .await?;
             }
-            sqlx::query(&format!(
-                "PRAGMA wal_autocheckpoint = {SQLITE_AUTOCHECKPOINT}"
-            ))
-            .execute(&mut *conn)
-            .await?;
+            if let Some(pages) = autocheckpoint {
+                sqlx::query(&format!("PRAGMA wal_autocheckpoint = {pages}"))
+                    .execute(&mut *conn)
+                    .await?;
+            }
             sqlx::query("PRAGMA temp_store = MEMORY")
                 .execute(&mut *conn)
                 .await
@@ -571,16 +580,13 @@ async fn finish(
             tracing::warn!(error = %e, "detaching the rebuilt database failed");
             let _ = conn.detach().close().await;
         }
-        if !dry_run {
+        if autocheckpoint.is_some() {
             checkpoint_aside(live);
             tokio::task::yield_now().await;
         }
     }
     outcome
 }
-
-/// SQLite's default `wal_autocheckpoint` (pages), which the live connections keep.
-const SQLITE_AUTOCHECKPOINT: u32 = 1000;
 
 /// Copies the WAL into the SQLite database file on a reading connection, beside
 /// the live applier: started before the writing connection goes back to the pool,
@@ -884,10 +890,7 @@ async fn move_in(
         .schema
         .as_deref()
         .expect("a PostgreSQL shadow has a schema");
-    let retired = shadow
-        .retired
-        .as_deref()
-        .expect("a PostgreSQL shadow has a retired schema");
+    let retired = shadow_claim::retired(from);
     let live_schema: String = sqlx::query_scalar("SELECT CAST(current_schema() AS TEXT)")
         .fetch_one(&mut *tx)
         .await?;

@@ -10,7 +10,10 @@
 //! created). The next rebuild removes every shadow whose claim it can take: no
 //! process holds it, so no rebuild is using it.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context;
 use sqlx::Connection;
@@ -20,15 +23,51 @@ use crate::Store;
 /// The prefix of every shadow's name.
 pub const PREFIX: &str = "replay_";
 
-/// Whether `name` (a file or schema name, without its suffix) is a shadow's:
-/// `replay_` and twelve hex digits.
-fn is_shadow(name: &str) -> bool {
-    name.strip_prefix(PREFIX)
-        .is_some_and(|n| n.len() == 12 && n.bytes().all(|b| b.is_ascii_hexdigit()))
+/// A new shadow's name: [`PREFIX`] and twelve hex digits.
+pub fn new_name() -> String {
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    format!("{PREFIX}{}", &nonce[..12])
+}
+
+/// PostgreSQL: the schema a swap moves shadow `schema`'s replaced live tables into
+/// (dropped with the shadow).
+pub fn retired(schema: &str) -> String {
+    format!("{schema}_old")
+}
+
+/// Splits a file or schema name into the shadow it belongs to and the rest
+/// (`replay_0123456789ab_0.db` → `replay_0123456789ab`, `_0.db`); `None` for a
+/// name that is no shadow's.
+fn shadow_of(name: &str) -> Option<(&str, &str)> {
+    let nonce = name.strip_prefix(PREFIX)?.get(..12)?;
+    nonce
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit())
+        .then(|| name.split_at(PREFIX.len() + 12))
 }
 
 /// The advisory-lock class of shadows' claims (the first of PostgreSQL's two keys).
 const LOCK_CLASS: i32 = 0x5742;
+
+/// PostgreSQL: takes the claim on shadow `name` for `conn`'s session, unless a
+/// session holds it; whether it was taken.
+async fn try_lock(conn: &mut sqlx::AnyConnection, name: &str) -> anyhow::Result<bool> {
+    Ok(
+        sqlx::query_scalar("SELECT CAST(pg_try_advisory_lock($1, hashtext($2)) AS BOOLEAN)")
+            .bind(LOCK_CLASS)
+            .bind(name)
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+/// Closes a connection of claims: the server ends its session, and so its locks,
+/// whether the goodbye arrives or not.
+async fn close(conn: sqlx::AnyConnection) {
+    if let Err(e) = conn.close().await {
+        tracing::debug!(error = %e, "closing a claim's connection failed (its session ends anyway)");
+    }
+}
 
 /// Held for as long as a shadow exists; dropping (or [`Claim::release`]) lets go.
 pub enum Claim {
@@ -53,14 +92,10 @@ impl Claim {
             None => {
                 // Not a pooled connection: the lock lasts as long as the connection.
                 let mut conn = live.pool.acquire().await?.detach();
-                let taken: bool = sqlx::query_scalar(
-                    "SELECT CAST(pg_try_advisory_lock($1, hashtext($2)) AS BOOLEAN)",
-                )
-                .bind(LOCK_CLASS)
-                .bind(name)
-                .fetch_one(&mut conn)
-                .await?;
-                anyhow::ensure!(taken, "the rebuild's shadow {name} is claimed already");
+                anyhow::ensure!(
+                    try_lock(&mut conn, name).await?,
+                    "the rebuild's shadow {name} is claimed already"
+                );
                 Ok(Claim::Postgres(std::sync::Mutex::new(conn)))
             }
         }
@@ -71,13 +106,10 @@ impl Claim {
         match self {
             Claim::Sqlite(file, path) => {
                 drop(file);
-                if let Err(e) = std::fs::remove_file(&path) {
-                    tracing::warn!(file = %path.display(), error = %e, "removing the rebuild's lock file failed");
-                }
+                remove_logged(&path);
             }
             Claim::Postgres(conn) => {
-                let conn = conn.into_inner().unwrap_or_else(|e| e.into_inner());
-                let _ = conn.close().await;
+                close(conn.into_inner().unwrap_or_else(|e| e.into_inner())).await
             }
         }
     }
@@ -90,6 +122,17 @@ fn lock_file(file: &std::fs::File) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
+/// Removes a shadow's file; a failure (other than the file being gone already) is
+/// logged, naming it.
+pub(crate) fn remove_logged(path: &Path) {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(file = %path.display(), error = %e, "removing the rebuild's shadow file failed");
+        }
+        _ => {}
+    }
+}
+
 /// SQLite: removes the shadows in `dir` that no process claims (their files and
 /// lock file). Files of a shadow without a lock file (a version before claims) are
 /// left, and named in a warning.
@@ -97,80 +140,68 @@ pub fn remove_unclaimed_files(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    let names: Vec<String> = entries
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with(PREFIX))
-        .collect();
-    for lock in names.iter().filter(|n| n.ends_with(".lock")) {
-        let shadow = lock.trim_end_matches(".lock");
-        if !is_shadow(shadow) {
+    // Each shadow: whether it has a lock file, and its other files.
+    let mut shadows: BTreeMap<String, (bool, Vec<String>)> = BTreeMap::new();
+    for name in entries.filter_map(|e| e.ok()?.file_name().into_string().ok()) {
+        let Some((shadow, rest)) = shadow_of(&name) else {
+            continue;
+        };
+        let entry = shadows.entry(shadow.to_string()).or_default();
+        match rest {
+            ".lock" => entry.0 = true,
+            _ if rest.starts_with('_') => entry.1.push(name.clone()),
+            _ => {}
+        }
+    }
+    for (shadow, (has_lock, files)) in shadows {
+        if !has_lock {
+            tracing::warn!(shadow, ?files, "a rebuild's shadow files without a claim (left by an earlier version?): remove them if no rebuild runs");
             continue;
         }
-        let path = dir.join(lock);
-        let Ok(file) = std::fs::OpenOptions::new().write(true).open(&path) else {
+        let lock = dir.join(format!("{shadow}.lock"));
+        let Ok(file) = std::fs::OpenOptions::new().write(true).open(&lock) else {
             continue;
         };
         if !lock_file(&file) {
             continue; // a rebuild is using it
         }
-        for db in names.iter().filter(|n| is_file_of(n, shadow)) {
-            let _ = std::fs::remove_file(dir.join(db));
+        for f in &files {
+            remove_logged(&dir.join(f));
         }
-        let _ = std::fs::remove_file(&path);
+        remove_logged(&lock);
         tracing::warn!(
             shadow,
             "removed the shadow of a rebuild that did not finish"
         );
     }
-    for db in names
-        .iter()
-        .filter(|n| n.ends_with(".db") && n.len() > 19 && is_shadow(&n[..19]))
-    {
-        let claimed = names
-            .iter()
-            .any(|l| l.ends_with(".lock") && is_file_of(db, l.trim_end_matches(".lock")));
-        if !claimed && dir.join(db).exists() {
-            tracing::warn!(file = %dir.join(db).display(), "a rebuild's shadow file without a claim (left by an earlier version?): remove it if no rebuild runs");
-        }
-    }
 }
 
-/// Whether file `name` belongs to shadow `shadow` (`{shadow}_{lane}.db` and its
-/// companions).
-fn is_file_of(name: &str, shadow: &str) -> bool {
-    name.strip_prefix(shadow)
-        .and_then(|rest| rest.strip_prefix('_'))
-        .is_some_and(|rest| rest.contains(".db"))
-}
-
-/// PostgreSQL: drops the shadows' schemas (`replay_…` and `replay_…_old`) that no
-/// session claims.
+/// PostgreSQL: drops the shadows' schemas (theirs and their [`retired`] ones) that
+/// no session claims.
 pub async fn remove_unclaimed_schemas(live: &Store) -> anyhow::Result<()> {
     let schemas: Vec<String> = sqlx::query_scalar(
-        "SELECT CAST(nspname AS TEXT) FROM pg_namespace WHERE nspname ~ '^replay_[0-9a-f]{12}(_old)?$' ORDER BY 1",
+        "SELECT CAST(nspname AS TEXT) FROM pg_namespace WHERE nspname LIKE $1 ORDER BY 1",
     )
+    // (`_` matches any character in LIKE: `shadow_of` tells them apart exactly.)
+    .bind(format!("{PREFIX}%"))
     .fetch_all(&live.pool)
     .await?;
-    let mut shadows: Vec<&str> = schemas
+    let shadows: BTreeSet<&str> = schemas
         .iter()
-        .map(|s| s.strip_suffix("_old").unwrap_or(s))
+        .filter_map(|s| {
+            let (shadow, rest) = shadow_of(s)?;
+            (rest.is_empty() || *s == retired(shadow)).then_some(shadow)
+        })
         .collect();
-    shadows.dedup();
     if shadows.is_empty() {
         return Ok(());
     }
     let mut conn = live.pool.acquire().await?.detach();
     for shadow in shadows {
-        let free: bool =
-            sqlx::query_scalar("SELECT CAST(pg_try_advisory_lock($1, hashtext($2)) AS BOOLEAN)")
-                .bind(LOCK_CLASS)
-                .bind(shadow)
-                .fetch_one(&mut conn)
-                .await?;
-        if !free {
+        if !try_lock(&mut conn, shadow).await? {
             continue; // a rebuild is using it
         }
-        for schema in [shadow.to_string(), format!("{shadow}_old")] {
+        for schema in [shadow.to_string(), retired(shadow)] {
             sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
                 .execute(&mut conn)
                 .await
@@ -181,7 +212,7 @@ pub async fn remove_unclaimed_schemas(live: &Store) -> anyhow::Result<()> {
             "removed the shadow of a rebuild that did not finish"
         );
     }
-    let _ = conn.close().await;
+    close(conn).await;
     Ok(())
 }
 
@@ -190,14 +221,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_shadows_files_are_told_from_anothers() {
-        assert!(is_file_of("replay_abc_0.db", "replay_abc"));
-        assert!(is_file_of("replay_abc_1.db-journal", "replay_abc"));
-        assert!(!is_file_of("replay_abcd_0.db", "replay_abc"));
-        assert!(!is_file_of("replay_abc.lock", "replay_abc"));
-        assert!(is_shadow("replay_0123456789ab"));
-        assert!(!is_shadow("replay_0123456789a"));
-        assert!(!is_shadow("replay_0123456789abc"));
-        assert!(!is_shadow("replay_notahexname!"));
+    fn a_shadows_names_are_told_from_others() {
+        let name = new_name();
+        assert_eq!(shadow_of(&name), Some((name.as_str(), "")));
+        let lane = format!("{name}_1.db-journal");
+        assert_eq!(shadow_of(&lane), Some((name.as_str(), "_1.db-journal")));
+        let old = retired(&name);
+        assert_eq!(shadow_of(&old), Some((name.as_str(), "_old")));
+        assert_eq!(shadow_of("replay_0123456789a"), None);
+        assert_eq!(shadow_of("replay_notahexname!"), None);
+        assert_eq!(shadow_of("readmodels.db"), None);
     }
 }
