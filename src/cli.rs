@@ -623,29 +623,24 @@ async fn host_command(app: &App, command: Command, out: &mut impl Write) -> anyh
             };
             let caller = Caller::cli("replay");
             commands::rebuilds::requested(ctx, &caller, &projection, dry_run, None).await?;
-            let report = match wabridge_projections::rebuild::rebuild(
+            let result = wabridge_projections::rebuild::rebuild(
                 ctx.log.clone(),
                 &ctx.store,
                 projections,
                 dry_run,
                 print_progress,
             )
-            .await
-            {
-                Ok(report) => report,
-                Err(e) => {
-                    // A failure is recorded (a success is not: see
-                    // `ProjectionRebuildFinished`).
-                    let outcome = commands::rebuilds::Outcome::failed(&e);
-                    if let Err(record) =
-                        commands::rebuilds::finished(ctx, &caller, &projection, dry_run, outcome)
-                            .await
-                    {
-                        eprintln!("replay: recording the failure failed too: {record}");
-                    }
-                    return Err(e);
+            .await;
+            // A failure is recorded (a success is not: see `ProjectionRebuildFinished`).
+            if let Err(e) = &result {
+                let outcome = commands::rebuilds::Outcome::failed(e);
+                if let Err(e) =
+                    commands::rebuilds::finished(ctx, &caller, &projection, dry_run, outcome).await
+                {
+                    tracing::warn!(projection = %projection, error = %e, "recording the end of a replay failed");
                 }
-            };
+            }
+            let report = result?;
             if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
                 eprintln!();
             }

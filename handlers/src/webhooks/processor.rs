@@ -214,30 +214,35 @@ pub(super) async fn append_in_order(
     ctx: &Ctx,
     events: Vec<(&NewEvent, &[String])>,
 ) -> anyhow::Result<()> {
-    type Append<'a> = std::pin::Pin<
-        Box<
-            dyn std::future::Future<
-                    Output = Result<wabridge_events::Appended, wabridge_events::AppendError>,
-                > + Send
-                + 'a,
-        >,
-    >;
-    let mut segment: Vec<Append<'_>> = vec![];
+    for segment in segments(&events) {
+        let appends = segment
+            .iter()
+            .map(|(new, _)| ctx.log.append((*new).clone()));
+        for result in join_all(appends).await {
+            result.context("appending a webhook item")?;
+        }
+    }
+    Ok(())
+}
+
+/// `events` (each with the contacts it decides for) cut into segments, in order: a
+/// new segment starts at a decision about a contact the current one decides for.
+fn segments<'a, T>(events: &'a [(T, &[String])]) -> Vec<&'a [(T, &'a [String])]> {
+    let mut out = vec![];
+    let mut start = 0;
     let mut decided: std::collections::HashSet<&str> = Default::default();
-    for (new, contacts) in events {
+    for (i, (_, contacts)) in events.iter().enumerate() {
         if contacts.iter().any(|c| decided.contains(c.as_str())) {
-            for result in join_all(std::mem::take(&mut segment)).await {
-                result.context("appending a webhook item")?;
-            }
+            out.push(&events[start..i]);
+            start = i;
             decided.clear();
         }
         decided.extend(contacts.iter().map(String::as_str));
-        segment.push(ctx.log.append(new.clone()));
     }
-    for result in join_all(segment).await {
-        result.context("appending a webhook item")?;
+    if start < events.len() {
+        out.push(&events[start..]);
     }
-    Ok(())
+    out
 }
 
 /// Workspaces' consent configurations, looked up once per chunk.
@@ -439,4 +444,33 @@ fn source_waba(data: &serde_json::Value) -> String {
         .and_then(|v| v.as_str())
         .unwrap_or_default()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::segments;
+
+    #[test]
+    fn a_contacts_second_decision_starts_a_segment() {
+        let (a, b) = (vec!["ws/a".to_string()], vec!["ws/b".to_string()]);
+        let none: Vec<String> = vec![];
+        // message, STOP from a, message, START from a, STOP from b, START from b.
+        let events = [
+            (0, none.as_slice()),
+            (1, a.as_slice()),
+            (2, none.as_slice()),
+            (3, a.as_slice()),
+            (4, b.as_slice()),
+            (5, b.as_slice()),
+        ];
+        let cut: Vec<Vec<i32>> = segments(&events)
+            .iter()
+            .map(|s| s.iter().map(|(n, _)| *n).collect())
+            .collect();
+        assert_eq!(cut, [vec![0, 1, 2], vec![3, 4], vec![5]]);
+        // Decisions about different contacts, and other events, stay together.
+        let one = [(0, a.as_slice()), (1, b.as_slice()), (2, none.as_slice())];
+        assert_eq!(segments(&one).len(), 1);
+        assert!(segments::<i32>(&[]).is_empty());
+    }
 }

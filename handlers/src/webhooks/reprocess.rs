@@ -223,7 +223,6 @@ async fn reprocess_page(
     let mut appends = vec![];
     let mut recorded: BTreeMap<u64, Vec<String>> = BTreeMap::new();
     for (raw_seq, key, new, contacts) in &planned {
-        let (raw_seq, key) = (*raw_seq, key.clone());
         if !done.insert(key.clone()) {
             report.already_derived += 1;
             continue;
@@ -234,7 +233,7 @@ async fn reprocess_page(
             .or_default() += 1;
         if !report.dry_run {
             appends.push((new, contacts.as_slice()));
-            recorded.entry(raw_seq).or_default().push(key);
+            recorded.entry(*raw_seq).or_default().push(key.clone());
         }
     }
     // In order, as the processor appends (a contact's later decision never stored
