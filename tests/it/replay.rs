@@ -330,11 +330,13 @@ async fn leftovers_are_removed(db: DbKind) {
     assert_eq!(inbound(&app, "447900900001", "hi").await, StatusCode::OK);
     app.settle().await;
     let store = &app.app.ctx.store;
+    // The SQLite store's file is in the data directory.
+    let data_dir = app.opts.data_dir.clone().unwrap();
     let (dead, running) = ("replay_0123456789ab", "replay_ba9876543210");
     let listed = || async {
         match store.backend {
             wabridge_projections::Backend::Sqlite => {
-                let mut names: Vec<String> = std::fs::read_dir(sqlite_dir(store))
+                let mut names: Vec<String> = std::fs::read_dir(&data_dir)
                     .unwrap()
                     .map(|e| e.unwrap().file_name().into_string().unwrap())
                     .filter(|n| n.starts_with("replay_"))
@@ -352,7 +354,7 @@ async fn leftovers_are_removed(db: DbKind) {
     };
     let held = match store.backend {
         wabridge_projections::Backend::Sqlite => {
-            let dir = sqlite_dir(store);
+            let dir = data_dir.clone();
             // The dead one's lock file, unlocked, and its lane files.
             std::fs::write(dir.join(format!("{dead}.lock")), b"").unwrap();
             std::fs::write(dir.join(format!("{dead}_0.db")), b"left").unwrap();
@@ -389,20 +391,6 @@ async fn leftovers_are_removed(db: DbKind) {
         "only the claimed shadow is left: {after:?}"
     );
     held.release().await;
-}
-
-/// The directory of a SQLite store's database file.
-fn sqlite_dir(store: &wabridge_projections::Store) -> std::path::PathBuf {
-    use secrecy::ExposeSecret;
-    let url = store.url.expose_secret().to_string();
-    let path = url
-        .strip_prefix("sqlite://")
-        .unwrap()
-        .split('?')
-        .next()
-        .unwrap()
-        .to_string();
-    std::path::Path::new(&path).parent().unwrap().to_path_buf()
 }
 
 /// A server removes, as it starts, the shadows a dead rebuild left (no rebuild
