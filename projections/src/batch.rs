@@ -107,9 +107,16 @@ pub async fn insert_rows<R: serde::Serialize>(
     } else {
         ("json_each($1) AS j", "j.key")
     };
-    // `WHERE true` keeps SQLite from reading the upsert's ON as a join's.
+    // `WHERE true` keeps SQLite from reading the upsert's ON as a join's. Without
+    // a conflict clause no row can depend on another's order (a duplicate fails
+    // the statement), so PostgreSQL is spared the sort.
+    let order = if tail.is_empty() {
+        String::new()
+    } else {
+        format!("ORDER BY {order}")
+    };
     let sql = format!(
-        "{head} SELECT {} FROM {from} WHERE true ORDER BY {order} {tail}",
+        "{head} SELECT {} FROM {from} WHERE true {order} {tail}",
         select.join(", ")
     );
     for chunk in rows.chunks(JSON_ROWS) {
@@ -117,6 +124,53 @@ pub async fn insert_rows<R: serde::Serialize>(
         sqlx::query(&sql).bind(json).execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// As [`insert_rows`], for rows the caller believes are not in the table yet (its
+/// fold loaded their keys and found none, or they are new by construction): a plain
+/// `INSERT` inside a savepoint, and only when one of them is there after all (a
+/// unique violation) the statement is undone and run again with `fallback` (the
+/// conflict clause [`insert_rows`] would have taken). On PostgreSQL a plain insert
+/// skips the speculative insertion an `ON CONFLICT` clause makes for every row:
+/// 970,000 message rows took 4.9 s so, 7.8 s with `ON CONFLICT DO NOTHING`.
+/// Must run inside a transaction.
+pub async fn insert_new_rows<R: serde::Serialize>(
+    conn: &mut sqlx::AnyConnection,
+    head: &str,
+    cols: &[Col],
+    fallback: &str,
+    rows: &[R],
+) -> anyhow::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SAVEPOINT new_rows")
+        .execute(&mut *conn)
+        .await?;
+    match insert_rows(&mut *conn, head, cols, "", rows).await {
+        Ok(()) => {
+            sqlx::query("RELEASE SAVEPOINT new_rows")
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        }
+        Err(e) if is_unique_violation(&e) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT new_rows")
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("RELEASE SAVEPOINT new_rows")
+                .execute(&mut *conn)
+                .await?;
+            insert_rows(conn, head, cols, fallback, rows).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn is_unique_violation(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<sqlx::Error>()
+        .and_then(|e| e.as_database_error())
+        .is_some_and(|d| d.is_unique_violation())
 }
 
 /// Rows of `table` whose key columns `key_columns` (its primary key, so a rebuild's

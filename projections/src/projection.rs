@@ -83,13 +83,30 @@ pub async fn checksum_on(
     projection: &dyn Projection,
 ) -> anyhow::Result<String> {
     use futures_util::TryStreamExt;
-    let mut rows = sqlx::query_scalar::<_, String>(projection.dump_sql()).fetch(conn);
+    let sql = dump_sql_on(conn, projection);
+    let mut rows = sqlx::query_scalar::<_, String>(&sql).fetch(conn);
     let mut h = Sha256::new();
     while let Some(line) = rows.try_next().await? {
         h.update(line.as_bytes());
         h.update(b"\n");
     }
     Ok(hex::encode(h.finalize()))
+}
+
+/// The query of a projection's canonical dump as `conn`'s database runs it. A dump
+/// sorted by its line (`… ORDER BY 1`) is sorted by its bytes on PostgreSQL too
+/// (`COLLATE "C"`), as SQLite sorts text: the same order whatever the database's
+/// collation, and a cheaper sort than a locale's (a million message lines: about
+/// 1.5 s against 2.4–3.3 s under `C.UTF-8`, which PostgreSQL 15 compares through
+/// the C library).
+pub fn dump_sql_on(conn: &AnyConnection, projection: &dyn Projection) -> String {
+    let sql = projection.dump_sql();
+    match sql.strip_suffix(" ORDER BY 1") {
+        Some(unsorted) if conn.backend_name() == "PostgreSQL" => {
+            format!("SELECT d.line FROM ({unsorted}) AS d(line) ORDER BY d.line COLLATE \"C\"")
+        }
+        _ => sql.to_string(),
+    }
 }
 
 /// A projection run by the driver: no effects outside the transaction.

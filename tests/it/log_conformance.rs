@@ -91,7 +91,7 @@ mod embedded {
     conformance_tests!(super::embedded_fixture;
         ordering, dedup, dedup_before_concurrency, concurrency, follow_and_resume, replay,
         oversized_payload, max_payload_accepted, foreign_subject, many_in_flight,
-        kv_cas_semantics, kv_concurrent_increments);
+        kv_cas_semantics, kv_concurrent_increments, odd_bytes_in_one_page);
 
     /// Another process (a CLI command) appends to the same file: the first log's
     /// follower sees it through the fallback poll, and both share one sequence.
@@ -243,7 +243,7 @@ mod jetstream {
     conformance_tests!(super::jetstream_fixture;
         ordering, dedup, dedup_before_concurrency, concurrency, follow_and_resume, replay,
         oversized_payload, max_payload_accepted, foreign_subject, many_in_flight,
-        kv_cas_semantics, kv_concurrent_increments);
+        kv_cas_semantics, kv_concurrent_increments, odd_bytes_in_one_page);
 
     /// `NATS_URL` may list several servers, comma-separated (as in
     /// docker-compose.yml); the log connects and works.
@@ -1189,6 +1189,44 @@ async fn max_payload_accepted(log: &dyn EventLog) {
         "payload of {} bytes differs",
         stored[0].payload.len()
     );
+}
+
+/// Events whose payloads hold NUL, invalid UTF-8, the separators of the embedded
+/// log's page format (`;`, `,`, digits) or nothing at all, and whose headers hold
+/// those separators too, come back byte for byte and in order, many to a page and from
+/// the middle of one.
+async fn odd_bytes_in_one_page(log: &dyn EventLog) {
+    let ns = log.namespace().clone();
+    let raw = ns.raw_webhook_subject();
+    let payloads: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0, 0, 0],
+        vec![0xff, 0xfe, b';', b',', b'1', b'2', b';'],
+        b"12,3,4,5;".to_vec(),
+        "d\u{e9}j\u{e0} vu; \u{1F600}".as_bytes().to_vec(),
+        (0..=255u8).collect(),
+    ];
+    for (i, p) in payloads.iter().enumerate() {
+        let mut e = ev(&raw, p.clone());
+        e.envelope.source_ip = Some(format!("10.0.0.{i};,9;"));
+        assert_eq!(append_ok(log, e).await, i as u64 + 1);
+    }
+    let stored = read_all(log, StreamKind::Raw).await;
+    assert_eq!(
+        seqs(&stored),
+        (1..=payloads.len() as u64).collect::<Vec<_>>()
+    );
+    for (i, (e, p)) in stored.iter().zip(&payloads).enumerate() {
+        assert_eq!(&e.payload[..], &p[..], "payload of #{}", e.seq);
+        assert_eq!(e.subject, raw);
+        assert_eq!(
+            e.envelope.source_ip.as_deref(),
+            Some(format!("10.0.0.{i};,9;").as_str())
+        );
+    }
+    let from3 = read(log, StreamKind::Raw, ReadFrom::Seq(3), None, 2).await;
+    assert_eq!(seqs(&from3), vec![3, 4]);
+    assert_eq!(&from3[1].payload[..], b"12,3,4,5;");
 }
 
 /// 500 concurrent appends all succeed with distinct sequences 1..=500, each stored

@@ -832,6 +832,65 @@ async fn batch_folds_equal_one_event_at_a_time_postgres() {
     batch_folds_equal_one_at_a_time(DbKind::Postgres).await;
 }
 
+/// Meta sending a message again after the log's duplicate window appends a second
+/// `message.received` with the same wamid (and a later log time): it changes
+/// nothing, one event at a time (`DO NOTHING`) or in batches, whether the two fall
+/// in one batch or in two (then the second batch's plain insert meets the row, and
+/// its fallback leaves it alone).
+async fn a_message_seen_again_later(db: DbKind) {
+    let app = spawn_app(LogKind::Embedded, db).await;
+    crate::http::activity(&app).await;
+    assert_eq!(inbound(&app, "447700900701", "hello").await, StatusCode::OK);
+    assert_eq!(
+        app.signed_webhook(&crate::support::app::fixture(
+            "statuses_delivered_and_failed.json"
+        ))
+        .await
+        .status,
+        StatusCode::OK
+    );
+    app.settle().await;
+    let events = app.domain_events(None).await;
+    let original = events
+        .iter()
+        .position(|e| e.envelope.event_type == "message.received")
+        .expect("a message.received");
+    let mut again = events[original].clone();
+    again.seq = events.last().unwrap().seq + 1;
+    again.envelope.recorded_at = wabridge_events::Timestamp::parse("2031-01-01T00:00:00Z").unwrap();
+    again.decoded = Default::default();
+    let with_copy: Vec<_> = events.iter().cloned().chain([again]).collect();
+    let p = views::all(&app.app.projection_keys())
+        .into_iter()
+        .find(|p| p.name() == "messages")
+        .unwrap();
+    use crate::support::app::fold_checksum;
+    let expected = fold_checksum(db, &*p, &events, None).await;
+    assert_eq!(
+        fold_checksum(db, &*p, &with_copy, None).await,
+        expected,
+        "one at a time"
+    );
+    // The original last in the first batch, the copy in a later one; then both in one.
+    for batch in [original + 1, with_copy.len()] {
+        assert_eq!(
+            fold_checksum(db, &*p, &with_copy, Some(batch)).await,
+            expected,
+            "batches of {batch}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_message_seen_again_later_keeps_its_first_row_sqlite() {
+    a_message_seen_again_later(DbKind::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_message_seen_again_later_keeps_its_first_row_postgres() {
+    a_message_seen_again_later(DbKind::Postgres).await;
+}
+
 /// The consent fold over a batch handles what one event at a time does with
 /// aliases: contacts named by a wa_id, a user id or both, a link that merges two
 /// contacts (mid-batch), a user-id change, a suspicion and repeated changes.

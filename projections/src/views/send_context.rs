@@ -70,8 +70,9 @@ impl Projection for SendContext {
         &["last_inbound", "template_categories"]
     }
     fn replay_weight(&self) -> u32 {
-        // Every inbound message upserts its contact's window (7 s of 36 there).
-        4
+        // Every inbound message upserts its contact's window (at 1,000,000 mixed
+        // events SQLite 3.9 s, PostgreSQL 10 s).
+        12
     }
     fn dump_sql(&self) -> &'static str {
         "SELECT 'i|' || workspace || '|' || ident || '|' || at FROM last_inbound \
@@ -95,8 +96,9 @@ impl Projection for SendContext {
                 .into_iter()
                 .flatten()
             {
-                // The latest by Meta's time, whatever order they arrive in.
-                sqlx::query("INSERT INTO last_inbound (workspace, ident, at) VALUES ($1, $2, $3) ON CONFLICT (workspace, ident) DO UPDATE SET at = CASE WHEN excluded.at > last_inbound.at THEN excluded.at ELSE last_inbound.at END")
+                // The latest by Meta's time, whatever order they arrive in (an
+                // older one leaves the row alone: no new row version to write).
+                sqlx::query("INSERT INTO last_inbound (workspace, ident, at) VALUES ($1, $2, $3) ON CONFLICT (workspace, ident) DO UPDATE SET at = excluded.at WHERE excluded.at > last_inbound.at")
                     .bind(&meta.workspace)
                     .bind(ident)
                     .bind(&at)
@@ -159,7 +161,7 @@ impl Projection for SendContext {
             &mut *conn,
             "INSERT INTO last_inbound (workspace, ident, at)",
             &[Text, Text, Text],
-            "ON CONFLICT (workspace, ident) DO UPDATE SET at = CASE WHEN excluded.at > last_inbound.at THEN excluded.at ELSE last_inbound.at END",
+            "ON CONFLICT (workspace, ident) DO UPDATE SET at = excluded.at WHERE excluded.at > last_inbound.at",
             &inbound,
         )
         .await?;
