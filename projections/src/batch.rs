@@ -133,7 +133,8 @@ pub async fn insert_rows<R: serde::Serialize>(
 /// conflict clause [`insert_rows`] would have taken). On PostgreSQL a plain insert
 /// skips the speculative insertion an `ON CONFLICT` clause makes for every row:
 /// 970,000 message rows took 4.9 s so, 7.8 s with `ON CONFLICT DO NOTHING`.
-/// Must run inside a transaction.
+/// Fewer than [`PLAIN_INSERT_MIN_ROWS`] rows (a live batch, mostly) go in with
+/// `fallback` at once. Must run inside a transaction.
 pub async fn insert_new_rows<R: serde::Serialize>(
     conn: &mut sqlx::AnyConnection,
     head: &str,
@@ -141,8 +142,8 @@ pub async fn insert_new_rows<R: serde::Serialize>(
     fallback: &str,
     rows: &[R],
 ) -> anyhow::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
+    if rows.len() < PLAIN_INSERT_MIN_ROWS {
+        return insert_rows(conn, head, cols, fallback, rows).await;
     }
     sqlx::query("SAVEPOINT new_rows")
         .execute(&mut *conn)
@@ -166,6 +167,11 @@ pub async fn insert_new_rows<R: serde::Serialize>(
         Err(e) => Err(e),
     }
 }
+
+/// Below this many rows [`insert_new_rows`] takes the conflict clause at once: the
+/// savepoint's two extra round trips would cost more than the clause does on a few
+/// rows (a live batch), and a replay's batches hold thousands.
+pub const PLAIN_INSERT_MIN_ROWS: usize = 64;
 
 fn is_unique_violation(e: &anyhow::Error) -> bool {
     e.downcast_ref::<sqlx::Error>()

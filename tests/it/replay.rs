@@ -835,8 +835,9 @@ async fn batch_folds_equal_one_event_at_a_time_postgres() {
 /// Meta sending a message again after the log's duplicate window appends a second
 /// `message.received` with the same wamid (and a later log time): it changes
 /// nothing, one event at a time (`DO NOTHING`) or in batches, whether the two fall
-/// in one batch or in two (then the second batch's plain insert meets the row, and
-/// its fallback leaves it alone).
+/// in one batch or in two (then the second batch's insert meets the row, and the
+/// conflict clause — at once in a small batch, as the fallback of a large batch's
+/// plain insert — leaves it alone).
 async fn a_message_seen_again_later(db: DbKind) {
     let app = spawn_app(LogKind::Embedded, db).await;
     crate::http::activity(&app).await;
@@ -855,6 +856,20 @@ async fn a_message_seen_again_later(db: DbKind) {
         .iter()
         .position(|e| e.envelope.event_type == "message.received")
         .expect("a message.received");
+    // Enough other received messages that two batches each reach the plain insert
+    // (`batch::PLAIN_INSERT_MIN_ROWS`), the second holding the copy.
+    let many = 2 * wabridge_projections::batch::PLAIN_INSERT_MIN_ROWS + 10;
+    let mut events = events;
+    let first_extra = events.len();
+    for i in 0..many {
+        let mut e = events[original].clone();
+        let mut data: Value = serde_json::from_slice(&e.payload).unwrap();
+        data["wamid"] = format!("wamid.many{i}").into();
+        e.payload = serde_json::to_vec(&data).unwrap().into();
+        e.seq = events.last().unwrap().seq + 1;
+        e.decoded = Default::default();
+        events.push(e);
+    }
     let mut again = events[original].clone();
     again.seq = events.last().unwrap().seq + 1;
     again.envelope.recorded_at = wabridge_events::Timestamp::parse("2031-01-01T00:00:00Z").unwrap();
@@ -871,8 +886,11 @@ async fn a_message_seen_again_later(db: DbKind) {
         expected,
         "one at a time"
     );
-    // The original last in the first batch, the copy in a later one; then both in one.
-    for batch in [original + 1, with_copy.len()] {
+    // The original last in the first batch, the copy in a later one (small batches,
+    // then two large ones); then both in one.
+    let large = first_extra + many / 2 + 1;
+    assert!(with_copy.len() - large >= wabridge_projections::batch::PLAIN_INSERT_MIN_ROWS);
+    for batch in [original + 1, large, with_copy.len()] {
         assert_eq!(
             fold_checksum(db, &*p, &with_copy, Some(batch)).await,
             expected,
