@@ -8,8 +8,8 @@
 
 use super::parts::{
     ButtonReply, ConsentConfirmation, ConsentKeyword, ConsentScope, ConsentSource, ContactRef,
-    DeliveryAttempt, InteractiveReply, Media, MetaError, MetaSource, OnboardingStep, Reaction,
-    SealedToken, StepError, SystemChange, UnroutedItem,
+    DeliveryAttempt, InteractiveReply, Media, MetaError, MetaSource, OnboardingStep, RawJson,
+    Reaction, SealedToken, StepError, SystemChange, UnroutedItem,
 };
 use crate::{Slug, Timestamp};
 
@@ -160,7 +160,7 @@ super::events! {
         /// Meta's timestamp.
         pub timestamp: Timestamp,
         /// The whole message object as Meta sent it (locations, contacts, orders, ...).
-        pub raw: serde_json::Value,
+        pub raw: RawJson,
     }
 
     /// A status for a message the business sent.

@@ -381,3 +381,88 @@ pub struct DeliveryAttempt {
     #[serde(default)]
     pub generation: u64,
 }
+
+/// A JSON value kept as its text, for data that is stored and passed on whole but
+/// never read field by field (a received message's object as Meta sent it). Decoding
+/// it skips building a tree of maps and strings, which was a good part of decoding a
+/// message (a replay decodes every one). Equal when the values are equal, whatever
+/// their spacing; its schema is any JSON value.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// The text of `value` (compact).
+    pub fn of(value: &impl Serialize) -> Self {
+        Self(serde_json::value::to_raw_value(value).expect("a JSON value serializes"))
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The value as a tree, for the rare reader.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).expect("RawJson holds valid JSON")
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get() || self.to_value() == other.to_value()
+    }
+}
+
+impl PartialEq<serde_json::Value> for RawJson {
+    fn eq(&self, other: &serde_json::Value) -> bool {
+        self.to_value() == *other
+    }
+}
+
+impl schemars::JsonSchema for RawJson {
+    fn inline_schema() -> bool {
+        true
+    }
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        <serde_json::Value as schemars::JsonSchema>::schema_name()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        <serde_json::Value as schemars::JsonSchema>::json_schema(generator)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RawJson;
+    use serde_json::json;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Holder {
+        raw: RawJson,
+    }
+
+    #[test]
+    fn raw_json_keeps_a_value_whole_from_text_and_from_a_tree() {
+        let v = json!({"id": "wamid.X", "location": {"latitude": 1.5, "name": "a \"q\" \u{e9}"}, "n": [1, null, true]});
+        let raw = RawJson::of(&v);
+        assert_eq!(raw, v);
+        // Written as the value itself, not as a string.
+        let text = serde_json::to_string(&Holder { raw: raw.clone() }).unwrap();
+        assert_eq!(
+            text,
+            format!("{{\"raw\":{}}}", serde_json::to_string(&v).unwrap())
+        );
+        // Read from bytes (an event at its current version) and from a tree (the
+        // upcaster's path for older versions).
+        let from_text: Holder = serde_json::from_str(&text).unwrap();
+        assert_eq!(from_text.raw, v);
+        let from_tree: Holder = serde_json::from_value(json!({"raw": v.clone()})).unwrap();
+        assert_eq!(from_tree.raw, v);
+        // Equal whatever the spacing; another value is not.
+        let pretty = format!("{{\"raw\": {}}}", serde_json::to_string_pretty(&v).unwrap());
+        let spaced: Holder = serde_json::from_str(&pretty).unwrap();
+        assert_eq!(spaced.raw, raw);
+        assert_ne!(RawJson::of(&json!({"id": "other"})), raw);
+    }
+}

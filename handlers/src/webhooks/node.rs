@@ -112,6 +112,11 @@ impl<'a> Node<'a> {
     pub fn to_value(&self) -> Value {
         Value::Object(self.map.clone())
     }
+
+    /// The object as JSON text (no copy of its tree).
+    pub fn to_raw(&self) -> wabridge_events::types::RawJson {
+        wabridge_events::types::RawJson::of(self.map)
+    }
 }
 
 fn shown(path: &str) -> &str {

@@ -403,7 +403,7 @@ fn message_items(
         referral: message.get("referral").cloned(),
         context_wamid: message.sub("context").and_then(|c| c.opt_text("id")),
         errors: meta_errors(message)?,
-        raw: message.to_value(),
+        raw: message.to_raw(),
         system: system.clone(),
         contact: contact.clone(),
         wamid,
@@ -992,6 +992,13 @@ mod tests {
         assert_eq!(
             s.items[0].dedup_key,
             format!("msg:{NUMBER}:{}:1767225600", m.wamid)
+        );
+        // The message object kept whole, as Meta sent it.
+        let body: Value =
+            serde_json::from_slice(fixtures::get("inbound_text.json")).expect("fixture");
+        assert_eq!(
+            m.raw,
+            body["entry"][0]["changes"][0]["value"]["messages"][0]
         );
     }
 
