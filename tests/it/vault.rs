@@ -1574,7 +1574,12 @@ impl Served {
         let addr = loop {
             let err = std::fs::read_to_string(out_dir.path().join("stderr")).unwrap_or_default();
             if let Some(rest) = err.split("wabridge listening on http://").nth(1) {
-                break rest.split_whitespace().next().expect("address").to_string();
+                // Only once the address is whole (followed by the rest of its line):
+                // the server may be writing the line as it is read, and a cut
+                // `127.0.0.` is a valid host to a URL parser (127.0.0.0, port 80).
+                if let Some((addr, _)) = rest.split_once(char::is_whitespace) {
+                    break addr.to_string();
+                }
             }
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("serve exited ({status}): {err}");
