@@ -328,7 +328,7 @@ mod tests {
             context_wamid: None,
             errors: vec![],
             timestamp: Timestamp::now(),
-            raw: wabridge_events::types::RawJson::of(&serde_json::json!({})),
+            raw: wabridge_events::types::RawJson::object(&Default::default()),
         })
     }
 

@@ -115,7 +115,7 @@ impl<'a> Node<'a> {
 
     /// The object as JSON text (no copy of its tree).
     pub fn to_raw(&self) -> wabridge_events::types::RawJson {
-        wabridge_events::types::RawJson::of(self.map)
+        wabridge_events::types::RawJson::object(self.map)
     }
 }
 
