@@ -23,8 +23,10 @@ pub trait Projection: Send + Sync + 'static {
     }
     /// The tables it alone writes (a rebuild swaps exactly these).
     fn tables(&self) -> &'static [&'static str];
-    /// One SQL query returning one TEXT column per row, in a stable order: the
-    /// canonical dump that [`checksum`] hashes (the same on SQLite and PostgreSQL).
+    /// One SQL query returning one TEXT column per row, ending in ` ORDER BY 1`
+    /// (sorted by the line, whose bytes [`dump_sql_on`] sorts by on PostgreSQL too):
+    /// the canonical dump that [`checksum`] hashes (the same on SQLite and
+    /// PostgreSQL).
     fn dump_sql(&self) -> &'static str;
     /// Secondary indexes of its tables that its fold never reads (only queries do):
     /// a rebuild loads its shadow without them, which saves their upkeep on every
@@ -93,8 +95,8 @@ pub async fn checksum_on(
     Ok(hex::encode(h.finalize()))
 }
 
-/// The query of a projection's canonical dump as `conn`'s database runs it. A dump
-/// sorted by its line (`… ORDER BY 1`) is sorted by its bytes on PostgreSQL too
+/// The query of a projection's canonical dump as `conn`'s database runs it. Every
+/// dump is sorted by its line (`… ORDER BY 1`), and on PostgreSQL by the line's bytes
 /// (`COLLATE "C"`), as SQLite sorts text: the same order, so the same checksum,
 /// whatever the database's collation (under `en_US.UTF-8`, say, punctuation such
 /// as `|` counts only after the letters). Under `C.UTF-8` the order was already the same: the dump of a
@@ -134,4 +136,19 @@ pub fn reactors(projections: Vec<Arc<dyn Projection>>) -> Vec<Arc<dyn Reactor>> 
         .into_iter()
         .map(|p| Arc::new(AsReactor(p)) as Arc<dyn Reactor>)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_dump_is_sorted_by_its_line() {
+        // `dump_sql_on` sorts a dump by bytes on PostgreSQL only when it ends so.
+        for p in crate::views::all(&Default::default()) {
+            assert!(
+                p.dump_sql().ends_with(" ORDER BY 1"),
+                "{}'s dump is not sorted by its line",
+                p.name()
+            );
+        }
+    }
 }

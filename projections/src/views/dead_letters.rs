@@ -117,7 +117,7 @@ impl Projection for DeadLetters {
         &["dead_letters"]
     }
     fn dump_sql(&self) -> &'static str {
-        "SELECT id || '|' || consumer || '|' || stream || '|' || CAST(seq AS TEXT) || '|' || event_type || '|' || reason || '|' || CAST(attempts AS TEXT) || '|' || status || '|' || recorded_at || '|' || updated_at FROM dead_letters ORDER BY id"
+        "SELECT id || '|' || consumer || '|' || stream || '|' || CAST(seq AS TEXT) || '|' || event_type || '|' || reason || '|' || CAST(attempts AS TEXT) || '|' || status || '|' || recorded_at || '|' || updated_at FROM dead_letters ORDER BY 1"
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
         if super::skip(event, |t| t.starts_with("dead_letter.")) {

@@ -110,7 +110,7 @@ impl Projection for Tokens {
         &["tokens"]
     }
     fn dump_sql(&self) -> &'static str {
-        "SELECT workspace || '|' || phone_number_id || '|' || key_version || '|' || nonce || '|' || ciphertext || '|' || fingerprint || '|' || status || '|' || stored_at || '|' || COALESCE(expires_at, '') || '|' || CAST(log_seq AS TEXT) FROM tokens ORDER BY workspace, phone_number_id"
+        "SELECT workspace || '|' || phone_number_id || '|' || key_version || '|' || nonce || '|' || ciphertext || '|' || fingerprint || '|' || status || '|' || stored_at || '|' || COALESCE(expires_at, '') || '|' || CAST(log_seq AS TEXT) FROM tokens ORDER BY 1"
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
         if super::skip(event, |t| t.starts_with("token.")) {

@@ -132,7 +132,7 @@ impl Projection for Unrouted {
         &["unrouted"]
     }
     fn dump_sql(&self) -> &'static str {
-        "SELECT dedup_key || '|' || phone_number_id || '|' || waba_id || '|' || event_type || '|' || data || '|' || occurred_at || '|' || recorded_at || '|' || COALESCE(assigned_to, '') FROM unrouted ORDER BY dedup_key"
+        "SELECT dedup_key || '|' || phone_number_id || '|' || waba_id || '|' || event_type || '|' || data || '|' || occurred_at || '|' || recorded_at || '|' || COALESCE(assigned_to, '') FROM unrouted ORDER BY 1"
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
         if super::skip(event, |t| {

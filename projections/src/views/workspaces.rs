@@ -51,7 +51,7 @@ impl Projection for Workspaces {
         &["workspaces"]
     }
     fn dump_sql(&self) -> &'static str {
-        "SELECT slug || '|' || name || '|' || created_at FROM workspaces ORDER BY slug"
+        "SELECT slug || '|' || name || '|' || created_at FROM workspaces ORDER BY 1"
     }
     async fn apply(&self, conn: &mut AnyConnection, event: &StoredEvent) -> anyhow::Result<()> {
         if super::skip(event, |t| t == "workspace.created") {
