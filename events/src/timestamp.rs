@@ -49,7 +49,44 @@ impl Timestamp {
 
     /// Parses any RFC 3339 time (any offset, any precision) into a UTC timestamp.
     pub fn parse(s: &str) -> Result<Self, time::error::Parse> {
+        if let Some(t) = Self::parse_canonical(s) {
+            return Ok(t);
+        }
         OffsetDateTime::parse(s, &Rfc3339).map(Self::from_datetime)
+    }
+
+    /// The form this type renders (`2026-11-27T17:24:34.123456Z`), read digit by
+    /// digit: what the log and the read models hold, read a million times in a
+    /// replay. `None` for anything else (the general parser then decides).
+    fn parse_canonical(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        if b.len() != 27
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || b[10] != b'T'
+            || b[13] != b':'
+            || b[16] != b':'
+            || b[19] != b'.'
+            || b[26] != b'Z'
+        {
+            return None;
+        }
+        let num = |from: usize, to: usize| -> Option<u32> {
+            b[from..to].iter().try_fold(0u32, |n, &c| {
+                c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+            })
+        };
+        let month = time::Month::try_from(u8::try_from(num(5, 7)?).ok()?).ok()?;
+        let date =
+            time::Date::from_calendar_date(num(0, 4)? as i32, month, num(8, 10)? as u8).ok()?;
+        let at = time::Time::from_hms_micro(
+            num(11, 13)? as u8,
+            num(14, 16)? as u8,
+            num(17, 19)? as u8,
+            num(20, 26)?,
+        )
+        .ok()?;
+        Some(Self(time::PrimitiveDateTime::new(date, at).assume_utc()))
     }
 
     /// The wrapped date-time.
@@ -96,7 +133,27 @@ impl Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.format(FORMAT).map_err(|_| fmt::Error)?)
+        let year = self.0.year();
+        if !(0..=9999).contains(&year) {
+            return f.write_str(&self.0.format(FORMAT).map_err(|_| fmt::Error)?);
+        }
+        // Digit by digit into a buffer: the general formatter allocates and reads
+        // its format description for every timestamp a read model writes.
+        let mut out = *b"0000-00-00T00:00:00.000000Z";
+        let mut put = |at: usize, width: usize, mut n: u32| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        };
+        put(0, 4, year as u32);
+        put(5, 2, u32::from(u8::from(self.0.month())));
+        put(8, 2, u32::from(self.0.day()));
+        put(11, 2, u32::from(self.0.hour()));
+        put(14, 2, u32::from(self.0.minute()));
+        put(17, 2, u32::from(self.0.second()));
+        put(20, 6, self.0.microsecond());
+        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -143,6 +200,59 @@ mod tests {
         assert_eq!(Timestamp::parse(&t.to_string()).unwrap(), t);
         let m = Timestamp::from_unix_micros(t.unix_micros()).unwrap();
         assert_eq!(m, t);
+    }
+
+    #[test]
+    fn the_canonical_form_reads_and_renders_as_the_general_parser_and_formatter_do() {
+        let general = |s: &str| OffsetDateTime::parse(s, &Rfc3339).map(Timestamp::from_datetime);
+        let general_render = |t: &Timestamp| t.0.format(FORMAT).unwrap();
+        // Times across the range, every month's end, leap days, the day's edges.
+        let mut micros = -62_167_219_200_000_000i64; // 0000-01-01
+        let step = 7_919_777_123_457i64; // about 92 days, odd micros
+        while micros < 253_402_300_799_999_999 {
+            let t = Timestamp::from_unix_micros(micros).unwrap();
+            let text = t.to_string();
+            assert_eq!(text, general_render(&t));
+            assert_eq!(Timestamp::parse_canonical(&text), Some(t), "{text}");
+            micros += step;
+        }
+        for text in [
+            "2024-02-29T23:59:59.999999Z",
+            "2000-02-29T00:00:00.000000Z",
+            "0000-01-01T00:00:00.000000Z",
+            "9999-12-31T23:59:59.999999Z",
+            "2026-12-31T12:00:00.000001Z",
+        ] {
+            let t = Timestamp::parse_canonical(text).unwrap();
+            assert_eq!(t, general(text).unwrap());
+            assert_eq!(t.to_string(), text);
+        }
+        // Not canonical, or not a time: left to the general parser.
+        for text in [
+            "2023-02-29T00:00:00.000000Z",
+            "2026-13-01T00:00:00.000000Z",
+            "2026-00-01T00:00:00.000000Z",
+            "2026-04-31T00:00:00.000000Z",
+            "2026-01-01T24:00:00.000000Z",
+            "2026-01-01T23:60:00.000000Z",
+            "2026-01-01T23:59:60.000000Z",
+            "2026-01-01T00:00:00.000000+",
+            "2026-01-01T00:00:00.00000aZ",
+            "2026-01-01 00:00:00.000000Z",
+            "+026-01-01T00:00:00.000000Z",
+            "2026-01-01T00:00:00.0000000Z",
+            "2026-01-01T00:00:00Z",
+            "２０２6-01-01T00:00:00.00000Z",
+        ] {
+            assert_eq!(Timestamp::parse_canonical(text), None, "{text}");
+        }
+        assert!(Timestamp::parse("2023-02-29T00:00:00.000000Z").is_err());
+        assert_eq!(
+            Timestamp::parse("2026-01-01T00:00:00Z")
+                .unwrap()
+                .to_string(),
+            "2026-01-01T00:00:00.000000Z"
+        );
     }
 
     #[test]

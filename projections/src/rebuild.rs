@@ -45,6 +45,14 @@ use crate::{
 /// Events per transaction while replaying into the shadow.
 pub const REPLAY_BATCH: usize = 5000;
 
+/// A PostgreSQL shadow's statistics are first refreshed at this many events, then
+/// each time the position has grown [`ANALYZE_GROWTH`]-fold: the plans of a bulk
+/// load change while its tables are small (scans become look-ups), hardly after.
+const ANALYZE_FIRST: u64 = 10_000;
+
+/// See [`ANALYZE_FIRST`].
+const ANALYZE_GROWTH: u64 = 4;
+
 /// How a rebuild is going.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct RebuildProgress {
@@ -415,33 +423,45 @@ async fn run(
             ))
         })
         .collect();
-    // 1. Replay into the shadow, in steps, until close to the head.
+    // 1. Replay into the shadow until close to the head: in one pass, with a stop
+    // only where PostgreSQL's statistics are refreshed (each stop waits for the
+    // slowest lane and starts the read-ahead again).
     let mut position = 0;
-    let mut next_analyze = 10_000;
-    let mut last_report = Instant::now() - Duration::from_secs(1);
+    let mut next_analyze = ANALYZE_FIRST;
     loop {
         let head = log.last_seq(StreamKind::Domain).await?;
         if head.saturating_sub(position) <= REPLAY_BATCH as u64 {
             break;
         }
-        let target = (position + 10 * REPLAY_BATCH as u64).min(head);
-        position = Driver::catch_up_lanes(&lanes, target, REPLAY_BATCH).await?;
+        // A refresh close to the end is left to the one before the swap.
+        let refresh = shadow.schema.is_some() && next_analyze.saturating_mul(2) <= head;
+        let target = if refresh { next_analyze } else { head };
+        let catch_up = Driver::catch_up_lanes(&lanes, target, REPLAY_BATCH);
+        tokio::pin!(catch_up);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        position = loop {
+            tokio::select! {
+                reached = &mut catch_up => break reached?,
+                _ = tick.tick() => {
+                    let at = applied(&lanes);
+                    on_progress(&RebuildProgress::at(at, head, at, started));
+                }
+            }
+        };
+        on_progress(&RebuildProgress::at(position, head, position, started));
         // PostgreSQL plans from table statistics, which a bulk load outgrows at
         // once (a table planned as empty is scanned, not looked up): refresh them
         // as the shadow grows.
-        if shadow.schema.is_some() && position >= next_analyze {
-            for p in &projections {
-                for table in p.tables() {
-                    sqlx::query(&format!("ANALYZE {table}"))
-                        .execute(&shadow.lanes[0].store.pool)
-                        .await?;
-                }
-            }
-            next_analyze = position * 2;
-        }
-        if last_report.elapsed() >= Duration::from_millis(500) || position >= head {
-            on_progress(&RebuildProgress::at(position, head, position, started));
-            last_report = Instant::now();
+        if refresh && position >= next_analyze {
+            let t = Instant::now();
+            // Each lane its own tables, on a connection of its own.
+            futures_util::future::try_join_all(shadow.lanes.iter().map(analyze)).await?;
+            tracing::debug!(
+                position,
+                seconds = t.elapsed().as_secs_f64(),
+                "rebuild: the shadow's statistics refreshed"
+            );
+            next_analyze = position.saturating_mul(ANALYZE_GROWTH);
         }
     }
     tracing::info!(
@@ -501,6 +521,34 @@ impl RebuildProgress {
             eta_seconds: head.saturating_sub(position) / rate.max(1),
         }
     }
+}
+
+/// Refreshes the statistics of the lane's tables.
+async fn analyze(lane: &Lane) -> anyhow::Result<()> {
+    for p in &lane.projections {
+        for table in p.tables() {
+            sqlx::query(&format!("ANALYZE {table}"))
+                .execute(&lane.store.pool)
+                .await
+                .with_context(|| format!("refreshing the statistics of the rebuilt {table}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The lowest position the lanes have applied, as their drivers publish it while
+/// they work.
+fn applied(lanes: &[Arc<(Driver, Follower)>]) -> u64 {
+    lanes
+        .iter()
+        .flat_map(|lane| {
+            lane.1
+                .reactors
+                .iter()
+                .map(|r| lane.0.progress.get(r.name()))
+        })
+        .min()
+        .unwrap_or(0)
 }
 
 /// Runs [`locked`] on a live connection (on SQLite with the shadow's files
@@ -855,13 +903,8 @@ async fn prepare_to_move(shadow: &Shadow) -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("building again in the shadow: {def}"))?;
             }
-            for table in p.tables() {
-                sqlx::query(&format!("ANALYZE {table}"))
-                    .execute(&lane.store.pool)
-                    .await?;
-            }
         }
-        anyhow::Ok(())
+        analyze(lane).await
     }))
     .await?;
     Ok(())
@@ -900,8 +943,18 @@ async fn move_in(
         .execute(&mut *snapshot)
         .await?;
     // The first query fixes the snapshot; it reads no table (the move would wait
-    // for its lock).
-    sqlx::query("SELECT 1").execute(&mut *snapshot).await?;
+    // for its lock). Exported, so that a second session reads the same rows: the
+    // checksums are taken on both, the heaviest projection's beside the others'.
+    let snapshot_id: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+        .fetch_one(&mut *snapshot)
+        .await?;
+    let mut beside = live.reads.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *beside)
+        .await?;
+    sqlx::query(&format!("SET TRANSACTION SNAPSHOT '{snapshot_id}'"))
+        .execute(&mut *beside)
+        .await?;
     sqlx::query(&format!("SET LOCAL lock_timeout = '{MOVE_LOCK_TIMEOUT}'"))
         .execute(&mut *tx)
         .await?;
@@ -936,22 +989,45 @@ async fn move_in(
         locked_seconds = locked,
         "rebuild: moved in; the live applier goes on"
     );
-    let mut sums = Vec::with_capacity(at.len());
-    for (p, ..) in &at {
+    let heaviest = (0..at.len())
+        .max_by_key(|&i| at[i].0.replay_weight())
+        .unwrap_or(0);
+    let projections: Vec<&dyn Projection> = at.iter().map(|(p, ..)| &***p).collect();
+    let (alone, others) = futures_util::future::join(
+        checksums(&mut snapshot, &projections[heaviest..=heaviest]),
+        checksums(
+            &mut beside,
+            &[&projections[..heaviest], &projections[heaviest + 1..]].concat(),
+        ),
+    )
+    .await;
+    let (alone, others) = (
+        alone.context(SWAPPED_UNSUMMED)?,
+        others.context(SWAPPED_UNSUMMED)?,
+    );
+    let mut sums = others;
+    sums.splice(heaviest..heaviest, alone);
+    snapshot.commit().await?;
+    beside.commit().await?;
+    Ok(Some((report(at, sums), locked)))
+}
+
+/// The checksums of `projections`, in order, on one connection.
+async fn checksums(
+    conn: &mut sqlx::AnyConnection,
+    projections: &[&dyn Projection],
+) -> anyhow::Result<Vec<String>> {
+    let mut sums = Vec::with_capacity(projections.len());
+    for p in projections {
         let t = Instant::now();
-        sums.push(
-            checksum_on(&mut snapshot, &***p)
-                .await
-                .context(SWAPPED_UNSUMMED)?,
-        );
+        sums.push(checksum_on(&mut *conn, *p).await?);
         tracing::debug!(
             projection = p.name(),
             seconds = t.elapsed().as_secs_f64(),
             "rebuild: checksum of the rebuilt state"
         );
     }
-    snapshot.commit().await?;
-    Ok(Some((report(at, sums), locked)))
+    Ok(sums)
 }
 
 /// The live state's checksum and the checkpoint it is at, read in one snapshot.

@@ -444,6 +444,10 @@ async fn last_subject_seq(
     Ok(seq as u64)
 }
 
+/// Events per page read at most (one SQLite value holds the page: bounded, so a
+/// read of a large `limit` is not one value of hundreds of megabytes).
+const READ_PAGE_MAX: usize = 5000;
+
 /// Reads up to `limit` events from `from_seq` on, in order.
 ///
 /// The page comes back as one value, not a row per event: sqlx hands each row of a
@@ -571,11 +575,22 @@ impl EventLog for EmbeddedLog {
                 }
             }
         };
-        let mut out = Vec::new();
+        // Unfiltered, the first page is the answer (no copy into another vector);
+        // filtered, pages of the rest until `limit` events match.
+        let mut out: Vec<StoredEvent> = Vec::new();
         while out.len() < limit {
-            let page = read_page(&self.reads, stream, seq, 500).await?;
+            let want = if filter.is_none() {
+                limit - out.len()
+            } else {
+                500
+            };
+            let page = read_page(&self.reads, stream, seq, want.min(READ_PAGE_MAX)).await?;
             let Some(last) = page.last() else { break };
             seq = last.seq + 1;
+            if filter.is_none() && out.is_empty() {
+                out = page;
+                continue;
+            }
             out.extend(
                 page.into_iter()
                     .filter(|e| filter.is_none_or(|f| subject_matches(f, &e.subject))),

@@ -442,10 +442,9 @@ fn to_stored(
     seq: u64,
 ) -> Result<StoredEvent, LogError> {
     let h = msg.headers.as_ref();
-    let envelope =
-        headers::decode(|name| h.and_then(|h| h.get(name)).map(|v| v.as_str().to_string()))
-            .with_context(|| format!("{} event {seq}", kind.as_str()))
-            .map_err(LogError)?;
+    let envelope = headers::decode(|name| h.and_then(|h| h.get(name)).map(|v| v.as_str()))
+        .with_context(|| format!("{} event {seq}", kind.as_str()))
+        .map_err(LogError)?;
     Ok(StoredEvent {
         stream: kind,
         seq,
