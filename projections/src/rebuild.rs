@@ -989,16 +989,15 @@ async fn move_in(
         locked_seconds = locked,
         "rebuild: moved in; the live applier goes on"
     );
-    let heaviest = (0..at.len())
-        .max_by_key(|&i| at[i].0.replay_weight())
-        .unwrap_or(0);
     let projections: Vec<&dyn Projection> = at.iter().map(|(p, ..)| &***p).collect();
+    let heaviest = (0..projections.len())
+        .max_by_key(|&i| projections[i].replay_weight())
+        .unwrap_or(0);
+    let (before, rest) = projections.split_at(heaviest.min(projections.len()));
+    let (alone, after) = rest.split_at(rest.len().min(1));
     let (alone, others) = futures_util::future::join(
-        checksums(&mut snapshot, &projections[heaviest..=heaviest]),
-        checksums(
-            &mut beside,
-            &[&projections[..heaviest], &projections[heaviest + 1..]].concat(),
-        ),
+        checksums(&mut snapshot, alone),
+        checksums(&mut beside, &[before, after].concat()),
     )
     .await;
     let (alone, others) = (
