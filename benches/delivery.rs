@@ -152,7 +152,11 @@ async fn main() {
             server.key.clone(),
             polled.clone(),
         ));
-        let (acked, ingest) = offer(&server, rate, seconds, "one").await;
+        let offered = offer(&server, rate, seconds, "one").await;
+        if let Some(failures) = offered.failures() {
+            eprintln!("  {rate}/s: {failures} (the rest are measured)");
+        }
+        let (acked, ingest) = (offered.acked, offered.ingest);
         let got = arrived(&got, acked.len()).await;
         report(
             &format!("1 endpoint, {rate} webhooks/s for {seconds} s"),
@@ -179,7 +183,11 @@ async fn main() {
         let server = start_server(&nats).await;
         let (hooks, got) = receivers().await;
         add_endpoints(&server, &hooks, endpoints).await;
-        let (acked, _) = offer(&server, fanout_rate, seconds, "fan").await;
+        let offered = offer(&server, fanout_rate, seconds, "fan").await;
+        if let Some(failures) = offered.failures() {
+            eprintln!("  {fanout_rate}/s: {failures} (the rest are measured)");
+        }
+        let acked = offered.acked;
         let expected = acked.len() * endpoints;
         let got = arrived(&got, expected).await;
         report(

@@ -94,7 +94,10 @@ async fn main() {
         let nats = Nats::start(&sync);
         let server = start_server(&nats).await;
         if warmup > 0 {
-            offer(&server, rate, warmup, &format!("warm{rate}")).await;
+            let warm = offer(&server, rate, warmup, &format!("warm{rate}")).await;
+            if let Some(failures) = warm.failures() {
+                eprintln!("  {rate}/s warm-up: {failures}");
+            }
         }
         let client = reqwest::Client::new();
         let (server_pid, nats_pid) = (server.pid().to_string(), nats.pid().to_string());
@@ -108,7 +111,9 @@ async fn main() {
         let cpu_before = cpu();
         let started = Instant::now();
         let (samples, sampler) = sample(&server, started);
-        let (acked, ingest) = offer(&server, rate, seconds, &format!("run{rate}")).await;
+        let offered = offer(&server, rate, seconds, &format!("run{rate}")).await;
+        let failures = offered.failures();
+        let (acked, ingest) = (offered.acked, offered.ingest);
         let load_took = started.elapsed();
         let at_end = lags(&client, &server.base).await.unwrap_or((0, 0));
         // Drain: until the processor and every projection have caught up.
@@ -149,6 +154,10 @@ async fn main() {
             cpu_per.1,
             cpu_per.2,
         );
+        // Latencies are of the `200`s only: what was not answered is counted here.
+        if let Some(failures) = failures {
+            println!("\n{rate}/s: {failures}\n");
+        }
         if std::env::var_os("SERVED_TRACE").is_some() {
             for (t, p, q) in &samples {
                 eprintln!(

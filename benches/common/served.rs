@@ -195,15 +195,39 @@ pub async fn start_server(nats: &Nats) -> Server {
     }
 }
 
+/// What an open-loop offer got back.
+pub struct Offered {
+    /// When each acknowledged webhook got its `200`, by wamid.
+    pub acked: HashMap<String, Instant>,
+    /// Each acknowledged one's latency from its scheduled time to its `200`.
+    pub ingest: Vec<Duration>,
+    /// Those not answered `200`, by what happened: an overloaded server refusing
+    /// connections beyond its cap is a result to report, not a bench failure.
+    pub failed: std::collections::BTreeMap<String, usize>,
+}
+
+impl Offered {
+    /// One line counting the failures by kind, or `None` when every one was a `200`.
+    pub fn failures(&self) -> Option<String> {
+        if self.failed.is_empty() {
+            return None;
+        }
+        let total: usize = self.failed.values().sum();
+        let kinds: Vec<String> = self
+            .failed
+            .iter()
+            .map(|(why, n)| format!("{n} {why}"))
+            .collect();
+        Some(format!(
+            "{total} of {} requests not answered 200: {}",
+            total + self.acked.len(),
+            kinds.join(", ")
+        ))
+    }
+}
+
 /// Offers `rate` distinct signed webhooks a second for `seconds` (open loop).
-/// Returns when each was acknowledged, by wamid, and each one's latency from its
-/// scheduled time to its `200`.
-pub async fn offer(
-    server: &Server,
-    rate: u64,
-    seconds: u64,
-    tag: &str,
-) -> (HashMap<String, Instant>, Vec<Duration>) {
+pub async fn offer(server: &Server, rate: u64, seconds: u64, tag: &str) -> Offered {
     let n = (rate * seconds) as usize;
     let bodies = Arc::new(bodies(n, tag));
     let client = reqwest::Client::builder()
@@ -219,31 +243,47 @@ pub async fn offer(
         let (client, url, bodies) = (client.clone(), url.clone(), bodies.clone());
         tasks.push(tokio::spawn(async move {
             let (body, sig, wamid) = &bodies[i];
-            let r = client
+            let answer = client
                 .post(&url)
                 .header("x-hub-signature-256", sig)
                 .header("content-type", "application/json")
                 .body(body.clone())
                 .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            let done = Instant::now();
-            (wamid.clone(), done, done.duration_since(at))
+                .await;
+            match answer {
+                Ok(r) if r.status() == 200 => {
+                    let done = Instant::now();
+                    Ok((wamid.clone(), done, done.duration_since(at)))
+                }
+                Ok(r) => Err(format!("answered {}", r.status().as_u16())),
+                Err(e) if e.is_timeout() => Err("timed out".to_string()),
+                Err(e) if e.is_connect() => Err("not connected (refused or reset)".to_string()),
+                Err(_) => Err("closed before the answer".to_string()),
+            }
         }));
     }
-    let mut acked = HashMap::with_capacity(n);
-    let mut ingest = Vec::with_capacity(n);
+    let mut offered = Offered {
+        acked: HashMap::with_capacity(n),
+        ingest: Vec::with_capacity(n),
+        failed: Default::default(),
+    };
     for t in tasks {
-        let (wamid, done, lat) = t.await.unwrap();
-        acked.insert(wamid, done);
-        ingest.push(lat);
+        match t.await.unwrap() {
+            Ok((wamid, done, lat)) => {
+                offered.acked.insert(wamid, done);
+                offered.ingest.push(lat);
+            }
+            Err(why) => *offered.failed.entry(why).or_default() += 1,
+        }
     }
-    (acked, ingest)
+    offered
 }
 
 /// The `q` quantile of `v`, in milliseconds.
 pub fn pct(mut v: Vec<Duration>, q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v.sort();
     v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e3
 }
