@@ -87,7 +87,7 @@ pub struct StoredEvent {
 
 /// A stored event's decoded data, computed on first use (every projection of a
 /// batch reads the same event, so the same decoding). No allocation until used;
-/// boxed, so that an event is a fifth of the size to move until then (a decoded
+/// boxed, so that an event is about a quarter of the size to move until then (a decoded
 /// event is 832 bytes inline: events were 1,128 bytes, and a replay's pages of
 /// thousands of them were mostly copies of empty slots).
 #[derive(Clone, Default)]
