@@ -98,58 +98,49 @@ pub fn to_json(env: &Envelope) -> String {
     serde_json::to_string(&map).expect("string map serialises")
 }
 
-/// Decodes the JSON object written by [`to_json`]. Its values are read in place
-/// (borrowed from `s` unless they hold an escape), not copied into a map of
-/// strings: a replay decodes a million of these.
+/// Decodes the JSON object written by [`to_json`]. Its names and values are read
+/// in place (borrowed from `s` unless they hold an escape), not copied into a map
+/// of strings: a replay decodes a million of these.
 pub fn from_json(s: &str) -> anyhow::Result<Envelope> {
-    let fields: JsonHeaders<'_> = serde_json::from_str(s).context("envelope headers")?;
-    decode(|k| fields.get(k))
+    let Pairs(pairs) = serde_json::from_str(s).context("envelope headers")?;
+    // A repeated name reads as a map would: the last one.
+    decode(|name| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(n, _)| n.0 == name)
+            .map(|(_, v)| &*v.0)
+    })
 }
 
-/// The headers [`to_json`] writes; others are ignored (forward compatible).
+/// A header's name or value as the JSON text holds it.
 #[derive(serde::Deserialize)]
-struct JsonHeaders<'a> {
-    #[serde(rename = "Wb-Id", borrow)]
-    id: Option<Cow<'a, str>>,
-    #[serde(rename = "Wb-Type", borrow)]
-    event_type: Option<Cow<'a, str>>,
-    #[serde(rename = "Wb-V", borrow)]
-    v: Option<Cow<'a, str>>,
-    #[serde(rename = "Wb-Workspace", borrow)]
-    workspace: Option<Cow<'a, str>>,
-    #[serde(rename = "Wb-Occurred-At", borrow)]
-    occurred_at: Option<Cow<'a, str>>,
-    #[serde(rename = "Wb-Recorded-At", borrow)]
-    recorded_at: Option<Cow<'a, str>>,
-    #[serde(rename = "Wb-Actor", borrow)]
-    actor: Option<Cow<'a, str>>,
-    #[serde(rename = "Wb-Correlation-Id", borrow)]
-    correlation: Option<Cow<'a, str>>,
-    #[serde(rename = "Wb-Causation-Id", borrow)]
-    causation: Option<Cow<'a, str>>,
-    #[serde(rename = "Wb-Source-Ip", borrow)]
-    source_ip: Option<Cow<'a, str>>,
-    #[serde(rename = "Wb-Signature", borrow)]
-    signature: Option<Cow<'a, str>>,
-}
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
 
-impl JsonHeaders<'_> {
-    fn get(&self, name: &str) -> Option<&str> {
-        let field = match name {
-            ID => &self.id,
-            TYPE => &self.event_type,
-            VERSION => &self.v,
-            WORKSPACE => &self.workspace,
-            OCCURRED_AT => &self.occurred_at,
-            RECORDED_AT => &self.recorded_at,
-            ACTOR => &self.actor,
-            CORRELATION => &self.correlation,
-            CAUSATION => &self.causation,
-            SOURCE_IP => &self.source_ip,
-            SIGNATURE => &self.signature,
-            _ => return None,
-        };
-        field.as_deref()
+/// The headers object's (name, value) pairs, in its order; names this version
+/// does not know are kept and never asked for (forward compatible).
+struct Pairs<'a>(Vec<(Text<'a>, Text<'a>)>);
+
+impl<'de> serde::Deserialize<'de> for Pairs<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Pairs<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of header names and values")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Pairs<'de>, M::Error> {
+                let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(12));
+                while let Some(pair) = map.next_entry()? {
+                    pairs.push(pair);
+                }
+                Ok(Pairs(pairs))
+            }
+        }
+        d.deserialize_map(Visit)
     }
 }
 
@@ -194,6 +185,9 @@ mod tests {
             .replacen('{', "{\"Wb-Later\":\"x\",", 1);
         assert_ne!(escaped, json);
         assert_eq!(from_json(&escaped).unwrap(), env);
+        // A name written twice reads as the last one, as a map of the object would.
+        let repeated = json.replacen('{', "{\"Wb-Type\":\"other.type\",", 1);
+        assert_eq!(from_json(&repeated).unwrap(), env);
         // A required one missing.
         let missing = json.replace("\"Wb-Type\"", "\"Wb-Gone\"");
         assert!(
