@@ -993,11 +993,18 @@ async fn move_in(
     let heaviest = (0..projections.len())
         .max_by_key(|&i| projections[i].replay_weight())
         .unwrap_or(0);
-    let (before, rest) = projections.split_at(heaviest.min(projections.len()));
-    let (alone, after) = rest.split_at(rest.len().min(1));
+    let others: Vec<&dyn Projection> = projections
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != heaviest)
+        .map(|(_, p)| *p)
+        .collect();
     let (alone, others) = futures_util::future::join(
-        checksums(&mut snapshot, alone),
-        checksums(&mut beside, &[before, after].concat()),
+        checksums(
+            &mut snapshot,
+            projections.get(heaviest..=heaviest).unwrap_or_default(),
+        ),
+        checksums(&mut beside, &others),
     )
     .await;
     let (alone, others) = (

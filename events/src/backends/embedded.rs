@@ -587,14 +587,13 @@ impl EventLog for EmbeddedLog {
             let page = read_page(&self.reads, stream, seq, want.min(READ_PAGE_MAX)).await?;
             let Some(last) = page.last() else { break };
             seq = last.seq + 1;
-            if filter.is_none() && out.is_empty() {
-                out = page;
-                continue;
+            match filter {
+                None if out.is_empty() => out = page,
+                _ => out.extend(
+                    page.into_iter()
+                        .filter(|e| filter.is_none_or(|f| subject_matches(f, &e.subject))),
+                ),
             }
-            out.extend(
-                page.into_iter()
-                    .filter(|e| filter.is_none_or(|f| subject_matches(f, &e.subject))),
-            );
         }
         out.truncate(limit);
         Ok(out)
