@@ -191,4 +191,18 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.reads).await?;
         Ok(())
     }
+
+    /// A read-only view of several read models as of one moment (a reading
+    /// transaction; `REPEATABLE READ` on PostgreSQL, SQLite's read snapshot in WAL
+    /// mode), so that an answer built from two tables never mixes a batch's writes
+    /// with the state before it. Commit (or drop) it when done.
+    pub async fn snapshot(&self) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Any>> {
+        let mut tx = self.reads.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
 }

@@ -502,6 +502,15 @@ pub const PARTNER_EVENT_LEAD_SECONDS: i64 = 3600;
 /// The partner events linked to a saga: those for its WABA, unrouted or in its
 /// workspace, logged from an hour before it started on.
 pub async fn partner_events(store: &Store, saga: &Saga) -> anyhow::Result<Vec<PartnerEvent>> {
+    let mut conn = store.reads.acquire().await?;
+    partner_events_on(&mut conn, saga).await
+}
+
+/// [`partner_events`] on a connection (a [`Store::snapshot`], say).
+pub async fn partner_events_on(
+    conn: &mut sqlx::AnyConnection,
+    saga: &Saga,
+) -> anyhow::Result<Vec<PartnerEvent>> {
     let from = Timestamp::parse(&saga.started_at)
         .map(|t| {
             t.minus(std::time::Duration::from_secs(
@@ -516,7 +525,7 @@ pub async fn partner_events(store: &Store, saga: &Saga) -> anyhow::Result<Vec<Pa
     .bind(&saga.waba_id)
     .bind(&saga.workspace)
     .bind(&from)
-    .fetch_all(&store.reads)
+    .fetch_all(conn)
     .await?;
     Ok(rows
         .into_iter()

@@ -189,11 +189,21 @@ pub async fn get(
     ws: &str,
     phone_number_id: &str,
 ) -> anyhow::Result<Option<TokenRow>> {
+    let mut conn = store.reads.acquire().await?;
+    get_on(&mut conn, ws, phone_number_id).await
+}
+
+/// [`get`] on a connection (a [`Store::snapshot`], say).
+pub async fn get_on(
+    conn: &mut AnyConnection,
+    ws: &str,
+    phone_number_id: &str,
+) -> anyhow::Result<Option<TokenRow>> {
     let sql = format!("SELECT {COLUMNS} FROM tokens WHERE workspace = $1 AND phone_number_id = $2");
     Ok(sqlx::query(&sql)
         .bind(ws)
         .bind(phone_number_id)
-        .fetch_optional(&store.reads)
+        .fetch_optional(conn)
         .await?
         .map(row))
 }

@@ -165,15 +165,19 @@ pub struct OnboardingReport {
 }
 
 async fn report(app: &App, saga: Saga) -> Result<OnboardingReport, AppError> {
-    let store = &app.ctx.store;
-    let partner = view::partner_events(store, &saga).await?;
-    let token = tokens::get(store, &saga.workspace, &saga.phone_number_id)
+    // One snapshot: the partner events and the token a partner event changed are
+    // never read across that batch's commit (seen: an uninstall's invalid token
+    // beside a list without the uninstall).
+    let mut snapshot = app.ctx.store.snapshot().await?;
+    let partner = view::partner_events_on(&mut snapshot, &saga).await?;
+    let token = tokens::get_on(&mut snapshot, &saga.workspace, &saga.phone_number_id)
         .await?
         .map(|t| TokenView {
             status: t.status,
             fingerprint: t.fingerprint,
             expires_at: t.expires_at,
         });
+    snapshot.commit().await.map_err(anyhow::Error::from)?;
     Ok(OnboardingReport {
         id: saga.id,
         state: saga.state,
