@@ -138,11 +138,23 @@ fn classify(e: impl Into<anyhow::Error>) -> Failure {
     }
 }
 
-/// Whether an error is the read-model database or the log being unavailable
-/// (retried for as long as it lasts) rather than the event failing.
+/// A reactor cannot decide yet: the state its decision needs cannot be confirmed
+/// fresh (a read model it reads lags behind the log, or the log cannot say where its
+/// head is). Like the database or the log being down, this only delays: the batch
+/// waits and is tried again for as long as it lasts, and never becomes a dead
+/// letter (a webhook routed while the routing table lags would be dropped for a
+/// moment's election).
+#[derive(Debug, thiserror::Error)]
+#[error("not ready: {0}")]
+pub struct NotReady(pub String);
+
+/// Whether an error is the read-model database or the log being unavailable, or a
+/// reactor [`NotReady`] (retried for as long as it lasts) rather than the event
+/// failing.
 pub fn is_unavailable(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         if c.downcast_ref::<LogError>().is_some()
+            || c.downcast_ref::<NotReady>().is_some()
             || matches!(c.downcast_ref::<AppendError>(), Some(AppendError::Log(_)))
         {
             return true;
@@ -792,6 +804,9 @@ mod tests {
         assert!(is_unavailable(&anyhow::Error::new(LogError(
             anyhow::anyhow!("nats down")
         ))));
+        assert!(is_unavailable(
+            &anyhow::Error::new(NotReady("routing lags".into())).context("staging")
+        ));
         let bad = anyhow::anyhow!("no such column");
         assert!(!is_unavailable(&bad));
         let decode = anyhow::Error::new(sqlx::Error::ColumnNotFound("x".into()));

@@ -289,7 +289,7 @@ async fn every_webhook_processed_once(app: &TestApp, total: usize, answers: &Ans
         .collect();
     assert!(twice.is_empty(), "processed more than once: {twice:#?}");
     assert_eq!(received.len(), total);
-    let raw_head = app.app.ctx.log.last_seq(StreamKind::Raw).await.unwrap();
+    let raw_head = app.head(StreamKind::Raw).await;
     assert!(
         raw_head as usize >= total,
         "{raw_head} raw events for {total} webhooks"
@@ -317,7 +317,7 @@ async fn replay_equals_live(app: &TestApp) {
             p.name
         );
     }
-    let head = app.app.ctx.log.last_seq(StreamKind::Domain).await.unwrap();
+    let head = app.head(StreamKind::Domain).await;
     let letters = app
         .domain_events(None)
         .await

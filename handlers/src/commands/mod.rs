@@ -167,6 +167,27 @@ pub enum CommandError {
     Internal(#[from] anyhow::Error),
 }
 
+impl CommandError {
+    /// This refusal as the error of a reactor's stage (the webhook processor, the
+    /// redrive reactor), where the consumer driver decides what a failure means. A
+    /// refusal for now ([`CommandError::Unavailable`]: a read model lags, no instance
+    /// runs the workers, the log cannot answer) becomes the driver's
+    /// [`NotReady`](wabridge_projections::driver::NotReady): the batch is tried again
+    /// while it lasts. Converted with a bare `?`, it read as the event failing, and
+    /// after five quick retries a webhook became a dead letter (seen: a cluster's
+    /// stream leader killed under load). An internal error keeps its own chain, so a
+    /// database or log failure inside it is still seen as one.
+    pub fn in_reactor(self) -> anyhow::Error {
+        match self {
+            CommandError::Unavailable { code, detail } => anyhow::Error::new(
+                wabridge_projections::driver::NotReady(format!("{code}: {detail}")),
+            ),
+            CommandError::Internal(e) => e,
+            other => anyhow::Error::new(other),
+        }
+    }
+}
+
 impl From<AppendError> for CommandError {
     fn from(e: AppendError) -> Self {
         match e {
@@ -316,5 +337,42 @@ impl Ctx {
             self.wait(projection, seq).await?;
         }
         Ok(seq)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wabridge_projections::driver::is_unavailable;
+
+    #[test]
+    fn a_refusal_for_now_only_delays_a_reactor() {
+        let log_down = || {
+            CommandError::from(wabridge_events::LogError::new(anyhow::anyhow!(
+                "no responders"
+            )))
+        };
+        // The trap: converted with a bare `?`, the log's failure is hidden behind the
+        // refusal, and the driver would count the event as failing.
+        assert!(!is_unavailable(&anyhow::Error::new(log_down())));
+        assert!(is_unavailable(&log_down().in_reactor()));
+        let stale = CommandError::Unavailable {
+            code: "stale_read_model",
+            detail: "the phone_numbers read model did not catch up".into(),
+        };
+        let e = stale.in_reactor();
+        assert!(is_unavailable(&e));
+        assert!(format!("{e:#}").contains("stale_read_model"), "{e:#}");
+        // An internal error keeps its chain: a database that went away is still one.
+        let db = CommandError::Internal(anyhow::Error::new(sqlx::Error::PoolTimedOut));
+        assert!(is_unavailable(&db.in_reactor()));
+        // Anything else is the event failing.
+        for other in [
+            CommandError::Validation("bad".into()),
+            CommandError::NotFound("gone".into()),
+            CommandError::Internal(anyhow::anyhow!("no such column")),
+        ] {
+            assert!(!is_unavailable(&other.in_reactor()));
+        }
     }
 }

@@ -25,7 +25,7 @@ use wabridge_projections::{
 };
 
 use super::split::{split_webhook, Route, WebhookItem};
-use crate::commands::Ctx;
+use crate::commands::{CommandError, Ctx};
 use crate::consent::detect::detect;
 
 /// The processor's name (checkpoint, dead letters).
@@ -121,7 +121,8 @@ async fn process_chunk<'a>(
         "phone_numbers",
         &phone_numbers::routing_subject(ctx.log.namespace()),
     )
-    .await?;
+    .await
+    .map_err(CommandError::in_reactor)?;
     let mut unparsable = vec![];
     // Each with the contacts it decides consent for (see `append_in_order`).
     let mut planned: Vec<(String, NewEvent, Vec<String>)> = vec![];
@@ -260,7 +261,9 @@ pub(super) async fn routed_item(
     consents: &mut Consents,
 ) -> anyhow::Result<(NewEvent, Vec<(String, DomainEvent, NewEvent)>)> {
     if !consents.contains_key(ws) {
-        let c = crate::consent::current(ctx, ws).await?;
+        let c = crate::consent::current(ctx, ws)
+            .await
+            .map_err(CommandError::in_reactor)?;
         consents.insert(ws.clone(), c);
     }
     let own = routed_event(ctx, raw, &item.event, item, ws, key);

@@ -442,12 +442,12 @@ impl TestApp {
             }
         };
         for _ in 0..3 {
-            let raw = ctx.log.last_seq(StreamKind::Raw).await.expect("raw head");
+            let raw = self.head(StreamKind::Raw).await;
             assert!(
                 caught_up(wabridge_handlers::webhooks::processor::NAME, raw).await,
                 "webhook processor did not catch up"
             );
-            let head = ctx.log.last_seq(StreamKind::Domain).await.expect("head");
+            let head = self.head(StreamKind::Domain).await;
             for name in wabridge_projections::views::names() {
                 assert!(caught_up(name, head).await, "{name} did not catch up");
             }
@@ -480,16 +480,25 @@ impl TestApp {
     }
 
     /// The first 100,000 events of a stream (matching a subject filter), in order.
+    /// A read that fails is tried again for up to 30 s, then its error returned:
+    /// checking waits, it does not judge (seen: a three-node cluster whose killed node
+    /// led its streams and its meta group answered a consumer's creation "timed out"
+    /// seconds after ingest had resumed on a new leader).
     pub async fn read_all(
         &self,
         stream: StreamKind,
         filter: Option<&str>,
     ) -> Result<Vec<wabridge_events::StoredEvent>, wabridge_events::LogError> {
-        self.app
-            .ctx
-            .log
-            .read(stream, wabridge_events::ReadFrom::Seq(1), filter, 100_000)
+        let log = &self.app.ctx.log;
+        patiently(|| log.read(stream, wabridge_events::ReadFrom::Seq(1), filter, 100_000)).await
+    }
+
+    /// The last sequence of a stream, asked again while the log fails (as
+    /// [`TestApp::read_all`] does).
+    pub async fn head(&self, stream: StreamKind) -> u64 {
+        patiently(|| self.app.ctx.log.last_seq(stream))
             .await
+            .unwrap_or_else(|e| panic!("the {} head: {e:#}", stream.as_str()))
     }
 
     /// Stops the server (graceful) and starts it again on the same data, with the
@@ -682,4 +691,21 @@ pub async fn batch_fold_equals_one_at_a_time(
         "{}: the checksum is not the dump's",
         p.name()
     );
+}
+
+/// `op` until it succeeds or 30 s have passed (then its last error), 200 ms apart.
+async fn patiently<T, F, Fut>(mut op: F) -> Result<T, wabridge_events::LogError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, wabridge_events::LogError>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match op().await {
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            done => return done,
+        }
+    }
 }
