@@ -98,9 +98,8 @@ async fn raw_nats(url: &str, n: usize, in_flight: usize, same_headers: bool) -> 
                 let ack = if same_headers {
                     let env = Envelope::new("bench.event", 1, None, Actor::system("bench"));
                     let mut h = async_nats::HeaderMap::new();
-                    for (k, v) in wabridge_events::backends::headers::encode(&env) {
-                        h.insert(k, v.as_str());
-                    }
+                    use wabridge_events::backends::headers;
+                    h.insert(headers::ENVELOPE, headers::encode_compact(&env).as_str());
                     h.insert("Nats-Msg-Id", format!("m{}", w * per + j).as_str());
                     js.publish_with_headers(subject, h, payload).await
                 } else {

@@ -6,7 +6,8 @@
 //! `SERVED_WRAP` runs the server under a wrapper command, e.g.
 //! `SERVED_WRAP="valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out"` to
 //! count instructions per stage; the server is stopped with SIGTERM (so such a tool
-//! writes its output) and killed only when it does not stop.
+//! writes its output) and killed only when it does not stop. `SERVED_BIN` runs
+//! another build of the server than this bench's own.
 
 use std::{
     collections::HashMap,
@@ -93,7 +94,9 @@ impl Drop for Server {
 }
 
 fn wabridge(dir: &std::path::Path, nats: &str, port: u16, wrap: bool) -> Command {
-    let bin = env!("CARGO_BIN_EXE_wabridge");
+    // `SERVED_BIN`: another build of the server (a copy of an earlier one, to
+    // compare the two in alternated runs on a machine whose speed drifts).
+    let bin = std::env::var("SERVED_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_wabridge").into());
     let wrapper: Vec<String> = std::env::var("SERVED_WRAP")
         .ok()
         .filter(|_| wrap)
@@ -230,8 +233,11 @@ impl Offered {
 pub async fn offer(server: &Server, rate: u64, seconds: u64, tag: &str) -> Offered {
     let n = (rate * seconds) as usize;
     let bodies = Arc::new(bodies(n, tag));
+    // A bound on each request: an overloaded run once waited for ever on one whose
+    // connection the server had dropped at its cap (the bench hung, the server idle).
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(512)
+        .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
     let url = format!("{}/webhooks/meta", server.base);

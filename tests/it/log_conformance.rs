@@ -93,6 +93,67 @@ mod embedded {
         oversized_payload, max_payload_accepted, foreign_subject, many_in_flight,
         kv_cas_semantics, kv_concurrent_increments, odd_bytes_in_one_page);
 
+    /// The envelope is stored in its one-header form; a file written before that,
+    /// with the headers as a JSON object, reads back the same beside newer events.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_with_the_older_json_headers_still_read() {
+        use wabridge_events::backends::headers;
+        let dir = tempfile::tempdir().unwrap();
+        let ns = unique_ns();
+        let ws = Slug::parse("acme").unwrap();
+        let s = ns.domain_subject(Some(&ws), "hdrs", "a");
+        let mut envelope = Envelope::new(
+            "conformance.test",
+            2,
+            Some(ws),
+            Actor::system("older writer"),
+        );
+        envelope.causation_id = Some(uuid::Uuid::now_v7());
+        envelope.source_ip = Some("203.0.113.9".into());
+        drop(open_embedded(dir.path(), ns.clone(), Duration::from_millis(100)).await);
+        // The row as the older version wrote it.
+        let pool = sqlx::SqlitePool::connect(&format!(
+            "sqlite://{}",
+            dir.path().join("events.db").display()
+        ))
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO events_domain (seq, subject, headers, payload, recorded_us) VALUES (1, ?, ?, ?, ?)",
+        )
+        .bind(&s)
+        .bind(headers::to_json(&envelope))
+        .bind(&b"{\"older\":1}"[..])
+        .bind(envelope.recorded_at.unix_micros())
+        .execute(&pool)
+        .await
+        .unwrap();
+        let stored: String = sqlx::query_scalar("SELECT headers FROM events_domain WHERE seq = 1")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert!(stored.starts_with('{'), "{stored}");
+        let log = open_embedded(dir.path(), ns.clone(), Duration::from_millis(100)).await;
+        let mut newer = ev(&s, "{\"newer\":1}");
+        newer.envelope = envelope.clone();
+        newer.envelope.id = uuid::Uuid::now_v7();
+        assert_eq!(append_ok(&log, newer.clone()).await, 2);
+        let page = log
+            .read(StreamKind::Domain, ReadFrom::Seq(1), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(seqs(&page), vec![1, 2]);
+        assert_eq!(page[0].envelope, envelope);
+        let mut read = page[1].envelope.clone();
+        read.recorded_at = newer.envelope.recorded_at;
+        assert_eq!(read, newer.envelope);
+        let stored: String = sqlx::query_scalar("SELECT headers FROM events_domain WHERE seq = 2")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(headers::decode_compact(&stored).unwrap(), page[1].envelope);
+    }
+
     /// Another process (a CLI command) appends to the same file: the first log's
     /// follower sees it through the fallback poll, and both share one sequence.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,6 +317,86 @@ mod jetstream {
             .expect("connecting with a comma-separated server list");
         let s = ns.domain_subject(None, "list", "a");
         assert_eq!(append_ok(&log, ev(&s, "listed")).await, 1);
+    }
+
+    /// The envelope travels as one header (`Wb-Envelope`); an event written before
+    /// that, with one header per field, reads back the same through every path
+    /// (a page, a follower, an ephemeral follower), so a log kept from earlier
+    /// versions needs no migration.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_with_the_older_separate_headers_still_read() {
+        use wabridge_events::backends::headers;
+        let url = NatsServer::shared().await.url();
+        let ns = unique_ns();
+        let log = JetStreamLog::connect(jetstream_config(&url, ns.clone()))
+            .await
+            .unwrap();
+        let s = ns.domain_subject(Some(&Slug::parse("acme").unwrap()), "hdrs", "a");
+        let mut envelope = Envelope::new(
+            "conformance.test",
+            2,
+            Some(Slug::parse("acme").unwrap()),
+            Actor::system("older writer"),
+        );
+        envelope.causation_id = Some(uuid::Uuid::now_v7());
+        envelope.source_ip = Some("203.0.113.9".into());
+        envelope.signature = Some("sha256=ab12".into());
+        let client = async_nats::connect(&url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut older = async_nats::HeaderMap::new();
+        for (name, value) in headers::encode(&envelope) {
+            older.insert(name, value.as_str());
+        }
+        js.publish_with_headers(s.clone(), older, Bytes::from_static(b"{\"older\":1}"))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        // And one written now, beside it.
+        let mut newer = ev(&s, "{\"newer\":1}");
+        newer.envelope = envelope.clone();
+        newer.envelope.id = uuid::Uuid::now_v7();
+        append_ok(&log, newer.clone()).await;
+
+        let page = log
+            .read(StreamKind::Domain, ReadFrom::Seq(1), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(seqs(&page), vec![1, 2]);
+        let mut follower = log.follow(StreamKind::Domain, "hdrs", 1).await.unwrap();
+        let mut ephemeral = log.follow_ephemeral(StreamKind::Domain, 1).await.unwrap();
+        let followed = [
+            next_event(&mut follower).await,
+            next_event(&mut follower).await,
+        ];
+        let tailed = [
+            next_event(&mut ephemeral).await,
+            next_event(&mut ephemeral).await,
+        ];
+        for events in [&page[..], &followed[..], &tailed[..]] {
+            assert_eq!(events[0].envelope, envelope, "the older event's envelope");
+            assert_eq!(events[0].payload, Bytes::from_static(b"{\"older\":1}"));
+            // The log stamps `recorded_at` at the append.
+            let mut read = events[1].envelope.clone();
+            read.recorded_at = newer.envelope.recorded_at;
+            assert_eq!(read, newer.envelope, "the newer event's envelope");
+        }
+
+        // What is written now: the envelope in one header, beside the dedup id.
+        let raw = js
+            .get_stream(ns.stream_name(StreamKind::Domain))
+            .await
+            .unwrap()
+            .get_raw_message(2)
+            .await
+            .unwrap();
+        let names: Vec<String> = raw
+            .headers
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .filter(|n| n.starts_with("Wb-"))
+            .collect();
+        assert_eq!(names, vec![headers::ENVELOPE.to_string()]);
     }
 
     /// Reads and resubscriptions do not leave consumers behind: more reads than the

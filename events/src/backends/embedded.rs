@@ -334,7 +334,7 @@ async fn write_batch(
         }
         let mut envelope = event.envelope.clone();
         envelope.recorded_at = now;
-        rows.push((stream, seq, event, headers::to_json(&envelope)));
+        rows.push((stream, seq, event, headers::encode_compact(&envelope)));
         results.push(Ok(Appended {
             seq,
             duplicate: false,
@@ -514,9 +514,9 @@ fn parse_page(stream: StreamKind, page: Bytes) -> anyhow::Result<Vec<StoredEvent
         anyhow::ensure!(done <= page.len(), "event {seq} runs past the page");
         let subject = std::str::from_utf8(&page[subject_at..headers_at])
             .with_context(|| format!("event {seq}'s subject"))?;
-        let headers_json = std::str::from_utf8(&page[headers_at..payload_at])
+        let headers = std::str::from_utf8(&page[headers_at..payload_at])
             .with_context(|| format!("event {seq}'s headers"))?;
-        let envelope = headers::from_json(headers_json)
+        let envelope = headers::from_stored(headers)
             .with_context(|| format!("{} event {seq}", stream.as_str()))?;
         events.push(StoredEvent {
             stream,

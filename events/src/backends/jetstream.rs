@@ -442,9 +442,13 @@ fn to_stored(
     seq: u64,
 ) -> Result<StoredEvent, LogError> {
     let h = msg.headers.as_ref();
-    let envelope = headers::decode(|name| h.and_then(|h| h.get(name)).map(|v| v.as_str()))
-        .with_context(|| format!("{} event {seq}", kind.as_str()))
-        .map_err(LogError)?;
+    // One header since the compact form; the separate ones before it.
+    let envelope = match h.and_then(|h| h.get(headers::ENVELOPE)) {
+        Some(compact) => headers::decode_compact(compact.as_str()),
+        None => headers::decode(|name| h.and_then(|h| h.get(name)).map(|v| v.as_str())),
+    }
+    .with_context(|| format!("{} event {seq}", kind.as_str()))
+    .map_err(LogError)?;
     Ok(StoredEvent {
         stream: kind,
         seq,
@@ -489,12 +493,13 @@ impl EventLog for JetStreamLog {
         }
         let mut envelope = event.envelope;
         envelope.recorded_at = crate::Timestamp::now();
+        let compact = headers::encode_compact(&envelope);
+        let header_bytes = event.msg_id.as_ref().map_or(0, |m| m.len() + 16)
+            + headers::ENVELOPE.len()
+            + compact.len()
+            + 4;
         let mut hdrs = async_nats::HeaderMap::new();
-        let mut header_bytes = event.msg_id.as_ref().map_or(0, |m| m.len() + 16);
-        for (name, value) in headers::encode(&envelope) {
-            header_bytes += name.len() + value.len() + 4;
-            hdrs.insert(name, value.as_str());
-        }
+        hdrs.insert(headers::ENVELOPE, compact.as_str());
         if header_bytes > HEADER_ROOM {
             return Err(AppendError::Log(LogError(anyhow::anyhow!(
                 "event headers exceed {HEADER_ROOM} bytes"
