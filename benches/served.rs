@@ -10,7 +10,9 @@
 //! default `1500,2500,5000,12000`), `SERVED_SECONDS` (default 20), `SERVED_WARMUP`
 //! (seconds, default 3), `SERVED_SYNC` (`1s` or `always`), `BENCH_DATABASE_URL`
 //! (read models in PostgreSQL), `SERVED_WRAP` (run the server under a profiler;
-//! see `benches/common/served.rs`), `SERVED_BIN` (another build of the server).
+//! see `benches/common/served.rs`), `SERVED_BIN` (another build of the server),
+//! `SERVED_WORKSPACES` (spread the load over that many workspaces, each with a
+//! number of its own; default 1).
 
 mod common;
 

@@ -170,6 +170,12 @@ pub async fn serve(app: wabridge::app::App) -> std::net::SocketAddr {
 /// `n` distinct signed inbound-text webhooks (the fixture with a fresh wamid each):
 /// `(body, X-Hub-Signature-256, wamid)`.
 pub fn bodies(n: usize, tag: &str) -> Vec<(bytes::Bytes, String, String)> {
+    bodies_to(n, tag, &[])
+}
+
+/// As [`bodies`], the `i`-th to `numbers[i % numbers.len()]` instead of the
+/// fixture's phone number (none: all to the fixture's).
+pub fn bodies_to(n: usize, tag: &str, numbers: &[String]) -> Vec<(bytes::Bytes, String, String)> {
     let template = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../shared/fixtures/meta/inbound_text.json"
@@ -186,12 +192,18 @@ pub fn bodies(n: usize, tag: &str) -> Vec<(bytes::Bytes, String, String)> {
                 "wamid.bench{}{i}",
                 tag.replace(|c: char| !c.is_ascii_alphanumeric(), "")
             );
-            let body = template.replace(&wamid, &id);
+            let mut body = template.replace(&wamid, &id);
+            if !numbers.is_empty() {
+                body = body.replace(FIXTURE_NUMBER, &numbers[i % numbers.len()]);
+            }
             let sig = wabridge_handlers::webhooks::sign(SECRET, body.as_bytes());
             (bytes::Bytes::from(body), sig, id)
         })
         .collect()
 }
+
+/// The phone number the inbound fixture is addressed to.
+pub const FIXTURE_NUMBER: &str = "700800900100200";
 
 /// A new, empty PostgreSQL database next to `base` (a URL); returns its URL. The
 /// databases earlier runs left (`wbbench_*`, kept for a look after the run) are

@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{bodies, Nats};
+use super::{bodies_to, Nats};
 
 /// The token master key the bench server uses.
 pub const MASTER: &str = "v1:3333333333333333333333333333333333333333333333333333333333333333";
@@ -40,6 +40,9 @@ pub struct Server {
     pub base: String,
     /// An owner key of the `bench` workspace.
     pub key: String,
+    /// The claimed numbers the load is spread over, one per workspace
+    /// (`SERVED_WORKSPACES`, default 1: [`NUMBER`] of `bench` alone).
+    pub numbers: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -150,18 +153,42 @@ pub async fn start_server(nats: &Nats) -> Server {
         .args(["bootstrap", "--workspace", "bench"])
         .output()
         .expect("wabridge bootstrap");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let key = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_string();
+    let owner_key = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let key = owner_key(out);
+    // More client businesses: workspace `wsK` holds number `7008009000000K` (its own
+    // WABA), and the load goes round them.
+    let mut claims = vec![(
+        "bench".to_string(),
+        key.clone(),
+        NUMBER.to_string(),
+        WABA.to_string(),
+    )];
+    for k in 1..env_num("SERVED_WORKSPACES", 1) {
+        let ws = format!("ws{k}");
+        let out = with_db(wabridge(dir.path(), &nats.url, port, false))
+            .args(["bootstrap", "--workspace", &ws])
+            .output()
+            .expect("wabridge bootstrap");
+        claims.push((
+            ws,
+            owner_key(out),
+            format!("70080090{k:07}"),
+            format!("30010020{k:07}"),
+        ));
+    }
     let child = with_db(wabridge(dir.path(), &nats.url, port, true))
         .arg("serve")
         .stdout(Stdio::null())
@@ -178,22 +205,25 @@ pub async fn start_server(nats: &Nats) -> Server {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let r = client
-        .put(format!("{base}/v1/workspaces/bench/phone-numbers/{NUMBER}"))
-        .bearer_auth(&key)
-        .json(&serde_json::json!({"waba_id": WABA, "display_phone_number": "15551230000"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        r.status().is_success(),
-        "claim: {}",
-        r.text().await.unwrap()
-    );
+    for (i, (ws, key, number, waba)) in claims.iter().enumerate() {
+        let r = client
+            .put(format!("{base}/v1/workspaces/{ws}/phone-numbers/{number}"))
+            .bearer_auth(key)
+            .json(&serde_json::json!({"waba_id": waba, "display_phone_number": format!("1555123{i:04}")}))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "claim: {}",
+            r.text().await.unwrap()
+        );
+    }
     Server {
         child,
         base,
         key,
+        numbers: claims.into_iter().map(|(_, _, n, _)| n).collect(),
         _dir: dir,
     }
 }
@@ -232,7 +262,7 @@ impl Offered {
 /// Offers `rate` distinct signed webhooks a second for `seconds` (open loop).
 pub async fn offer(server: &Server, rate: u64, seconds: u64, tag: &str) -> Offered {
     let n = (rate * seconds) as usize;
-    let bodies = Arc::new(bodies(n, tag));
+    let bodies = Arc::new(bodies_to(n, tag, &server.numbers));
     // A bound on each request: an overloaded run once waited for ever on one whose
     // connection the server had dropped at its cap (the bench hung, the server idle).
     let client = reqwest::Client::builder()

@@ -124,10 +124,10 @@ async fn process_chunk<'a>(
     .await
     .map_err(CommandError::in_reactor)?;
     let mut unparsable = vec![];
-    // Each with the contacts it decides consent for (see `append_in_order`).
-    let mut planned: Vec<(String, NewEvent, Vec<String>)> = vec![];
+    // First every item's route, so that the consent settings of every workspace the
+    // chunk reaches are looked up together below, not one round trip after another.
+    let mut routed = vec![];
     let mut routes = HashMap::new();
-    let mut consents = Consents::new();
     for raw in events {
         let split = match split_webhook(&raw.payload, raw.seq) {
             Ok(split) => split,
@@ -142,27 +142,39 @@ async fn process_chunk<'a>(
         for mut item in split.items {
             let (ws, key, number) = target(ctx, &item, &mut routes).await?;
             item.event = with_number(&item.event, number);
-            for (i, (ws, new)) in uninstalled(ctx, &item).await?.into_iter().enumerate() {
-                let derived_key = format!("{key}#token{i}");
-                planned.push((
-                    derived_key.clone(),
-                    routed_event(ctx, raw, &new, &item, &ws, &derived_key),
-                    vec![],
-                ));
-            }
-            let Some(ws) = ws else {
-                let new = unrouted_event(ctx, raw, &item, &key)?;
-                planned.push((key, new, vec![]));
-                continue;
-            };
-            let (own, derived) = routed_item(ctx, raw, &item, &ws, &key, &mut consents).await?;
-            planned.push((key, own, vec![]));
-            planned.extend(
-                derived
-                    .into_iter()
-                    .map(|(k, event, new)| (k, new, consent_contacts(&ws, &event))),
-            );
+            routed.push((raw, item, ws, key));
         }
+    }
+    let mut consents = Consents::new();
+    load_consents(
+        ctx,
+        routed.iter().filter_map(|(.., ws, _)| ws.as_ref()),
+        &mut consents,
+    )
+    .await?;
+    // Each with the contacts it decides consent for (see `append_in_order`).
+    let mut planned: Vec<(String, NewEvent, Vec<String>)> = vec![];
+    for (raw, item, ws, key) in routed {
+        for (i, (ws, new)) in uninstalled(ctx, &item).await?.into_iter().enumerate() {
+            let derived_key = format!("{key}#token{i}");
+            planned.push((
+                derived_key.clone(),
+                routed_event(ctx, raw, &new, &item, &ws, &derived_key),
+                vec![],
+            ));
+        }
+        let Some(ws) = ws else {
+            let new = unrouted_event(ctx, raw, &item, &key)?;
+            planned.push((key, new, vec![]));
+            continue;
+        };
+        let (own, derived) = routed_item(ctx, raw, &item, &ws, &key, &mut consents).await?;
+        planned.push((key, own, vec![]));
+        planned.extend(
+            derived
+                .into_iter()
+                .map(|(k, event, new)| (k, new, consent_contacts(&ws, &event))),
+        );
     }
     let keys: Vec<&str> = planned.iter().map(|(k, ..)| k.as_str()).collect();
     let mut skip = webhook_items::processed(&ctx.store, &keys).await?;
@@ -248,6 +260,43 @@ fn segments<'a, T>(events: &'a [(T, &[String])]) -> Vec<&'a [(T, &'a [String])]>
 
 /// Workspaces' consent configurations, looked up once per chunk.
 pub(super) type Consents = HashMap<Slug, crate::consent::detect::Consent>;
+
+/// One workspace's consent settings, fresh as the log.
+async fn consent_of(
+    ctx: &Ctx,
+    ws: Slug,
+) -> anyhow::Result<(Slug, crate::consent::detect::Consent)> {
+    let c = crate::consent::current(ctx, &ws)
+        .await
+        .map_err(CommandError::in_reactor)?;
+    Ok((ws, c))
+}
+
+/// How many workspaces' consent settings are looked up at once.
+const CONSENT_LOOKUPS_AT_ONCE: usize = 32;
+
+/// Looks up the consent settings of each of `workspaces` not in `consents` yet,
+/// several at a time: each is a freshness check against the log (a round trip) and
+/// a read, and a chunk for many client businesses reaches many workspaces, which one
+/// after another cost a round trip each.
+pub(super) async fn load_consents<'w>(
+    ctx: &Ctx,
+    workspaces: impl Iterator<Item = &'w Slug>,
+    consents: &mut Consents,
+) -> anyhow::Result<()> {
+    use futures_util::{StreamExt, TryStreamExt};
+    let wanted: std::collections::BTreeSet<Slug> = workspaces
+        .filter(|ws| !consents.contains_key(*ws))
+        .cloned()
+        .collect();
+    let found: Vec<(Slug, crate::consent::detect::Consent)> =
+        futures_util::stream::iter(wanted.into_iter().map(|ws| consent_of(ctx, ws)))
+            .buffer_unordered(CONSENT_LOOKUPS_AT_ONCE)
+            .try_collect()
+            .await?;
+    consents.extend(found);
+    Ok(())
+}
 
 /// What an item routed to `ws` under `key` becomes: its own event, and what it says
 /// about consent (derived in the same pass: a STOP is an opt-out as soon as its
