@@ -326,6 +326,17 @@ mod tests {
         }
     }
 
+    /// The envelope without its optional fields.
+    fn bare() -> Envelope {
+        Envelope {
+            workspace: None,
+            causation_id: None,
+            source_ip: None,
+            signature: None,
+            ..envelope()
+        }
+    }
+
     #[test]
     fn the_one_header_form_comes_back_as_written_losslessly() {
         let env = envelope();
@@ -333,13 +344,7 @@ mod tests {
         assert!(one.starts_with("1;"), "{one}");
         assert_eq!(decode_compact(&one).unwrap(), env);
         // Without the optional ones, and with empty ones (which are not absent).
-        let bare = Envelope {
-            workspace: None,
-            causation_id: None,
-            source_ip: None,
-            signature: None,
-            ..envelope()
-        };
+        let bare = bare();
         assert_eq!(decode_compact(&encode_compact(&bare)).unwrap(), bare);
         let empty = Envelope {
             source_ip: Some(String::new()),
@@ -381,13 +386,7 @@ mod tests {
         let json = to_json(&env);
         assert_eq!(from_json(&json).unwrap(), env);
         // Without the optional ones.
-        let bare = Envelope {
-            workspace: None,
-            causation_id: None,
-            source_ip: None,
-            signature: None,
-            ..envelope()
-        };
+        let bare = bare();
         assert_eq!(from_json(&to_json(&bare)).unwrap(), bare);
         // A value written with an escape (not borrowed), and a header this version
         // does not know, as a later one may write it.
