@@ -35,7 +35,9 @@ pub const SIGNATURE: &str = "Wb-Signature";
 /// which are still read.
 pub const ENVELOPE: &str = "Wb-Envelope";
 
-/// The envelope as (name, value) pairs. Values are ASCII without control characters.
+/// The envelope as (name, value) pairs, one header per field: the form written
+/// before [`ENVELOPE`] (still read by [`decode`]). Values are ASCII without control
+/// characters.
 pub fn encode(env: &Envelope) -> Vec<(&'static str, String)> {
     let mut h = vec![
         (ID, env.id.to_string()),
@@ -73,7 +75,8 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
-/// Rebuilds the envelope from headers; unknown headers are ignored (forward compatible).
+/// Rebuilds the envelope from the separate headers of [`encode`]; unknown headers are
+/// ignored (forward compatible).
 pub fn decode<'a>(get: impl Fn(&str) -> Option<&'a str>) -> anyhow::Result<Envelope> {
     let req = |name: &str| get(name).ok_or_else(|| anyhow!("missing header {name}"));
     Ok(Envelope {
