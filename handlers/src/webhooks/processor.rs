@@ -145,13 +145,8 @@ async fn process_chunk<'a>(
             routed.push((raw, item, ws, key));
         }
     }
-    let mut consents = Consents::new();
-    load_consents(
-        ctx,
-        routed.iter().filter_map(|(.., ws, _)| ws.as_ref()),
-        &mut consents,
-    )
-    .await?;
+    let mut consents =
+        load_consents(ctx, routed.iter().filter_map(|(.., ws, _)| ws.as_ref())).await?;
     // Each with the contacts it decides consent for (see `append_in_order`).
     let mut planned: Vec<(String, NewEvent, Vec<String>)> = vec![];
     for (raw, item, ws, key) in routed {
@@ -275,27 +270,20 @@ async fn consent_of(
 /// How many workspaces' consent settings are looked up at once.
 const CONSENT_LOOKUPS_AT_ONCE: usize = 32;
 
-/// Looks up the consent settings of each of `workspaces` not in `consents` yet,
-/// several at a time: each is a freshness check against the log (a round trip) and
-/// a read, and a chunk for many client businesses reaches many workspaces, which one
-/// after another cost a round trip each.
-pub(super) async fn load_consents<'w>(
+/// Looks up the consent settings of each of `workspaces`, several at a time: each
+/// is a freshness check against the log (a round trip) and a read, and a chunk for
+/// many client businesses reaches many workspaces, which one after another cost a
+/// round trip each.
+async fn load_consents<'w>(
     ctx: &Ctx,
     workspaces: impl Iterator<Item = &'w Slug>,
-    consents: &mut Consents,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Consents> {
     use futures_util::{StreamExt, TryStreamExt};
-    let wanted: std::collections::BTreeSet<Slug> = workspaces
-        .filter(|ws| !consents.contains_key(*ws))
-        .cloned()
-        .collect();
-    let found: Vec<(Slug, crate::consent::detect::Consent)> =
-        futures_util::stream::iter(wanted.into_iter().map(|ws| consent_of(ctx, ws)))
-            .buffer_unordered(CONSENT_LOOKUPS_AT_ONCE)
-            .try_collect()
-            .await?;
-    consents.extend(found);
-    Ok(())
+    let wanted: std::collections::BTreeSet<Slug> = workspaces.cloned().collect();
+    futures_util::stream::iter(wanted.into_iter().map(|ws| consent_of(ctx, ws)))
+        .buffer_unordered(CONSENT_LOOKUPS_AT_ONCE)
+        .try_collect()
+        .await
 }
 
 /// What an item routed to `ws` under `key` becomes: its own event, and what it says
