@@ -266,6 +266,18 @@ pub trait EventLog: Send + Sync + 'static {
     /// The sequence of the last event on a subject (0 when none).
     async fn last_subject_seq(&self, subject: &str) -> Result<u64, LogError>;
 
+    /// A sequence that covers the last event on each of `subjects` (all in one
+    /// stream): at least the last sequence of every one of them, at most the
+    /// stream's head. A projection that has applied it is fresh for all of them, so
+    /// a decision about many aggregates (the consent settings of every workspace a
+    /// chunk of webhooks reaches) needs one look-up, not one per subject. The
+    /// embedded log answers exactly; JetStream asks its stream leader for the last
+    /// event on the subjects' [`covering_patterns`](crate::subject::covering_patterns)
+    /// (one request for subjects of one shape), which may be a later event on
+    /// another subject of that shape. 0 when none of them has an event (on
+    /// JetStream: nor any subject its pattern matches), and for no subjects.
+    async fn last_seq_covering(&self, subjects: &[String]) -> Result<u64, LogError>;
+
     /// Takes or renews the lease `name` for `holder` for `ttl`, unless another holder
     /// has a live one (other than `replacing`, a holder known to be dead). Returns the
     /// lease as it stands afterwards: held by us when its `holder` is ours. One lease
@@ -311,4 +323,13 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// The subject namespace.
     fn namespace(&self) -> &crate::Namespace;
+}
+
+/// The error of a look-up over subjects that are not all in one stream (see
+/// [`EventLog::last_seq_covering`]): their sequences would not compare.
+pub(crate) fn not_one_stream(subjects: &[String]) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the subjects {:?} are not all in one stream of this namespace",
+        subjects.iter().take(3).collect::<Vec<_>>()
+    )
 }

@@ -138,6 +138,16 @@ impl Namespace {
         }
     }
 
+    /// The one stream all of `subjects` are in: `None` when there are none, or
+    /// when they are not all in one stream of this namespace.
+    pub fn stream_of_all<S: AsRef<str>>(&self, subjects: &[S]) -> Option<crate::StreamKind> {
+        let first = self.stream_of(subjects.first()?.as_ref())?;
+        subjects
+            .iter()
+            .all(|s| self.stream_of(s.as_ref()) == Some(first))
+            .then_some(first)
+    }
+
     /// The JetStream stream name for a stream kind, e.g. `WB_EVENTS`.
     pub fn stream_name(&self, stream: crate::StreamKind) -> String {
         let ns = self.0.to_ascii_uppercase();
@@ -180,9 +190,61 @@ pub fn subject_matches(filter: &str, subject: &str) -> bool {
     }
 }
 
+/// Patterns that between them match every one of `subjects`, one per token count:
+/// where the subjects of that length differ in a token, the pattern has `*`. The
+/// consent settings of many workspaces (`wb.acme.consent.keywords`,
+/// `wb.shop.consent.keywords`) become one pattern, `wb.*.consent.keywords`, so a
+/// backend can find the last event on all of them with one look-up. A pattern may
+/// match other subjects of the same shape too: it covers, it does not select.
+/// In the order each length first appears; none for no subjects.
+pub fn covering_patterns<S: AsRef<str>>(subjects: &[S]) -> Vec<String> {
+    let mut patterns: Vec<Vec<&str>> = vec![];
+    for s in subjects {
+        let tokens: Vec<&str> = s.as_ref().split('.').collect();
+        match patterns.iter_mut().find(|p| p.len() == tokens.len()) {
+            Some(p) => {
+                for (have, t) in p.iter_mut().zip(&tokens) {
+                    if have != t {
+                        *have = "*";
+                    }
+                }
+            }
+            None => patterns.push(tokens),
+        }
+    }
+    patterns.into_iter().map(|p| p.join(".")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn covering_patterns_match_every_subject_and_differ_only_where_they_do() {
+        let subjects = [
+            "wb.acme.consent.keywords",
+            "wb.shop.consent.keywords",
+            "wb.acme.consent.keywords",
+            "wbraw.meta",
+            "wb.zed.consent.keywords",
+        ];
+        let patterns = covering_patterns(&subjects);
+        assert_eq!(patterns, ["wb.*.consent.keywords", "wbraw.meta"]);
+        for s in subjects {
+            assert!(patterns.iter().any(|p| subject_matches(p, s)), "{s}");
+        }
+        // One subject, or the same one repeated, is its own exact pattern.
+        assert_eq!(
+            covering_patterns(&["wb.acme.consent.keywords"; 2]),
+            ["wb.acme.consent.keywords"]
+        );
+        // Several differing tokens each become a wildcard; the others stay.
+        assert_eq!(
+            covering_patterns(&["wb.a.contact.x", "wb.b.contact.y"]),
+            ["wb.*.contact.*"]
+        );
+        assert!(covering_patterns::<&str>(&[]).is_empty());
+    }
 
     #[test]
     fn slugs() {

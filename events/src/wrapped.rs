@@ -106,6 +106,10 @@ impl<T: WrappedLog> EventLog for T {
         self.inner().last_subject_seq(subject).await
     }
 
+    async fn last_seq_covering(&self, subjects: &[String]) -> Result<u64, LogError> {
+        self.inner().last_seq_covering(subjects).await
+    }
+
     async fn acquire_lease(
         &self,
         name: &str,

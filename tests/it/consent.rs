@@ -628,6 +628,11 @@ async fn manual_changes_are_audited_and_bad_input_changes_nothing() {
 #[tokio::test]
 async fn a_workspace_keyword_opts_out_in_that_workspace_only() {
     let (app, key) = setup(LogKind::Embedded, DbKind::Sqlite).await;
+    // A message before the keywords are set: the processor has read the settings
+    // once already, and must not keep them past their change.
+    post_ok(&app, &text_webhook("447700900400", "pare", "wamid.k0")).await;
+    let c = consent_of(&app, &key, "447700900400").await;
+    assert_eq!(c["opted_out"], false, "{c}");
     let r = app
         .put(
             "/v1/workspaces/acme/consent/keywords",
@@ -819,4 +824,91 @@ async fn a_failed_append_never_stores_a_contacts_later_decision_first() {
     );
     let c = consent_of(&app, &key, from).await;
     assert_eq!(c["opted_out"], false, "{c}");
+}
+
+/// Raw webhooks as the ingest stores them, at sequences of their own (past any the
+/// log holds), from the stored `template`.
+fn raw_chunk(
+    template: &wabridge_events::StoredEvent,
+    bodies: Vec<Vec<u8>>,
+) -> Vec<wabridge_events::StoredEvent> {
+    bodies
+        .into_iter()
+        .enumerate()
+        .map(|(i, body)| wabridge_events::StoredEvent {
+            seq: 2_000_000 + i as u64,
+            payload: body.into(),
+            decoded: Default::default(),
+            ..template.clone()
+        })
+        .collect()
+}
+
+/// The processor takes a chunk's consent settings fresh for every workspace the
+/// chunk reaches, with one look-up of the log for all of them. Here no instance
+/// runs the workers, and one workspace's settings changed in the log after its
+/// consent read model last moved: a chunk reaching that workspace (beside another)
+/// is refused for now (the driver tries it again), not decided on the settings the
+/// read model still holds; a chunk reaching only the other workspace goes on.
+async fn a_chunk_waits_for_every_workspaces_consent_settings(log: LogKind) {
+    use wabridge_projections::{driver::is_unavailable, Reactor};
+    let (app, _) = setup(log, DbKind::Sqlite).await;
+    app.workspace("other").await;
+    const OTHER_NUMBER: &str = "700800900100299";
+    const OTHER_WABA: &str = "300100200300499";
+    app.claim("other", OTHER_NUMBER, OTHER_WABA).await;
+    post_ok(&app, &text_webhook("447700956000", "hello", "wamid.fresh0")).await;
+    app.settle().await;
+    let template = app
+        .read_all(StreamKind::Raw, None)
+        .await
+        .unwrap()
+        .pop()
+        .expect("the raw webhook");
+    let app = app.restart_with(|o| o.workers = false).await;
+    let ctx = app.app.ctx.clone();
+    let acme = wabridge_events::Slug::parse("acme").unwrap();
+    let changed = ctx.event(
+        Some(&acme),
+        &wabridge_handlers::commands::Caller::cli("test"),
+        &wabridge_events::types::ConsentSettingsSet {
+            suspected_automatic: true,
+            confirmations: vec![],
+        },
+    );
+    ctx.log.append(changed).await.expect("the settings change");
+    let to_other = |from: &str, wamid: &str| {
+        crate::support::app::text_webhook_to(OTHER_NUMBER, OTHER_WABA, from, "hello", wamid)
+    };
+    let processor = wabridge_handlers::webhooks::processor::Processor::new(ctx);
+    processor
+        .stage(&raw_chunk(
+            &template,
+            vec![to_other("447700956001", "wamid.fresh1")],
+        ))
+        .await
+        .expect("a chunk for the other workspace only goes on");
+    let both = raw_chunk(
+        &template,
+        vec![
+            to_other("447700956002", "wamid.fresh2"),
+            text_webhook("447700956003", "hello", "wamid.fresh3"),
+        ],
+    );
+    match processor.stage(&both).await {
+        Ok(_) => {
+            panic!("a chunk reaching acme was decided on settings the read model has not applied")
+        }
+        Err(e) => assert!(is_unavailable(&e), "refused for now, not failed: {e:#}"),
+    }
+}
+
+#[tokio::test]
+async fn a_chunk_waits_for_every_workspaces_consent_settings_embedded() {
+    a_chunk_waits_for_every_workspaces_consent_settings(LogKind::Embedded).await;
+}
+
+#[tokio::test]
+async fn a_chunk_waits_for_every_workspaces_consent_settings_jetstream() {
+    a_chunk_waits_for_every_workspaces_consent_settings(LogKind::JetStream).await;
 }

@@ -89,7 +89,7 @@ mod embedded {
     use super::*;
 
     conformance_tests!(super::embedded_fixture;
-        ordering, dedup, dedup_before_concurrency, concurrency, follow_and_resume, replay,
+        ordering, dedup, dedup_before_concurrency, concurrency, covering, follow_and_resume, replay,
         oversized_payload, max_payload_accepted, foreign_subject, many_in_flight,
         kv_cas_semantics, kv_concurrent_increments, odd_bytes_in_one_page);
 
@@ -302,7 +302,7 @@ mod jetstream {
     use super::*;
 
     conformance_tests!(super::jetstream_fixture;
-        ordering, dedup, dedup_before_concurrency, concurrency, follow_and_resume, replay,
+        ordering, dedup, dedup_before_concurrency, concurrency, covering, follow_and_resume, replay,
         oversized_payload, max_payload_accepted, foreign_subject, many_in_flight,
         kv_cas_semantics, kv_concurrent_increments, odd_bytes_in_one_page);
 
@@ -1096,6 +1096,50 @@ async fn concurrency(log: &dyn EventLog) {
     assert_eq!(append_ok(log, expecting(ev(&raw, "r1"), 0)).await, 1);
     append_conflict(log, expecting(ev(&raw, "r-stale"), 0), 1).await;
     assert_eq!(log.last_subject_seq(&raw).await.unwrap(), 1);
+}
+
+/// `last_seq_covering` gives, in one look-up, a sequence at or after the last event
+/// of every subject asked about and never beyond the stream's head; exactly the
+/// last one for a single subject; 0 where nothing was appended; and it refuses
+/// subjects of two streams (their sequences do not compare).
+async fn covering(log: &dyn EventLog) {
+    let ns = log.namespace().clone();
+    let settings =
+        |ws: &str| ns.domain_subject(Some(&Slug::parse(ws).unwrap()), "consent", "keywords");
+    let (a, b, c) = (settings("acme"), settings("shop"), settings("zed"));
+    let message = ns.domain_subject(Some(&Slug::parse("acme").unwrap()), "message", "m1");
+    let covering = |subjects: &[&String]| {
+        let subjects: Vec<String> = subjects.iter().map(|s| s.to_string()).collect();
+        async move { log.last_seq_covering(&subjects).await.unwrap() }
+    };
+    assert_eq!(covering(&[]).await, 0);
+    assert_eq!(covering(&[&a, &b, &c]).await, 0);
+    for s in [&a, &message, &b, &message, &a, &message] {
+        append_ok(log, ev(s, "x")).await;
+    }
+    let head = log.last_seq(StreamKind::Domain).await.unwrap();
+    assert_eq!(head, 6);
+    assert_eq!(covering(&[&a]).await, 5);
+    assert_eq!(covering(&[&b]).await, 3);
+    assert_eq!(covering(&[&c]).await, 0);
+    assert_eq!(covering(&[&message]).await, 6);
+    for set in [
+        vec![&a, &b],
+        vec![&b, &c],
+        vec![&c, &b, &a],
+        vec![&b, &message],
+        vec![&b, &b],
+    ] {
+        let mut exact = 0;
+        for s in &set {
+            exact = exact.max(log.last_subject_seq(s).await.unwrap());
+        }
+        let got = covering(&set).await;
+        assert!(exact <= got && got <= head, "{set:?}: {got}, exact {exact}");
+    }
+    let raw = ns.raw_webhook_subject();
+    let mixed = vec![a.clone(), raw];
+    assert!(log.last_seq_covering(&mixed).await.is_err());
 }
 
 /// A follower yields existing then new events in order, wakes promptly, and a new

@@ -656,6 +656,56 @@ async fn unknown_number_attached_later(log: LogKind) {
     app.stop().await;
 }
 
+/// A number released by one workspace and claimed by another: its next webhook goes
+/// to the new holder, and one for an unclaimed number becomes routed once it is
+/// claimed. (The processor remembers routes between chunks only while the routing
+/// table's last change stays where it was.)
+async fn a_moved_number_routes_to_its_new_workspace(log: LogKind) {
+    use crate::support::app::text_webhook_to;
+    let app = spawn_app(log, DbKind::Sqlite).await;
+    let owner_a = app.workspace("ws-a").await;
+    app.workspace("ws-b").await;
+    app.claim("ws-a", NUMBER_A, WABA_A).await;
+    let post = |wamid: &str, number: &str, waba: &str| {
+        let body = text_webhook_to(number, waba, "447700957000", "hello", wamid);
+        let app = &app;
+        async move {
+            let r = app.signed_webhook(&body).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+            app.settle().await;
+        }
+    };
+    post("wamid.moved1", NUMBER_A, WABA_A).await;
+    post("wamid.moved2", NUMBER_B, WABA_B).await;
+    assert_eq!(
+        wamids(&app.events_of(Some("ws-a"), "message.received").await),
+        ["wamid.moved1"]
+    );
+    assert_eq!(app.events_of(None, "webhook.unrouted").await.len(), 1);
+
+    let r = app
+        .delete(
+            &format!("/v1/workspaces/ws-a/phone-numbers/{NUMBER_A}"),
+            &owner_a,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    app.claim("ws-b", NUMBER_A, WABA_A).await;
+    app.claim("ws-b", NUMBER_B, WABA_B).await;
+    post("wamid.moved3", NUMBER_A, WABA_A).await;
+    post("wamid.moved4", NUMBER_B, WABA_B).await;
+    assert_eq!(
+        wamids(&app.events_of(Some("ws-a"), "message.received").await),
+        ["wamid.moved1"]
+    );
+    assert_eq!(
+        wamids(&app.events_of(Some("ws-b"), "message.received").await),
+        ["wamid.moved3", "wamid.moved4"]
+    );
+    assert_eq!(app.events_of(None, "webhook.unrouted").await.len(), 1);
+    app.stop().await;
+}
+
 // ------------------------------------------------------------------ 7. dead letters
 
 async fn unparsable_body_becomes_a_dead_letter(log: LogKind) {
@@ -1022,7 +1072,7 @@ mod embedded {
         handshake, fixtures_are_stored_byte_exact, bad_signatures_are_refused,
         escaped_unicode, routing_and_splitting_sqlite, redelivery_inside_the_window,
         redelivery_after_the_window, unknown_number_attached_later,
-        unparsable_body_becomes_a_dead_letter, over_the_body_limit, at_the_body_limit,
+        a_moved_number_routes_to_its_new_workspace, unparsable_body_becomes_a_dead_letter, over_the_body_limit, at_the_body_limit,
         sigkill_after_the_200);
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1043,7 +1093,7 @@ mod jetstream {
         handshake, fixtures_are_stored_byte_exact, bad_signatures_are_refused,
         escaped_unicode, routing_and_splitting_sqlite, redelivery_inside_the_window,
         redelivery_after_the_window, unknown_number_attached_later,
-        unparsable_body_becomes_a_dead_letter, over_the_body_limit, at_the_body_limit,
+        a_moved_number_routes_to_its_new_workspace, unparsable_body_becomes_a_dead_letter, over_the_body_limit, at_the_body_limit,
         sigkill_after_the_200);
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

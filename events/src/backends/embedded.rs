@@ -444,6 +444,36 @@ async fn last_subject_seq(
     Ok(seq as u64)
 }
 
+/// Subjects per statement of [`last_seq_of_subjects`] (well under SQLite's limit of
+/// bound values).
+const COVERING_SUBJECTS_PER_QUERY: usize = 200;
+
+/// The greatest of the last sequences of `subjects`, in one statement: a round trip
+/// to the connection's worker thread costs more than each subject's index look-up
+/// (a `MAX` per subject, each answered from the `(subject, seq)` index; one `MAX`
+/// over `subject IN (…)` would read every event of those subjects).
+async fn last_seq_of_subjects(
+    conn: &mut SqliteConnection,
+    stream: StreamKind,
+    subjects: &[String],
+) -> anyhow::Result<u64> {
+    let mut q = QueryBuilder::<Sqlite>::new("SELECT COALESCE(MAX(m), 0) FROM (");
+    for (i, s) in subjects.iter().enumerate() {
+        if i > 0 {
+            q.push(" UNION ALL ");
+        }
+        q.push(format!(
+            "SELECT (SELECT MAX(seq) FROM {} WHERE subject = ",
+            table(stream)
+        ));
+        q.push_bind(s.as_str());
+        q.push(") AS m");
+    }
+    q.push(")");
+    let seq: i64 = q.build_query_scalar().fetch_one(conn).await?;
+    Ok(seq as u64)
+}
+
 /// Events per page read at most (one SQLite value holds the page: bounded, so a
 /// read of a large `limit` is not one value of hundreds of megabytes).
 const READ_PAGE_MAX: usize = 5000;
@@ -672,6 +702,27 @@ impl EventLog for EmbeddedLog {
         last_subject_seq(&mut conn, stream, subject)
             .await
             .map_err(LogError)
+    }
+
+    async fn last_seq_covering(&self, subjects: &[String]) -> Result<u64, LogError> {
+        if subjects.is_empty() {
+            return Ok(0);
+        }
+        let stream = self
+            .cfg
+            .namespace
+            .stream_of_all(subjects)
+            .ok_or_else(|| LogError(crate::log::not_one_stream(subjects)))?;
+        let mut conn = self.reads.acquire().await.map_err(LogError::new)?;
+        let mut max = 0;
+        for part in subjects.chunks(COVERING_SUBJECTS_PER_QUERY) {
+            max = max.max(
+                last_seq_of_subjects(&mut conn, stream, part)
+                    .await
+                    .map_err(LogError)?,
+            );
+        }
+        Ok(max)
     }
 
     async fn acquire_lease(

@@ -723,6 +723,22 @@ impl EventLog for JetStreamLog {
         }
     }
 
+    async fn last_seq_covering(&self, subjects: &[String]) -> Result<u64, LogError> {
+        if !subjects.is_empty() && self.cfg.namespace.stream_of_all(subjects).is_none() {
+            return Err(LogError(crate::log::not_one_stream(subjects)));
+        }
+        // A stream message get by subject takes a wildcard pattern and is answered
+        // by the stream's leader (not a replica, as a direct get may be), so what it
+        // reports is never behind an acknowledged append.
+        let looked_up = futures_util::future::try_join_all(
+            crate::subject::covering_patterns(subjects)
+                .into_iter()
+                .map(|p| async move { self.last_subject_seq(&p).await }),
+        )
+        .await?;
+        Ok(looked_up.into_iter().max().unwrap_or(0))
+    }
+
     async fn acquire_lease(
         &self,
         name: &str,

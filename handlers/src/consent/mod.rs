@@ -25,6 +25,48 @@ pub async fn current(ctx: &Ctx, ws: &Slug) -> Result<detect::Consent, CommandErr
     Ok(detect::Consent::new(&c.keywords, c.suspected_automatic))
 }
 
+/// How many workspaces' consent settings are read at once by [`read_for`].
+const READS_AT_ONCE: usize = 32;
+
+/// Makes the consent configurations of `workspaces` as fresh as the log with one
+/// look-up for all of them: the log's sequence covering every one's configuration
+/// subject ([`EventLog::last_seq_covering`](wabridge_events::EventLog::last_seq_covering)),
+/// then the consent projection at least there. Returns that sequence: while it
+/// stays the same, none of these configurations changed. A chunk of webhooks for
+/// many client businesses reaches many workspaces; asked one by one, each cost a
+/// request to the log.
+pub async fn fresh_for(
+    ctx: &Ctx,
+    workspaces: &std::collections::BTreeSet<Slug>,
+) -> Result<u64, CommandError> {
+    let subjects: Vec<String> = workspaces
+        .iter()
+        .map(|ws| config_subject(ctx, ws))
+        .collect();
+    let seq = ctx.log.last_seq_covering(&subjects).await?;
+    if seq > 0 {
+        ctx.wait("consent", seq).await?;
+    }
+    Ok(seq)
+}
+
+/// The consent configurations of `workspaces` as the read model holds them (made
+/// fresh first with [`fresh_for`]), several read at once.
+pub async fn read_for(
+    ctx: &Ctx,
+    workspaces: impl Iterator<Item = Slug>,
+) -> Result<std::collections::HashMap<Slug, detect::Consent>, CommandError> {
+    use futures_util::{StreamExt, TryStreamExt};
+    let read = |ws: Slug| async move {
+        let c = consent::config(&ctx.store, ws.as_str()).await?;
+        Ok::<_, CommandError>((ws, detect::Consent::new(&c.keywords, c.suspected_automatic)))
+    };
+    futures_util::stream::iter(workspaces.map(read))
+        .buffer_unordered(READS_AT_ONCE)
+        .try_collect()
+        .await
+}
+
 /// A contact named in a path or a request: a phone number's digits (E.164, `+`
 /// optional) or a business-scoped user id (`US.1349…`, or a parent id `US.ENT.…`),
 /// by the same rules as a send's recipient.

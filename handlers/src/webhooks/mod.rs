@@ -3,6 +3,7 @@
 
 pub mod node;
 pub mod processor;
+mod remembered;
 pub mod reprocess;
 pub mod signature;
 pub mod split;

@@ -24,6 +24,7 @@ use wabridge_projections::{
     },
 };
 
+use super::remembered::Remembered;
 use super::split::{split_webhook, Route, WebhookItem};
 use crate::commands::{CommandError, Ctx};
 use crate::consent::detect::detect;
@@ -40,17 +41,36 @@ pub struct Processor {
     /// When true, a body that cannot be split fails the stage (a redrive must know);
     /// else it becomes a dead letter at once and its neighbours go on.
     strict: bool,
+    /// Routes and consent settings from earlier chunks, while they hold.
+    memory: Memory,
+}
+
+/// What the processor remembers between chunks (see [`Remembered`]).
+#[derive(Default)]
+struct Memory {
+    /// By route, valid at the routing subject's last sequence.
+    routes: Remembered<Route, Target>,
+    /// By workspace, valid at the sequence covering their settings subjects.
+    consents: Remembered<Slug, crate::consent::detect::Consent>,
 }
 
 impl Processor {
     /// The processor of the live follower.
     pub fn new(ctx: Ctx) -> Self {
-        Processor { ctx, strict: false }
+        Processor {
+            ctx,
+            strict: false,
+            memory: Memory::default(),
+        }
     }
 
     /// The processor a redrive uses: an unsplittable body is an error.
     pub fn strict(ctx: Ctx) -> Self {
-        Processor { ctx, strict: true }
+        Processor {
+            ctx,
+            strict: true,
+            memory: Memory::default(),
+        }
     }
 }
 
@@ -72,7 +92,7 @@ impl Reactor for Processor {
     /// Splits, routes and appends the items of every body (appends dedup by each
     /// item's natural key, so running this again is harmless).
     async fn stage(&self, batch: &[StoredEvent]) -> anyhow::Result<Staged> {
-        let outcome = process_chunk(&self.ctx, batch).await?;
+        let outcome = process_chunk(&self.ctx, &self.memory, batch).await?;
         for (event, item, reason) in &outcome.unparsable {
             if self.strict {
                 match item {
@@ -114,20 +134,22 @@ struct ChunkOutcome<'a> {
 
 async fn process_chunk<'a>(
     ctx: &Ctx,
+    memory: &Memory,
     events: &'a [StoredEvent],
 ) -> anyhow::Result<ChunkOutcome<'a>> {
     // Route against every claim made up to now.
-    ctx.fresh(
-        "phone_numbers",
-        &phone_numbers::routing_subject(ctx.log.namespace()),
-    )
-    .await
-    .map_err(CommandError::in_reactor)?;
+    let routing_at = ctx
+        .fresh(
+            "phone_numbers",
+            &phone_numbers::routing_subject(ctx.log.namespace()),
+        )
+        .await
+        .map_err(CommandError::in_reactor)?;
     let mut unparsable = vec![];
     // First every item's route, so that the consent settings of every workspace the
     // chunk reaches are looked up together below, not one round trip after another.
     let mut routed = vec![];
-    let mut routes = HashMap::new();
+    let mut routes = memory.routes.take(routing_at);
     for raw in events {
         let split = match split_webhook(&raw.payload, raw.seq) {
             Ok(split) => split,
@@ -145,8 +167,12 @@ async fn process_chunk<'a>(
             routed.push((raw, item, ws, key));
         }
     }
-    let mut consents =
-        load_consents(ctx, routed.iter().filter_map(|(.., ws, _)| ws.as_ref())).await?;
+    let (consents_at, mut consents) = load_consents(
+        ctx,
+        &memory.consents,
+        routed.iter().filter_map(|(.., ws, _)| ws.as_ref()),
+    )
+    .await?;
     // Each with the contacts it decides consent for (see `append_in_order`).
     let mut planned: Vec<(String, NewEvent, Vec<String>)> = vec![];
     for (raw, item, ws, key) in routed {
@@ -181,6 +207,8 @@ async fn process_chunk<'a>(
         }
     }
     append_in_order(ctx, appends).await?;
+    memory.routes.keep(routing_at, routes);
+    memory.consents.keep(consents_at, consents);
     Ok(ChunkOutcome {
         keys: planned.into_iter().map(|(k, ..)| k).collect(),
         unparsable,
@@ -256,34 +284,31 @@ fn segments<'a, T>(events: &'a [(T, &[String])]) -> Vec<&'a [(T, &'a [String])]>
 /// Workspaces' consent configurations, looked up once per chunk.
 pub(super) type Consents = HashMap<Slug, crate::consent::detect::Consent>;
 
-/// One workspace's consent settings, fresh as the log.
-async fn consent_of(
-    ctx: &Ctx,
-    ws: Slug,
-) -> anyhow::Result<(Slug, crate::consent::detect::Consent)> {
-    let c = crate::consent::current(ctx, &ws)
-        .await
-        .map_err(CommandError::in_reactor)?;
-    Ok((ws, c))
-}
-
-/// How many workspaces' consent settings are looked up at once.
-const CONSENT_LOOKUPS_AT_ONCE: usize = 32;
-
-/// Looks up the consent settings of each of `workspaces`, several at a time: each
-/// is a freshness check against the log (a round trip) and a read, and a chunk for
-/// many client businesses reaches many workspaces, which one after another cost a
-/// round trip each.
+/// The consent settings of each of `workspaces`, made fresh together (see
+/// [`crate::consent::fresh_for`]: one look-up of the log for all of them), read
+/// from the read model where the last chunk's do not still hold; with the sequence
+/// they hold at.
 async fn load_consents<'w>(
     ctx: &Ctx,
+    remembered: &Remembered<Slug, crate::consent::detect::Consent>,
     workspaces: impl Iterator<Item = &'w Slug>,
-) -> anyhow::Result<Consents> {
-    use futures_util::{StreamExt, TryStreamExt};
+) -> anyhow::Result<(u64, Consents)> {
     let wanted: std::collections::BTreeSet<Slug> = workspaces.cloned().collect();
-    futures_util::stream::iter(wanted.into_iter().map(|ws| consent_of(ctx, ws)))
-        .buffer_unordered(CONSENT_LOOKUPS_AT_ONCE)
-        .try_collect()
+    let at = crate::consent::fresh_for(ctx, &wanted)
         .await
+        .map_err(CommandError::in_reactor)?;
+    let mut known = remembered.take(at);
+    let missing: Vec<Slug> = wanted
+        .into_iter()
+        .filter(|ws| !known.contains_key(ws))
+        .collect();
+    if !missing.is_empty() {
+        let read = crate::consent::read_for(ctx, missing.into_iter())
+            .await
+            .map_err(CommandError::in_reactor)?;
+        known.extend(read);
+    }
+    Ok((at, known))
 }
 
 /// What an item routed to `ws` under `key` becomes: its own event, and what it says
