@@ -18,7 +18,7 @@ use wabridge_projections::{
     views::dead_letters,
 };
 
-use crate::commands::{CommandError, Ctx};
+use crate::commands::Ctx;
 
 /// The reactor's name (checkpoint key, subscription).
 pub const NAME: &str = "redrive";
@@ -87,10 +87,7 @@ impl Redrive {
     }
 
     async fn redrive(&self, request: &StoredEvent, id: &str) -> anyhow::Result<()> {
-        self.ctx
-            .wait("dead_letters", request.seq)
-            .await
-            .map_err(CommandError::in_reactor)?;
+        self.ctx.wait("dead_letters", request.seq).await?;
         let Some(dl) = dead_letters::get(&self.ctx.store, id).await? else {
             tracing::warn!(id, "redrive of an unknown dead letter");
             return Ok(());

@@ -147,7 +147,7 @@ impl From<CommandError> for AppError {
             CommandError::Validation(d) => AppError::validation(d),
             CommandError::Forbidden(d) => AppError::forbidden(d),
             CommandError::NotConfigured(v) => AppError::not_configured(v),
-            CommandError::Unavailable { code, detail } => {
+            CommandError::Unavailable { code, detail, .. } => {
                 AppError::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
             }
             CommandError::Unprocessable { code, detail } => {

@@ -134,7 +134,8 @@ pub enum CommandError {
     #[error("{0} is not set")]
     NotConfigured(&'static str),
     /// The state the decision needs cannot be confirmed fresh (the read models lag,
-    /// or no instance runs the workers): refused rather than guessed (503).
+    /// or no instance runs the workers): refused rather than guessed (503). Made with
+    /// [`CommandError::unavailable`].
     #[error("{detail}")]
     Unavailable {
         /// Stable code: `workers_unavailable`, `stale_read_model` or
@@ -142,6 +143,15 @@ pub enum CommandError {
         code: &'static str,
         /// What is missing.
         detail: String,
+        /// The same refusal as the consumer driver knows it
+        /// ([`NotReady`](wabridge_projections::driver::NotReady)), as this error's
+        /// source: in a reactor (the webhook processor, the redrive reactor) a bare
+        /// `?` then delays the batch for as long as it lasts. Without it the driver
+        /// counted the refusal as the event failing, and after five quick retries a
+        /// webhook became a dead letter (seen: a cluster's stream leader killed
+        /// under load).
+        #[source]
+        not_ready: wabridge_projections::driver::NotReady,
     },
     /// A rule refuses it (422): `contact_opted_out`, `outside_service_window`, ...
     #[error("{detail}")]
@@ -162,28 +172,21 @@ pub enum CommandError {
         /// `Retry-After`, `RateLimit`, `RateLimit-Policy`.
         headers: Vec<(&'static str, String)>,
     },
-    /// Anything else (log or database failure).
-    #[error(transparent)]
+    /// Anything else (log or database failure). Not transparent: its source is the
+    /// error itself, so the consumer driver, walking the chain, still sees a database
+    /// that went away inside it (a transparent variant would skip to the inner
+    /// error's own source).
+    #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
 
 impl CommandError {
-    /// This refusal as the error of a reactor's stage (the webhook processor, the
-    /// redrive reactor), where the consumer driver decides what a failure means. A
-    /// refusal for now ([`CommandError::Unavailable`]: a read model lags, no instance
-    /// runs the workers, the log cannot answer) becomes the driver's
-    /// [`NotReady`](wabridge_projections::driver::NotReady): the batch is tried again
-    /// while it lasts. Converted with a bare `?`, it read as the event failing, and
-    /// after five quick retries a webhook became a dead letter (seen: a cluster's
-    /// stream leader killed under load). An internal error keeps its own chain, so a
-    /// database or log failure inside it is still seen as one.
-    pub fn in_reactor(self) -> anyhow::Error {
-        match self {
-            CommandError::Unavailable { code, detail } => anyhow::Error::new(
-                wabridge_projections::driver::NotReady(format!("{code}: {detail}")),
-            ),
-            CommandError::Internal(e) => e,
-            other => anyhow::Error::new(other),
+    /// A refusal for now (503): `code` is stable, `detail` says what is missing.
+    pub fn unavailable(code: &'static str, detail: impl Into<String>) -> Self {
+        CommandError::Unavailable {
+            code,
+            detail: detail.into(),
+            not_ready: wabridge_projections::driver::NotReady(code.to_string()),
         }
     }
 }
@@ -207,10 +210,7 @@ impl From<AppendError> for CommandError {
 impl From<wabridge_events::LogError> for CommandError {
     fn from(e: wabridge_events::LogError) -> Self {
         tracing::warn!(error = %format!("{:#}", e.0), "the event log failed a command");
-        CommandError::Unavailable {
-            code: "log_unavailable",
-            detail: "the event log is unavailable; retry".into(),
-        }
+        CommandError::unavailable("log_unavailable", "the event log is unavailable; retry")
     }
 }
 
@@ -276,13 +276,13 @@ impl Ctx {
             return Ok(());
         }
         if !self.projections_local && self.log.lease(&lease_for(projection)).await?.is_none() {
-            return Err(CommandError::Unavailable {
-                code: "workers_unavailable",
-                detail: format!(
+            return Err(CommandError::unavailable(
+                "workers_unavailable",
+                format!(
                     "no instance runs the workers (WABRIDGE_ROLES=workers; lease {} is free), so the {projection} read model cannot catch up with the log; start one",
                     lease_for(projection)
                 ),
-            });
+            ));
         }
         if !self
             .store
@@ -290,13 +290,13 @@ impl Ctx {
             .await?
         {
             tracing::warn!(projection, seq, "projection did not catch up in time");
-            return Err(CommandError::Unavailable {
-                code: "stale_read_model",
-                detail: format!(
+            return Err(CommandError::unavailable(
+                "stale_read_model",
+                format!(
                     "the {projection} read model did not catch up with the log within {}s; retry",
                     READ_YOUR_WRITES_TIMEOUT.as_secs()
                 ),
-            });
+            ));
         }
         Ok(())
     }
@@ -345,34 +345,50 @@ mod tests {
     use super::*;
     use wabridge_projections::driver::is_unavailable;
 
+    /// What a reactor's bare `?` makes of each refusal, as the consumer driver sees
+    /// it: a refusal for now delays the batch, anything else is the event failing.
     #[test]
     fn a_refusal_for_now_only_delays_a_reactor() {
-        let log_down = || {
-            CommandError::from(wabridge_events::LogError::new(anyhow::anyhow!(
-                "no responders"
-            )))
-        };
-        // The trap: converted with a bare `?`, the log's failure is hidden behind the
-        // refusal, and the driver would count the event as failing.
-        assert!(!is_unavailable(&anyhow::Error::new(log_down())));
-        assert!(is_unavailable(&log_down().in_reactor()));
-        let stale = CommandError::Unavailable {
-            code: "stale_read_model",
-            detail: "the phone_numbers read model did not catch up".into(),
-        };
-        let e = stale.in_reactor();
+        // A reactor's stage returns `anyhow::Result`: this is what `?` does.
+        let in_reactor = |e: CommandError| -> anyhow::Error { e.into() };
+        let log_down = CommandError::from(wabridge_events::LogError::new(anyhow::anyhow!(
+            "no responders"
+        )));
+        assert!(is_unavailable(&in_reactor(log_down)));
+        let stale = CommandError::unavailable(
+            "stale_read_model",
+            "the phone_numbers read model did not catch up",
+        );
+        let e = in_reactor(stale);
         assert!(is_unavailable(&e));
-        assert!(format!("{e:#}").contains("stale_read_model"), "{e:#}");
-        // An internal error keeps its chain: a database that went away is still one.
+        assert_eq!(
+            format!("{e:#}"),
+            "the phone_numbers read model did not catch up: not ready: stale_read_model"
+        );
+        // An internal error keeps its chain: a database that went away is still one,
+        // however deep the context around it.
         let db = CommandError::Internal(anyhow::Error::new(sqlx::Error::PoolTimedOut));
-        assert!(is_unavailable(&db.in_reactor()));
+        assert!(is_unavailable(&in_reactor(db)));
+        let db = CommandError::Internal(
+            anyhow::Error::new(sqlx::Error::PoolTimedOut).context("reading the routes"),
+        );
+        let e = in_reactor(db);
+        assert!(is_unavailable(&e));
+        assert!(
+            format!("{e:#}").starts_with("internal error: reading the routes: "),
+            "{e:#}"
+        );
         // Anything else is the event failing.
         for other in [
             CommandError::Validation("bad".into()),
             CommandError::NotFound("gone".into()),
             CommandError::Internal(anyhow::anyhow!("no such column")),
+            CommandError::Unprocessable {
+                code: "contact_opted_out",
+                detail: "opted out".into(),
+            },
         ] {
-            assert!(!is_unavailable(&other.in_reactor()));
+            assert!(!is_unavailable(&in_reactor(other)));
         }
     }
 }

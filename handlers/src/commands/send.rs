@@ -310,9 +310,11 @@ pub async fn send(
     let decision = limiter
         .admit(ws.as_str(), &policy, now_nanos())
         .await
-        .map_err(|e| CommandError::Unavailable {
-            code: "rate_limit_unavailable",
-            detail: format!("the rate limiter's shared state could not be confirmed: {e}"),
+        .map_err(|e| {
+            CommandError::unavailable(
+                "rate_limit_unavailable",
+                format!("the rate limiter's shared state could not be confirmed: {e}"),
+            )
         })?;
     let headers = ratelimit::headers(&policy, &decision);
     if let Decision::Deny { retry_after, .. } = &decision {

@@ -26,7 +26,7 @@ use wabridge_projections::{
 
 use super::remembered::Remembered;
 use super::split::{split_webhook, Route, WebhookItem};
-use crate::commands::{CommandError, Ctx};
+use crate::commands::Ctx;
 use crate::consent::detect::detect;
 
 /// The processor's name (checkpoint, dead letters).
@@ -143,8 +143,7 @@ async fn process_chunk<'a>(
             "phone_numbers",
             &phone_numbers::routing_subject(ctx.log.namespace()),
         )
-        .await
-        .map_err(CommandError::in_reactor)?;
+        .await?;
     let mut unparsable = vec![];
     // First every item's route, so that the consent settings of every workspace the
     // chunk reaches are looked up together below, not one round trip after another.
@@ -294,18 +293,14 @@ async fn load_consents<'w>(
     workspaces: impl Iterator<Item = &'w Slug>,
 ) -> anyhow::Result<(u64, Consents)> {
     let wanted: std::collections::BTreeSet<Slug> = workspaces.cloned().collect();
-    let at = crate::consent::fresh_for(ctx, &wanted)
-        .await
-        .map_err(CommandError::in_reactor)?;
+    let at = crate::consent::fresh_for(ctx, &wanted).await?;
     let mut known = remembered.take(at);
     let missing: Vec<Slug> = wanted
         .into_iter()
         .filter(|ws| !known.contains_key(ws))
         .collect();
     if !missing.is_empty() {
-        let read = crate::consent::read_for(ctx, missing.into_iter())
-            .await
-            .map_err(CommandError::in_reactor)?;
+        let read = crate::consent::read_for(ctx, missing.into_iter()).await?;
         known.extend(read);
     }
     Ok((at, known))
@@ -323,9 +318,7 @@ pub(super) async fn routed_item(
     consents: &mut Consents,
 ) -> anyhow::Result<(NewEvent, Vec<(String, DomainEvent, NewEvent)>)> {
     if !consents.contains_key(ws) {
-        let c = crate::consent::current(ctx, ws)
-            .await
-            .map_err(CommandError::in_reactor)?;
+        let c = crate::consent::current(ctx, ws).await?;
         consents.insert(ws.clone(), c);
     }
     let own = routed_event(ctx, raw, &item.event, item, ws, key);
