@@ -634,9 +634,22 @@ async fn slow_and_idle_connections_are_closed_and_capped() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut fifth = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let mut closed = closed_within(&mut fifth, Duration::from_millis(500)).await;
+        // Which one is refused depends on timing: a slot still held by a connection
+        // closed just before (the idle one above: its task drops its slot a moment
+        // after the socket closes) refuses one of the four instead. The cap is that
+        // at most four of the five are served.
+        if !closed {
+            for s in &mut held {
+                closed |= closed_within(s, Duration::from_millis(10)).await;
+            }
+        }
+        // Measured after the checks: none of the held ones has met its header timeout.
         let in_time = began.elapsed() < Duration::from_millis(900);
-        let closed = closed_within(&mut fifth, Duration::from_millis(500)).await;
-        assert!(closed || !in_time, "a fifth connection was accepted");
+        assert!(
+            closed || !in_time,
+            "five connections were served at once (cap 4)"
+        );
         drop(held);
         if closed && in_time {
             refused = true;
