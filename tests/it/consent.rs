@@ -783,29 +783,15 @@ impl wabridge_events::WrappedLog for FailingFirstOptOut {
 async fn a_failed_append_never_stores_a_contacts_later_decision_first() {
     use wabridge_projections::Reactor;
     let (app, key) = setup(LogKind::Embedded, DbKind::Sqlite).await;
-    // A raw webhook as the ingest stored it: the template of the chunk's two.
-    post_ok(
-        &app,
-        &text_webhook("447700955000", "hello", "wamid.template"),
-    )
-    .await;
-    app.settle().await;
-    let template = app
-        .read_all(StreamKind::Raw, None)
-        .await
-        .unwrap()
-        .pop()
-        .expect("the raw webhook");
+    let template = stored_template(&app, "447700955000").await;
     let from = "447700955001";
-    let chunk: Vec<wabridge_events::StoredEvent> = [("STOP", 1_000_001), ("START", 1_000_002)]
-        .into_iter()
-        .map(|(text, seq)| wabridge_events::StoredEvent {
-            seq,
-            payload: text_webhook(from, text, &format!("wamid.order{seq}")).into(),
-            decoded: Default::default(),
-            ..template.clone()
-        })
-        .collect();
+    let chunk = raw_chunk(
+        &template,
+        vec![
+            text_webhook(from, "STOP", "wamid.order1"),
+            text_webhook(from, "START", "wamid.order2"),
+        ],
+    );
     let mut ctx = app.app.ctx.clone();
     ctx.log = Arc::new(FailingFirstOptOut {
         inner: app.app.ctx.log.clone(),
@@ -824,6 +810,22 @@ async fn a_failed_append_never_stores_a_contacts_later_decision_first() {
     );
     let c = consent_of(&app, &key, from).await;
     assert_eq!(c["opted_out"], false, "{c}");
+}
+
+/// A raw webhook (a text from `from`) as the ingest stored it, read back from the
+/// log: the template of a chunk built by [`raw_chunk`].
+async fn stored_template(app: &TestApp, from: &str) -> wabridge_events::StoredEvent {
+    post_ok(
+        app,
+        &text_webhook(from, "hello", &format!("wamid.template{from}")),
+    )
+    .await;
+    app.settle().await;
+    app.read_all(StreamKind::Raw, None)
+        .await
+        .unwrap()
+        .pop()
+        .expect("the raw webhook")
 }
 
 /// Raw webhooks as the ingest stores them, at sequences of their own (past any the
@@ -857,14 +859,7 @@ async fn a_chunk_waits_for_every_workspaces_consent_settings(log: LogKind) {
     const OTHER_NUMBER: &str = "700800900100299";
     const OTHER_WABA: &str = "300100200300499";
     app.claim("other", OTHER_NUMBER, OTHER_WABA).await;
-    post_ok(&app, &text_webhook("447700956000", "hello", "wamid.fresh0")).await;
-    app.settle().await;
-    let template = app
-        .read_all(StreamKind::Raw, None)
-        .await
-        .unwrap()
-        .pop()
-        .expect("the raw webhook");
+    let template = stored_template(&app, "447700956000").await;
     let app = app.restart_with(|o| o.workers = false).await;
     let ctx = app.app.ctx.clone();
     let acme = wabridge_events::Slug::parse("acme").unwrap();
