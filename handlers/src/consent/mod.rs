@@ -21,6 +21,11 @@ pub fn config_subject(ctx: &Ctx, ws: &Slug) -> String {
 /// A workspace's consent configuration as of the log's last change of it.
 pub async fn current(ctx: &Ctx, ws: &Slug) -> Result<detect::Consent, CommandError> {
     ctx.fresh("consent", &config_subject(ctx, ws)).await?;
+    read(ctx, ws).await
+}
+
+/// A workspace's consent configuration as the read model holds it.
+async fn read(ctx: &Ctx, ws: &Slug) -> Result<detect::Consent, CommandError> {
     let c = consent::config(&ctx.store, ws.as_str()).await?;
     Ok(detect::Consent::new(&c.keywords, c.suspected_automatic))
 }
@@ -57,11 +62,11 @@ pub async fn read_for(
     workspaces: impl Iterator<Item = Slug>,
 ) -> Result<std::collections::HashMap<Slug, detect::Consent>, CommandError> {
     use futures_util::{StreamExt, TryStreamExt};
-    let read = |ws: Slug| async move {
-        let c = consent::config(&ctx.store, ws.as_str()).await?;
-        Ok::<_, CommandError>((ws, detect::Consent::new(&c.keywords, c.suspected_automatic)))
+    let read_one = |ws: Slug| async move {
+        let c = read(ctx, &ws).await?;
+        Ok::<_, CommandError>((ws, c))
     };
-    futures_util::stream::iter(workspaces.map(read))
+    futures_util::stream::iter(workspaces.map(read_one))
         .buffer_unordered(READS_AT_ONCE)
         .try_collect()
         .await

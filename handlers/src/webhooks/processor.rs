@@ -67,9 +67,8 @@ impl Processor {
     /// The processor a redrive uses: an unsplittable body is an error.
     pub fn strict(ctx: Ctx) -> Self {
         Processor {
-            ctx,
             strict: true,
-            memory: Memory::default(),
+            ..Processor::new(ctx)
         }
     }
 }
@@ -280,7 +279,7 @@ fn segments<'a, T>(events: &'a [(T, &[String])]) -> Vec<&'a [(T, &'a [String])]>
     out
 }
 
-/// Workspaces' consent configurations, looked up once per chunk.
+/// Workspaces' consent configurations, by workspace (a chunk's, or a reprocessing's).
 pub(super) type Consents = HashMap<Slug, crate::consent::detect::Consent>;
 
 /// The consent settings of each of `workspaces`, made fresh together (see
